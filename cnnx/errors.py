@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints their one-line message and exits non-zero; anything else is a bug."""
+
+
+class CnnxError(Exception):
+    """Base class for problems the user can fix (bad input, missing data, no GPU, a bad option)."""
+
+
+class DataError(CnnxError):
+    """A dataset file is missing, unreadable or malformed."""
+
+
+class CheckpointError(CnnxError):
+    """A model or checkpoint file is unreadable, tampered with or of an unknown format."""
+
+
+class ConfigError(CnnxError):
+    """An option or a model description does not make sense."""
+
+
+class DivergenceError(CnnxError):
+    """The loss or a gradient stopped being finite."""
