@@ -1,0 +1,36 @@
+"""What every backend offers. Subclasses set ``name`` and ``xp`` and spell the few operations that differ."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class Backend:
+    """A device: its array module ``xp``, the host/device transfers, and the operations spelled per library."""
+
+    name: str = "abstract"
+    xp: Any = None
+
+    def to_device(self, array, dtype=None):
+        """Copy a host (NumPy) array, or anything array-like, to this device, optionally casting it."""
+        raise NotImplementedError
+
+    def to_host(self, array) -> np.ndarray:
+        """Copy a device array to a NumPy array (a no-op view on the CPU)."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait until all queued device work is done (before reading a clock)."""
+
+    def scatter_add(self, target, indices, values) -> None:
+        """In place, ``target[indices] += values`` with repeated indices accumulated, not overwritten."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A one-line description of the device, for logs and run records."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"

@@ -1,0 +1,5 @@
+"""``python -m cnnx`` runs the command-line interface."""
+
+from cnnx.cli import main
+
+main()

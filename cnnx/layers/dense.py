@@ -1,0 +1,37 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+from .base import Layer
+
+
+class Dense(Layer):
+    """y = x @ W + b for inputs (N, in_features); ``W`` is (in_features, out_features), ``b`` (out_features,)."""
+
+    def __init__(self, in_features: int, out_features: int, *, init: str = "xavier", rng=None,
+                 backend=None, dtype="float32"):
+        super().__init__(backend=backend, dtype=dtype)
+        self.in_features, self.out_features, self.init = in_features, out_features, init
+        self.params["W"] = self._new_weight((in_features, out_features), init, rng)
+        self.params["b"] = self._zeros((out_features,))
+
+    def forward(self, x, train=True):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"Dense expects inputs (N, {self.in_features}), got {tuple(x.shape)}")
+        self.x = x if train else None
+        return x @ self.params["W"] + self.params["b"]
+
+    def backward(self, dy):
+        self.grads["W"] = self.x.T @ dy
+        self.grads["b"] = dy.sum(axis=0)
+        dx = dy @ self.params["W"].T
+        self.x = None
+        return dx
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"Dense expects {self.in_features} features per sample, got shape {input_shape}")
+        return (self.out_features,)
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init}

@@ -1,0 +1,46 @@
+"""Max pooling over NCHW inputs."""
+
+from __future__ import annotations
+
+from cnnx import functional as F
+from cnnx.errors import ConfigError
+
+from .base import Layer
+
+
+class MaxPool2D(Layer):
+    """Max over k x k windows moved by ``stride`` (floor mode: a partial window at the edge is dropped).
+
+    The gradient flows to each window's maximum; on ties, to the first maximum in row-major window
+    order, the rule the common frameworks use, so CPU and GPU agree on flat regions.
+    """
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
+        super().__init__(backend=backend, dtype=dtype)
+        self.k = kernel_size
+        self.stride = stride or kernel_size
+        if self.k < 1 or self.stride < 1:
+            raise ConfigError(f"MaxPool2D needs a positive kernel_size and stride, got {kernel_size}, {stride}")
+
+    def forward(self, x, train=True):
+        windows = F.pool_windows(self.xp, x, self.k, self.stride)                  # (k*k, N, C, OH, OW)
+        if train:
+            self.argmax = windows.argmax(axis=0)
+            self.x_shape = x.shape
+        return windows.max(axis=0)
+
+    def backward(self, dy):
+        dx = F.unpool_argmax(self.xp, dy, self.argmax, self.x_shape, self.k, self.stride)
+        self.argmax = None
+        return dx
+
+    def output_shape(self, input_shape):
+        c, h, w = input_shape
+        oh = F.conv_output_size(h, self.k, self.stride, 0)
+        ow = F.conv_output_size(w, self.k, self.stride, 0)
+        if oh < 1 or ow < 1:
+            raise ConfigError(f"MaxPool2D window {self.k} does not fit an input of {h}x{w}")
+        return (c, oh, ow)
+
+    def config(self):
+        return {"kernel_size": self.k, "stride": self.stride}

@@ -1,0 +1,152 @@
+"""Optimizers: SGD, Momentum and Adam, updating parameters in place on their device.
+
+An optimizer walks ``target.named_parameters()`` (a model or a single layer) at every step, so it sees
+the gradients the last backward pass wrote. Step sizes are host floats: nothing here reads a device
+value back. ``state_dict()`` / ``load_state_dict()`` expose the state (step count and moments) as host
+arrays for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import ConfigError
+
+
+class Optimizer:
+    """Base class: holds the target, the learning rate and per-parameter state keyed by parameter name."""
+
+    name = "optimizer"
+
+    def __init__(self, target, lr: float):
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"the learning rate must be a positive finite number, got {lr!r}")
+        self.target = target
+        self.xp = target.xp
+        self.lr = float(lr)
+        self.steps = 0
+        self.state: dict[str, dict] = {}  # slot name ("m", "v", ...) -> parameter name -> device array
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        self.steps += 1
+        for name, param, grad in self.target.named_parameters():
+            if grad is not None:
+                self.update(name, param, grad)
+
+    def update(self, name: str, param, grad) -> None:
+        raise NotImplementedError
+
+    def _slot(self, slot: str, name: str, like):
+        table = self.state.setdefault(slot, {})
+        if name not in table:
+            table[name] = self.xp.zeros_like(like)
+        return table[name]
+
+    def config(self) -> dict:
+        """Hyper-parameters that rebuild this optimizer (JSON-friendly)."""
+        return {"name": self.name, "lr": self.lr}
+
+    def state_dict(self, to_host) -> dict:
+        """The step count and every moment as host arrays, flat: ``{"steps": n, "m/0.W": array, ...}``."""
+        flat = {"steps": self.steps}
+        for slot, table in self.state.items():
+            for name, value in table.items():
+                flat[f"{slot}/{name}"] = to_host(value)
+        return flat
+
+    def load_state_dict(self, flat: dict, to_device) -> None:
+        """Restore what :meth:`state_dict` returned, moving arrays with ``to_device``."""
+        self.steps = int(flat["steps"])
+        self.state = {}
+        for key, value in flat.items():
+            if key != "steps":
+                slot, name = key.split("/", 1)
+                self.state.setdefault(slot, {})[name] = to_device(value)
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: p <- p - lr * g."""
+
+    name = "sgd"
+
+    def __init__(self, target, lr: float = 0.01):
+        super().__init__(target, lr)
+
+    def update(self, name, param, grad):
+        param -= self.lr * grad
+
+
+class Momentum(Optimizer):
+    """Gradient descent with an exponential moving average of the gradients (the original report's form):
+
+        m_t = beta * m_{t-1} + (1 - beta) * g_t;   p <- p - lr * m_t
+
+    The classical (heavy-ball) form v_t = beta * v_{t-1} + g_t, p <- p - lr * v_t gives the same path
+    with its learning rate multiplied by (1 - beta): m_t = (1 - beta) * v_t. So lr 0.1 here matches
+    classical momentum 0.9 with lr 0.01.
+    """
+
+    name = "momentum"
+
+    def __init__(self, target, lr: float = 0.01, beta: float = 0.9):
+        super().__init__(target, lr)
+        if not 0 <= beta < 1:
+            raise ConfigError(f"momentum beta must be in [0, 1), got {beta!r}")
+        self.beta = float(beta)
+
+    def update(self, name, param, grad):
+        m = self._slot("m", name, param)
+        m *= self.beta
+        m += (1 - self.beta) * grad
+        param -= self.lr * m
+
+    def config(self):
+        return {**super().config(), "beta": self.beta}
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma & Ba, 2015):
+
+        m_t = b1 m + (1 - b1) g;   v_t = b2 v + (1 - b2) g^2
+        p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m_t / (1 - b1^t),  v_hat = v_t / (1 - b2^t)
+    """
+
+    name = "adam"
+
+    def __init__(self, target, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(target, lr)
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0):
+            raise ConfigError(f"Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got {beta1}, {beta2}, {eps}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def update(self, name, param, grad):
+        m = self._slot("m", name, param)
+        v = self._slot("v", name, param)
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * (grad * grad)
+        t = self.steps
+        # The bias corrections are host scalars: dividing them into lr and into sqrt(v) is exact algebra.
+        step_size = self.lr / (1 - self.beta1**t)
+        denom = self.xp.sqrt(v) / math.sqrt(1 - self.beta2**t)
+        denom += self.eps
+        param -= step_size * (m / denom)
+
+    def config(self):
+        return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, Adam)}
+
+
+def make_optimizer(name: str, target, lr: float | None = None, **kwargs) -> Optimizer:
+    """Build an optimizer by name ("sgd", "momentum", "adam"); ``lr=None`` keeps its default."""
+    try:
+        cls = OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}") from None
+    if lr is not None:
+        kwargs["lr"] = lr
+    return cls(target, **kwargs)

@@ -1,0 +1,99 @@
+"""Naive, obviously-correct reference kernels in plain NumPy loops: the fast kernels must match these."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv2d(x, w, b, stride=1, padding=0):
+    """Direct convolution (cross-correlation) by nested loops over output positions."""
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (wd + 2 * padding - kw) // stride + 1
+    y = np.zeros((n, f, oh, ow))
+    for s in range(n):
+        for k in range(f):
+            for i in range(oh):
+                for j in range(ow):
+                    patch = xp[s, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+                    y[s, k, i, j] = np.sum(patch * w[k]) + b[k]
+    return y
+
+
+def conv2d_backward(x, w, dy, stride=1, padding=0):
+    """Gradients (dx, dW, db) of conv2d by the same loops, accumulating each output's contribution."""
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dxp = np.zeros_like(xp, dtype=np.float64)
+    dw = np.zeros(w.shape)
+    for s in range(n):
+        for k in range(f):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    rows = slice(i * stride, i * stride + kh)
+                    cols = slice(j * stride, j * stride + kw)
+                    dw[k] += dy[s, k, i, j] * xp[s, :, rows, cols]
+                    dxp[s, :, rows, cols] += dy[s, k, i, j] * w[k]
+    dx = dxp[:, :, padding : padding + h, padding : padding + wd]
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def maxpool2d(x, k, stride):
+    """Loop max-pooling (floor mode) and its gradient routing: returns (y, argmax positions)."""
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+    y = np.zeros((n, c, oh, ow))
+    where = {}
+    for s in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    window = x[s, ch, i * stride : i * stride + k, j * stride : j * stride + k]
+                    flat = int(np.argmax(window))  # the first maximum in row-major order
+                    y[s, ch, i, j] = window.flat[flat]
+                    where[s, ch, i, j] = (i * stride + flat // k, j * stride + flat % k)
+    return y, where
+
+
+def maxpool2d_backward(x, k, stride, dy):
+    _, where = maxpool2d(x, k, stride)
+    dx = np.zeros(x.shape)
+    for (s, ch, i, j), (r, q) in where.items():
+        dx[s, ch, r, q] += dy[s, ch, i, j]
+    return dx
+
+
+def dense(x, w, b):
+    """Per-sample loops of y = x W + b."""
+    return np.array([[sum(x[s, i] * w[i, o] for i in range(w.shape[0])) + b[o] for o in range(w.shape[1])]
+                     for s in range(x.shape[0])])
+
+
+def softmax_cross_entropy(logits, labels):
+    loss = 0.0
+    for row, label in zip(logits, labels):
+        m = row.max()
+        loss += -(row[label] - m - np.log(np.exp(row - m).sum()))
+    return loss / len(labels)
+
+
+class TextbookAdam:
+    """Adam exactly as written in Kingma & Ba (2015), Algorithm 1, for one parameter array."""
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.lr, self.b1, self.b2, self.eps = lr, beta1, beta2, eps
+        self.m = self.v = None
+        self.t = 0
+
+    def step(self, p, g):
+        if self.m is None:
+            self.m, self.v = np.zeros_like(p), np.zeros_like(p)
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g**2
+        m_hat = self.m / (1 - self.b1**self.t)
+        v_hat = self.v / (1 - self.b2**self.t)
+        return p - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)

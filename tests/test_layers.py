@@ -1,0 +1,159 @@
+"""Layers: forward against naive loops, backward against finite differences, on every usable backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference as ref
+from gradcheck import check_gradients
+from helpers import assert_close
+
+from cnnx import functional as F
+from cnnx.errors import ConfigError
+from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+TOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-10}
+
+
+def distinct_values(rng, shape):
+    """Values at least 0.01 apart, so max-pooling has no ties within finite-difference steps."""
+    return rng.permutation(np.arange(np.prod(shape), dtype=np.float64)).reshape(shape) * 0.01 - 1.0
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 0), (3, 2, 1), (1, 1, 2), (5, 1, 2), (3, 2, 0)])
+def test_conv2d_matches_naive_loops(backend, dtype, rng, kernel, stride, padding):
+    layer = Conv2D(3, 4, kernel, stride, padding, rng=rng, backend=backend, dtype=dtype)
+    layer.params["b"][...] = backend.to_device(rng.standard_normal(4), dtype)
+    x = rng.standard_normal((2, 3, 9, 8))
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    w, b = backend.to_host(layer.params["W"]), backend.to_host(layer.params["b"])
+    assert_close(y, ref.conv2d(x.astype(dtype), w, b, stride, padding), TOL[dtype], "Conv2D forward")
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 0), (3, 2, 1), (1, 1, 2), (5, 1, 2), (3, 2, 0)])
+def test_conv2d_backward_matches_naive_loops(backend, dtype, rng, kernel, stride, padding):
+    layer = Conv2D(3, 4, kernel, stride, padding, rng=rng, backend=backend, dtype=dtype)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    y = layer.forward(backend.to_device(x, dtype))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = backend.to_host(layer.backward(backend.to_device(dy, dtype)))
+    ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, backend.to_host(layer.params["W"]), dy, stride, padding)
+    assert_close(dx, ref_dx, TOL[dtype], "Conv2D dx")
+    assert_close(backend.to_host(layer.grads["W"]), ref_dw, TOL[dtype], "Conv2D dW")
+    assert_close(backend.to_host(layer.grads["b"]), ref_db, TOL[dtype], "Conv2D db")
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 0), (3, 2, 1), (2, 1, 2)])
+def test_conv2d_gradients_match_finite_differences(backend, rng, kernel, stride, padding):
+    layer = Conv2D(2, 3, kernel, stride, padding, rng=rng, backend=backend, dtype="float64")
+    errors = check_gradients(layer, rng.standard_normal((2, 2, 7, 6)), rng)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_conv2d_output_shape_follows_the_floor_formula():
+    layer = Conv2D(1, 2, 3, stride=2, padding=1)
+    assert layer.output_shape((1, 28, 28)) == (2, 14, 14)
+    assert layer.forward(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 2, 14, 14)
+
+
+def test_conv2d_rejects_a_kernel_larger_than_the_input():
+    with pytest.raises(ConfigError, match="does not fit"):
+        Conv2D(1, 2, 5).output_shape((1, 3, 3))
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(2, 2, (6, 6)), (2, 2, (7, 5)), (3, 2, (7, 7)), (3, 1, (5, 6))])
+def test_maxpool2d_matches_naive_loops(backend, dtype, rng, kernel, stride, size):
+    layer = MaxPool2D(kernel, stride, backend=backend, dtype=dtype)
+    x = rng.standard_normal((2, 3, *size)).astype(dtype)
+    y = layer.forward(backend.to_device(x, dtype))
+    ref_y, _ = ref.maxpool2d(x, kernel, stride)
+    assert_close(backend.to_host(y), ref_y, TOL[dtype], "MaxPool2D forward")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = backend.to_host(layer.backward(backend.to_device(dy, dtype)))
+    assert_close(dx, ref.maxpool2d_backward(x, kernel, stride, dy), TOL[dtype], "MaxPool2D backward")
+
+
+def test_maxpool2d_sends_the_gradient_of_a_tie_to_the_first_maximum(backend):
+    layer = MaxPool2D(2, backend=backend)
+    layer.forward(backend.to_device(np.ones((1, 1, 2, 2)), layer.dtype))
+    dx = backend.to_host(layer.backward(backend.to_device(np.full((1, 1, 1, 1), 5.0), layer.dtype)))
+    assert dx[0, 0].tolist() == [[5.0, 0.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 2)])
+def test_maxpool2d_gradients_match_finite_differences(backend, rng, kernel, stride):
+    layer = MaxPool2D(kernel, stride, backend=backend, dtype="float64")
+    errors = check_gradients(layer, distinct_values(rng, (2, 2, 7, 7)), rng)
+    assert errors["x"] < 1e-6, errors
+
+
+def test_maxpool2d_drops_a_partial_window_at_the_edge():
+    assert MaxPool2D(2).output_shape((64, 11, 11)) == (64, 5, 5)
+
+
+def test_dense_matches_per_sample_loops(backend, dtype, rng):
+    layer = Dense(5, 3, rng=rng, backend=backend, dtype=dtype)
+    layer.params["b"][...] = backend.to_device(rng.standard_normal(3), dtype)
+    x = rng.standard_normal((4, 5)).astype(dtype)
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    expected = ref.dense(x, backend.to_host(layer.params["W"]), backend.to_host(layer.params["b"]))
+    assert_close(y, expected, TOL[dtype], "Dense forward")
+
+
+def test_dense_gradients_match_finite_differences(backend, rng):
+    layer = Dense(6, 4, rng=rng, backend=backend, dtype="float64")
+    layer.params["b"][...] = backend.to_device(rng.standard_normal(4), "float64")
+    errors = check_gradients(layer, rng.standard_normal((3, 6)), rng)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_relu_gradients_match_finite_differences(backend, rng):
+    x = rng.standard_normal((3, 4)) + np.sign(rng.standard_normal((3, 4))) * 0.1  # no value near the kink
+    errors = check_gradients(ReLU(backend=backend, dtype="float64"), x, rng)
+    assert errors["x"] < 1e-6, errors
+
+
+def test_relu_derivative_is_zero_at_zero_as_in_the_report(backend):
+    layer = ReLU(backend=backend)
+    layer.forward(backend.to_device(np.array([-1.0, 0.0, 2.0]), layer.dtype))
+    dx = backend.to_host(layer.backward(backend.to_device(np.ones(3), layer.dtype)))
+    assert dx.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_flatten_round_trips_shapes(backend, rng):
+    layer = Flatten(backend=backend)
+    x = backend.to_device(rng.standard_normal((2, 3, 4, 5)), layer.dtype)
+    assert layer.forward(x).shape == (2, 60)
+    assert layer.backward(layer.forward(x)).shape == (2, 3, 4, 5)
+
+
+def test_layers_default_to_the_cpu_backend_in_float32():
+    layer = Dense(2, 2)
+    assert layer.backend.name == "cpu"
+    assert layer.params["W"].dtype == np.float32 and layer.params["b"].dtype == np.float32
+
+
+@pytest.mark.parametrize("layer", [Conv2D(2, 3, 3), MaxPool2D(2), Dense(4, 2), ReLU(), Flatten()],
+                         ids=lambda layer: type(layer).__name__)
+def test_every_layer_keeps_params_and_grads_with_the_same_keys(layer, rng):
+    x = rng.standard_normal({"Dense": (2, 4)}.get(type(layer).__name__, (2, 2, 6, 6))).astype(np.float32)
+    y = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape
+    assert set(layer.grads) == set(layer.params)
+    for key in layer.params:
+        assert layer.grads[key].shape == layer.params[key].shape
+        assert layer.grads[key].dtype == layer.params[key].dtype
+
+
+def test_im2col_and_col2im_are_adjoint(backend, rng):
+    # <im2col(x), c> == <x, col2im(c)> for any x and c: col2im is exactly the transpose of im2col.
+    xp = backend.xp
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = F.im2col(xp, backend.to_device(x, "float64"), 3, 3, 2, 1)
+    c = rng.standard_normal(cols.shape)
+    back = F.col2im(xp, backend.to_device(c, "float64"), x.shape, 3, 3, 2, 1)
+    lhs = float(np.sum(backend.to_host(cols) * c))
+    rhs = float(np.sum(x * backend.to_host(back)))
+    assert abs(lhs - rhs) < 1e-10 * max(abs(lhs), 1.0)
