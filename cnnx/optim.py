@@ -48,11 +48,14 @@ class Optimizer:
         return {"name": self.name, "lr": self.lr}
 
     def state_dict(self, to_host) -> dict:
-        """The step count and every moment as host arrays, flat: ``{"steps": n, "m/0.W": array, ...}``."""
+        """A snapshot of the step count and every moment as host arrays: ``{"steps": n, "m/0.W": array, ...}``.
+
+        The arrays are copies: later steps do not change a snapshot (on the CPU ``to_host`` alone would alias).
+        """
         flat = {"steps": self.steps}
         for slot, table in self.state.items():
             for name, value in table.items():
-                flat[f"{slot}/{name}"] = to_host(value)
+                flat[f"{slot}/{name}"] = to_host(value).copy()
         return flat
 
     def load_state_dict(self, flat: dict, to_device) -> None:
@@ -62,7 +65,7 @@ class Optimizer:
         for key, value in flat.items():
             if key != "steps":
                 slot, name = key.split("/", 1)
-                self.state.setdefault(slot, {})[name] = to_device(value)
+                self.state.setdefault(slot, {})[name] = to_device(value).copy()  # own it: never alias the source
 
 
 class SGD(Optimizer):
