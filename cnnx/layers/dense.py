@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cnnx.errors import ConfigError
+
 from .base import Layer
 
 
@@ -30,7 +32,7 @@ class Dense(Layer):
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
-            raise ValueError(f"Dense expects {self.in_features} features per sample, got shape {input_shape}")
+            raise ConfigError(f"Dense expects {self.in_features} features per sample, got shape {input_shape}")
         return (self.out_features,)
 
     def config(self):

@@ -1,0 +1,124 @@
+"""Sequential models: presets, whole-model gradients, summaries, device copies and the .npz format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gradcheck import check_gradients
+
+from cnnx.errors import CheckpointError, ConfigError
+from cnnx.layers import Dense, ReLU
+from cnnx.model import HEADER_KEY, Sequential, build_model, load_model
+
+
+def test_seed_preset_is_the_reports_cnn():
+    model = build_model("seed")
+    assert model.output_shapes()[-1] == (10,)
+    assert model.output_shapes()[5] == (64, 5, 5)  # floor-mode pooling of 11x11
+    assert model.parameter_count() == 234_410
+
+
+def test_mlp_preset_is_the_reports_dense_network():
+    assert build_model("mlp").parameter_count() == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match="unknown model 'resnet'.*seed, mlp"):
+        build_model("resnet")
+
+
+def test_seed_model_gradients_match_finite_differences(backend, rng):
+    model = build_model("seed", backend=backend, dtype="float64", seed=3)
+    for layer in model.layers:  # nonzero biases, so their gradients are exercised with real values
+        if "b" in layer.params:
+            layer.params["b"][...] = backend.to_device(rng.standard_normal(layer.params["b"].shape) * 0.1, "float64")
+    errors = check_gradients(model, rng.random((2, 1, 28, 28)), rng, max_coords=8)
+    assert max(errors.values()) < 1e-6, {k: f"{v:.1e}" for k, v in errors.items()}
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not():
+    a, b, c = build_model(seed=5), build_model(seed=5), build_model(seed=6)
+    for (name, pa, _), (_, pb, _), (_, pc, _) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert np.array_equal(pa, pb), name
+        if name.endswith("W"):
+            assert not np.array_equal(pa, pc), name
+
+
+def test_summary_lists_every_layer_with_shapes_and_parameter_counts():
+    text = build_model("seed").summary()
+    assert "Conv2D" in text and "64x5x5" in text and "204,928" in text and "234,410 parameters" in text
+
+
+def test_layers_that_do_not_fit_are_refused_when_the_model_is_built():
+    with pytest.raises(ConfigError, match=r"Dense expects 10 features per sample, got shape \(1, 28, 28\)"):
+        Sequential([Dense(10, 2)], input_shape=(1, 28, 28))
+
+
+def test_layers_on_different_dtypes_are_refused():
+    with pytest.raises(ConfigError, match="one backend and one dtype"):
+        Sequential([Dense(4, 4, dtype="float64"), ReLU()], input_shape=(4,))
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path, backend, rng):
+    model = build_model("seed", backend=backend, seed=1)
+    x = rng.random((3, 1, 28, 28)).astype(np.float32)
+    path = model.save(tmp_path / "model.npz")
+    again = load_model(path, device=backend)
+    before = backend.to_host(model.forward(backend.to_device(x), train=False))
+    after = backend.to_host(again.forward(backend.to_device(x), train=False))
+    assert np.array_equal(before, after)
+
+
+def test_to_copies_weights_across_dtypes(rng):
+    model = build_model("mlp", seed=2)
+    wide = model.to(dtype="float64")
+    assert wide.dtype == np.float64
+    assert np.array_equal(wide.state_dict()["1.W"], model.state_dict()["1.W"].astype(np.float64))
+
+
+def test_predict_proba_returns_host_probabilities(rng):
+    probs = build_model("mlp").predict_proba(rng.random((5, 1, 28, 28)), batch_size=2)
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def _rewrite(path, **changes):
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    header = json.loads(str(arrays[HEADER_KEY]))
+    for key, value in changes.items():
+        if key == "header":
+            value(header)
+        elif value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    arrays[HEADER_KEY] = np.array(json.dumps(header))
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda p: _rewrite(p, **{"param/0.W": np.zeros((2, 2), np.float32)}), "shape"),
+    (lambda p: _rewrite(p, **{"param/0.W": None}), "missing"),
+    (lambda p: _rewrite(p, **{"param/7.W": np.full((1600, 128), np.nan, np.float32)}), "NaN"),
+    (lambda p: _rewrite(p, header=lambda h: h.update(version=99)), "version 99"),
+    (lambda p: _rewrite(p, header=lambda h: h["architecture"][0].update(type="os.system")), "unknown type"),
+    (lambda p: np.savez(p, weights=np.zeros(3)) or p, "not a cnnx model"),
+    (lambda p: p.write_bytes(p.read_bytes()[:1000]) and p, "unreadable or truncated"),
+    (lambda p: np.savez(p, **{HEADER_KEY: np.array([{"x": 1}], dtype=object)}) or p, "not a safe cnnx file"),
+], ids=["wrong-shape", "missing-array", "nan", "newer-version", "unknown-layer", "no-header", "truncated",
+        "object-array"])
+def test_a_tampered_model_file_gets_a_one_line_error(tmp_path, tamper, message):
+    path = build_model("seed").save(tmp_path / "model.npz")
+    tamper(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_loading_a_missing_file_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_model(tmp_path / "absent.npz")
