@@ -122,3 +122,14 @@ def test_a_tampered_model_file_gets_a_one_line_error(tmp_path, tamper, message):
 def test_loading_a_missing_file_names_it(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_model(tmp_path / "absent.npz")
+
+
+def test_saved_files_get_the_usual_permissions_not_private_temp_ones(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = build_model("mlp").save(tmp_path / "model.npz")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
