@@ -7,6 +7,7 @@ usage errors keep click's message and exit status 2. Anything else is a bug and 
 
 from __future__ import annotations
 
+import inspect
 import math
 import platform
 from pathlib import Path
@@ -15,8 +16,16 @@ import click
 
 from . import __version__
 from .errors import CheckpointError, CnnxError
+from .model import PRESETS
+from .optim import OPTIMIZERS
 
 DEVICE = click.Choice(["cpu", "gpu", "auto"])
+MODEL_HELP = (
+    "Architecture preset: " + "; ".join(f"{name}, {text}" for name, (_, text) in PRESETS.items()) + "."
+)
+DEFAULT_LRS = ", ".join(
+    f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
+)
 DEVICE_HELP = (
     "cpu (NumPy), gpu (CuPy; fails with the reason when no CUDA device is usable) or auto (gpu if usable)."
 )
@@ -70,25 +79,25 @@ def cli() -> None:
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["seed", "mlp"]),
+    type=click.Choice(list(PRESETS)),
     default="seed",
     show_default=True,
-    help="Architecture preset: seed (the report's CNN) or mlp (dense 784-128-64-32-10).",
+    help=MODEL_HELP,
 )
 @click.option(
     "--optimizer",
     "optimizer_name",
-    type=click.Choice(["sgd", "momentum", "adam"]),
+    type=click.Choice(list(OPTIMIZERS)),
     default="adam",
     show_default=True,
-    help="Update rule.",
+    help="Update rule (momentum is the report's moving-average form, see cnnx.optim.Momentum).",
 )
 @click.option(
     "--lr",
     type=float,
     default=None,
     callback=_positive_finite,
-    show_default="the optimizer's own: adam 1e-3, sgd 0.01, momentum 0.01",
+    show_default=f"the optimizer's own: {DEFAULT_LRS}",
     help="Learning rate.",
 )
 @click.option(

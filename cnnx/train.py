@@ -94,122 +94,110 @@ def fit(
         )
     if progress not in PROGRESS_MODES:
         raise ConfigError(f"unknown progress mode {progress!r}: choose one of {', '.join(PROGRESS_MODES)}")
-    images, labels = dataset.train_images, np.asarray(dataset.train_labels, np.int64)
-    test_labels = np.asarray(dataset.test_labels, np.int64)
-    num_classes = model.output_shapes()[-1][0]
-    for name, values in (("training", labels), ("test", test_labels)):
-        if len(values) and (values.min() < 0 or values.max() >= num_classes):
-            raise DataError(
-                f"{name} labels must lie in [0, {num_classes}), found {values.min()}..{values.max()}"
-            )
-    if len(images) == 0:
-        raise DataError("the training set is empty")
     out = prepare_run_dir(out_dir) if out_dir is not None else None
     record = run_record(
         model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, extra=config
     )
+    run = _Run(model, optimizer, dataset, batch_size, check_every, out)
+    reporter = _Reporter(progress, epochs, run.batches)
     rng = shuffle_rng(seed)
-    reporter = _Reporter(progress, epochs, -(-len(images) // batch_size))
     history: list[dict] = []
     record["status"] = "running"
-    try:
-        for epoch in range(1, epochs + 1):
-            row, predictions = _epoch(
-                model,
-                optimizer,
-                (images, labels, dataset.test_images, test_labels),
-                rng,
-                epoch,
-                batch_size,
-                check_every,
-                reporter,
-                out,
-            )
-            history.append(row)
-            reporter.end(row)
-            if out is not None:
-                save_checkpoint(
-                    out / "model.npz",
-                    model,
-                    optimizer,
-                    epoch=epoch,
-                    rng=rng,
-                    history=history,
-                    settings={"batch_size": batch_size, "seed": seed, "epochs": epochs},
-                )
-                record.update(results(history, test_labels, predictions, num_classes))
+    # NumPy's overflow warnings would only repeat, less clearly, what the divergence guard reports.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            for epoch in range(1, epochs + 1):
+                row, predictions = run.epoch(epoch, rng.permutation(len(run.images)), reporter)
+                history.append(row)
+                reporter.end(row)
+                if out is not None:
+                    settings = {"batch_size": batch_size, "seed": seed, "epochs": epochs}
+                    save_checkpoint(out / "model.npz", model, optimizer, epoch, rng, history, settings)
+                    record.update(results(history, run.test_labels, predictions, run.num_classes))
+                    write_json(out / "metrics.json", record)
+        except DivergenceError as exc:
+            if out is not None:  # the record keeps the last good epoch's results, like the checkpoint
+                record.update(status="diverged", error=str(exc))
                 write_json(out / "metrics.json", record)
-    except DivergenceError as exc:
-        if out is not None:  # the record keeps the last good epoch's results, like the checkpoint
-            record.update(status="diverged", error=str(exc))
-            write_json(out / "metrics.json", record)
-        raise
-    finally:
-        reporter.close()
+            raise
+        finally:
+            reporter.close()
     if out is not None:
         record["status"] = "completed"
         write_json(out / "metrics.json", record)
-        write_plots(out, history, dataset.test_images, test_labels, predictions)
+        write_plots(out, history, dataset.test_images, run.test_labels, predictions)
     return history
 
 
-def _epoch(model, optimizer, arrays, rng, epoch, batch_size, check_every, reporter, out):
-    """One pass over the shuffled training set, then the test set: (history row, test predictions)."""
-    images, labels, test_images, test_labels = arrays
-    backend, xp = model.backend, model.xp
-    started = time.perf_counter()
-    order = rng.permutation(len(images))
-    batches = -(-len(images) // batch_size)
-    loss_sum = xp.zeros((), dtype="float64")
-    correct = xp.zeros((), dtype="int64")
-    first_bad = xp.full((), -1, dtype="int64")  # 1-based index of the first non-finite batch, kept on device
-    reporter.start(epoch)
-    for batch in range(1, batches + 1):
-        index = order[(batch - 1) * batch_size : batch * batch_size]
-        x = backend.to_device(scale_pixels(images[index], model.dtype), model.dtype)
-        y = backend.to_device(labels[index], "int64")
-        batch_loss, batch_correct = train_step(model, optimizer, x, y)
-        loss_sum += batch_loss
-        correct += batch_correct
-        first_bad = xp.where(~xp.isfinite(batch_loss) & (first_bad < 0), batch, first_bad)
-        text = None
-        if batch % check_every == 0 and batch < batches:
-            running = float(backend.to_host(loss_sum)) / min(batch * batch_size, len(images))
-            _check_finite(running, first_bad, backend, epoch, out, optimizer)
-            text = f"loss {running:.4f}"
-        reporter.advance(text)
-    train_loss = float(backend.to_host(loss_sum)) / len(images)
-    _check_finite(train_loss, first_bad, backend, epoch, out, optimizer)
-    train_accuracy = int(backend.to_host(correct)) / len(images)
-    test_loss, test_accuracy, predictions = evaluate(model, test_images, test_labels, batch_size)
-    if len(test_labels) and not math.isfinite(test_loss):
-        raise DivergenceError(f"the test loss is not finite after epoch {epoch}; {_last_good(out)}")
-    backend.synchronize()
-    row = {
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
-        "test_loss": test_loss,
-        "test_accuracy": test_accuracy,
-        "seconds": time.perf_counter() - started,
-    }
-    return row, predictions
+class _Run:
+    """What one epoch needs: the model and optimizer, the host data, and where checkpoints go."""
+
+    def __init__(self, model, optimizer, dataset, batch_size: int, check_every: int, out: Path | None):
+        self.model, self.optimizer, self.out = model, optimizer, out
+        self.backend, self.xp = model.backend, model.xp
+        self.batch_size, self.check_every = batch_size, check_every
+        self.images, self.test_images = dataset.train_images, dataset.test_images
+        self.labels = np.asarray(dataset.train_labels, np.int64)
+        self.test_labels = np.asarray(dataset.test_labels, np.int64)
+        self.num_classes = model.output_shapes()[-1][0]
+        for name, values in (("training", self.labels), ("test", self.test_labels)):
+            if len(values) and (values.min() < 0 or values.max() >= self.num_classes):
+                raise DataError(f"{name} labels must lie in [0, {self.num_classes}), found "
+                                f"{values.min()}..{values.max()}")  # fmt: skip
+        if len(self.images) == 0:
+            raise DataError("the training set is empty")
+        self.batches = -(-len(self.images) // batch_size)
+
+    def epoch(self, epoch: int, order: np.ndarray, reporter: _Reporter) -> tuple[dict, np.ndarray]:
+        """Train on the batches of ``order``, then evaluate: (history row, test predictions)."""
+        backend, xp, model, n = self.backend, self.xp, self.model, len(self.images)
+        started = time.perf_counter()
+        loss_sum = xp.zeros((), dtype="float64")
+        correct = xp.zeros((), dtype="int64")
+        first_bad = xp.full((), -1, dtype="int64")  # 1-based index of the first non-finite batch, on device
+        reporter.start(epoch)
+        for batch in range(1, self.batches + 1):
+            index = order[(batch - 1) * self.batch_size : batch * self.batch_size]
+            x = backend.to_device(scale_pixels(self.images[index], model.dtype), model.dtype)
+            y = backend.to_device(self.labels[index], "int64")
+            batch_loss, batch_correct = train_step(model, self.optimizer, x, y)
+            loss_sum += batch_loss
+            correct += batch_correct
+            first_bad = xp.where(~xp.isfinite(batch_loss) & (first_bad < 0), batch, first_bad)
+            text = None
+            if batch % self.check_every == 0 and batch < self.batches:
+                running = float(backend.to_host(loss_sum)) / min(batch * self.batch_size, n)
+                self._check_finite(running, first_bad, epoch)
+                text = f"loss {running:.4f}"
+            reporter.advance(text)
+        train_loss = float(backend.to_host(loss_sum)) / n
+        self._check_finite(train_loss, first_bad, epoch)
+        train_accuracy = int(backend.to_host(correct)) / n
+        test_loss, test_accuracy, predictions = evaluate(
+            model, self.test_images, self.test_labels, self.batch_size
+        )
+        if len(self.test_labels) and not math.isfinite(test_loss):
+            raise DivergenceError(f"the test loss is not finite after epoch {epoch}; {_last_good(self.out)}")
+        backend.synchronize()
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+               "test_loss": test_loss, "test_accuracy": test_accuracy, "seconds": seconds}  # fmt: skip
+        return row, predictions
+
+    def _check_finite(self, value: float, first_bad, epoch: int) -> None:
+        if math.isfinite(value):
+            return
+        batch = int(self.backend.to_host(first_bad))
+        where = f"batch {batch}" if batch > 0 else "a batch"
+        raise DivergenceError(
+            f"training diverged: the loss became non-finite at epoch {epoch}, {where} "
+            f"(learning rate {self.optimizer.lr:g}); {_last_good(self.out)}"
+        )
 
 
 def shuffle_rng(seed: int) -> np.random.Generator:
     """The host generator that orders the batches; its ``bit_generator.state`` goes into checkpoints."""
     return np.random.default_rng([int(seed), SHUFFLE_STREAM])
-
-
-def _check_finite(value: float, first_bad, backend, epoch: int, out, optimizer) -> None:
-    if math.isfinite(value):
-        return
-    batch = int(backend.to_host(first_bad))
-    where = f"batch {batch}" if batch > 0 else "a batch"
-    raise DivergenceError(
-        f"training diverged: the loss became non-finite at epoch {epoch}, {where} "
-        f"(learning rate {optimizer.lr:g}); {_last_good(out)}"
-    )
 
 
 def _last_good(out) -> str:
@@ -334,9 +322,7 @@ def write_plots(out: Path, history, images, labels, predictions) -> None:
     plots.plot_samples(images, labels, predictions, names, out / "samples.png")
 
 
-def save_checkpoint(
-    path, model, optimizer, *, epoch: int, rng: np.random.Generator, history, settings
-) -> Path:
+def save_checkpoint(path, model, optimizer, epoch: int, rng: np.random.Generator, history, settings) -> Path:
     """Save the model with what resuming needs: optimizer state (arrays under ``optim/``), and in the
     JSON ``meta`` the finished epoch, the shuffle generator's state, the settings and the history."""
     state = optimizer.state_dict(model.backend.to_host)

@@ -1,0 +1,164 @@
+"""The command line, through click's CliRunner on a small synthetic dataset written as IDX files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from cnnx.backends import available_backends
+from test_train import blobs  # the class-dependent synthetic images
+
+from cnnx.cli import cli
+from cnnx.data import CLASS_NAMES, IDX_FILES, write_idx
+
+RUN_FILES = ("metrics.json", "model.npz", "curves.png", "confusion_matrix.png", "samples.png")
+FAST = ["--model", "mlp", "--epochs", "2", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The four official IDX file names holding 160 training and 40 test blob images."""
+    directory = tmp_path_factory.mktemp("fashion")
+    for split, n, seed in (("train", 160, 1), ("test", 40, 2)):
+        images, labels = blobs(n, seed)
+        image_name, label_name = IDX_FILES[split]
+        write_idx(directory / image_name, images)
+        write_idx(directory / label_name, labels)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A run directory from `cnnx train` on the blobs, and the CliRunner result that made it."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = CliRunner().invoke(cli, ["train", *FAST, "--data-dir", str(data_dir), "--out", str(out)])
+    return out, result
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1, f"exit code {result.exit_code}, expected 1; stderr: {result.stderr!r}"
+    assert len(lines) == 1 and lines[0].startswith("cnnx: error: "), f"stderr is not one error line: {lines}"
+    assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def test_train_succeeds_and_reports_the_test_accuracy(trained):
+    _, result = trained
+    assert result.exit_code == 0, f"exit code {result.exit_code}: {result.output}"
+    assert "test accuracy" in result.stdout, f"no final accuracy line in: {result.stdout!r}"
+
+
+def test_train_writes_every_run_output(trained):
+    out, _ = trained
+    missing = [name for name in RUN_FILES if not (out / name).is_file()]
+    assert not missing, f"run directory lacks {missing}"
+
+
+def test_train_records_the_command_line_options_in_metrics_json(trained, data_dir):
+    out, _ = trained
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    got = {k: config[k] for k in ("model", "epochs", "batch_size", "seed", "device", "dtype", "limit", "lr")}
+    expected = {"model": "mlp", "epochs": 2, "batch_size": 32, "seed": 0, "device": "cpu", "dtype": "float32",
+                "limit": None, "lr": 1e-3}  # fmt: skip
+    assert got == expected, f"recorded {got}, expected {expected}"
+
+
+def test_train_refuses_a_non_empty_out_directory(trained, data_dir):
+    out, _ = trained
+    result = run("train", *FAST, "--data-dir", str(data_dir), "--out", str(out))
+    assert_one_line_error(result, "not empty")
+
+
+def test_quiet_train_prints_nothing(data_dir, tmp_path):
+    result = run("train", *FAST, "--data-dir", str(data_dir), "--out", str(tmp_path / "q"), "--quiet")
+    assert result.exit_code == 0 and result.output == "", f"exit {result.exit_code}, output {result.output!r}"
+
+
+def test_a_diverging_run_ends_with_one_error_line(data_dir, tmp_path):
+    args = ["--optimizer", "sgd", "--lr", "1e30", "--data-dir", str(data_dir), "--out", str(tmp_path / "d")]
+    result = run("train", *FAST, *args, "-q")
+    assert_one_line_error(result, "diverged")
+
+
+def test_gpu_request_without_cuda_names_the_reason(data_dir, tmp_path):
+    if available_backends()["gpu"] is None:
+        pytest.skip("a usable GPU is present, so --device gpu succeeds here")
+    result = run("train", "--device", "gpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "g"))
+    assert_one_line_error(result, "GPU backend unavailable")
+
+
+def test_gpu_request_without_cuda_creates_no_run_directory(data_dir, tmp_path):
+    if available_backends()["gpu"] is None:
+        pytest.skip("a usable GPU is present, so --device gpu succeeds here")
+    run("train", "--device", "gpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "g"))
+    assert not (tmp_path / "g").exists(), "a failed GPU request left a run directory behind"
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-1e-3"), ("--lr", "nan"),
+     ("--lr", "inf"), ("--limit", "0"), ("--device", "tpu"), ("--model", "resnet"), ("--dtype", "float16")],
+)  # fmt: skip
+def test_a_bad_option_is_a_usage_error(option, value):
+    result = run("train", option, value)
+    assert result.exit_code == 2, f"{option} {value}: exit code {result.exit_code}, expected 2"
+    assert option in result.stderr, f"the usage error does not name {option}: {result.stderr!r}"
+
+
+def test_a_missing_dataset_directory_is_a_one_line_error(tmp_path):
+    result = run("train", *FAST, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "nowhere")
+
+
+def test_evaluate_prints_accuracy_confusion_matrix_and_report(trained, data_dir):
+    out, _ = trained
+    result = run("evaluate", str(out / "model.npz"), "--data-dir", str(data_dir))
+    recorded = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    assert result.exit_code == 0, f"exit code {result.exit_code}: {result.output}"
+    assert f"accuracy {recorded:.4f}" in result.stdout, f"accuracy {recorded:.4f} not in {result.stdout!r}"
+    assert "confusion matrix" in result.stdout and "precision" in result.stdout, result.stdout
+    assert all(name in result.stdout for name in CLASS_NAMES), "a class name is missing from the report"
+
+
+def test_evaluate_of_a_missing_model_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run("evaluate", str(tmp_path / "none.npz")), "no such file")
+
+
+def test_predict_lists_the_top_k_classes_of_each_image(trained, tmp_path):
+    out, _ = trained
+    images, _ = blobs(3, seed=9)
+    write_idx(tmp_path / "three-idx3-ubyte", images)
+    result = run("predict", str(out / "model.npz"), str(tmp_path / "three-idx3-ubyte"), "--top", "2")
+    lines = result.stdout.strip().splitlines()
+    assert result.exit_code == 0 and len(lines) == 3, f"exit {result.exit_code}, lines {lines}"
+    for line in lines:
+        probabilities = [float(part.rsplit(" ", 1)[1]) for part in line.split(": ", 1)[1].split(", ")]
+        assert len(probabilities) == 2 and probabilities[0] >= probabilities[1], f"not the top 2: {line!r}"
+
+
+def test_predict_of_an_unreadable_file_is_a_one_line_error(trained, tmp_path):
+    out, _ = trained
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert_one_line_error(run("predict", str(out / "model.npz"), str(tmp_path / "notes.txt")), "notes.txt")
+
+
+def test_info_reports_versions_backends_and_the_dataset(data_dir):
+    result = run("info", "--data-dir", str(data_dir))
+    assert result.exit_code == 0, f"exit code {result.exit_code}: {result.output}"
+    for fragment in ("numpy", "cupy", "python", "cpu: usable", "gpu:", str(data_dir)):
+        assert fragment in result.stdout, f"{fragment!r} missing from cnnx info: {result.stdout!r}"
+
+
+def test_python_dash_m_cnnx_prints_one_error_line_and_no_traceback(tmp_path):
+    command = [sys.executable, "-m", "cnnx", "evaluate", str(tmp_path / "none.npz")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, f"exit code {done.returncode}: {done.stderr}"
+    assert lines and lines[0].startswith("cnnx: error:") and len(lines) == 1, f"stderr: {done.stderr!r}"
