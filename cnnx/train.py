@@ -154,7 +154,7 @@ class _Run:
         started = time.perf_counter()
         loss_sum = xp.zeros((), dtype="float64")
         correct = xp.zeros((), dtype="int64")
-        first_bad = xp.full((), -1, dtype="int64")  # 1-based index of the first non-finite batch, on device
+        first_bad = xp.zeros((), dtype="int64")  # 1-based index of the first non-finite batch; 0: none
         reporter.start(epoch)
         for batch in range(1, self.batches + 1):
             index = order[(batch - 1) * self.batch_size : batch * self.batch_size]
@@ -163,7 +163,7 @@ class _Run:
             batch_loss, batch_correct = train_step(model, self.optimizer, x, y)
             loss_sum += batch_loss
             correct += batch_correct
-            first_bad = xp.where(~xp.isfinite(batch_loss) & (first_bad < 0), batch, first_bad)
+            first_bad += (~xp.isfinite(batch_loss) & (first_bad == 0)) * batch  # stays on the device
             text = None
             if batch % self.check_every == 0 and batch < self.batches:
                 running = float(backend.to_host(loss_sum)) / min(batch * self.batch_size, n)
