@@ -68,13 +68,17 @@ def maxpool2d_backward(x, k, stride, dy):
 
 def dense(x, w, b):
     """Per-sample loops of y = x W + b."""
-    return np.array([[sum(x[s, i] * w[i, o] for i in range(w.shape[0])) + b[o] for o in range(w.shape[1])]
-                     for s in range(x.shape[0])])
+    return np.array(
+        [
+            [sum(x[s, i] * w[i, o] for i in range(w.shape[0])) + b[o] for o in range(w.shape[1])]
+            for s in range(x.shape[0])
+        ]
+    )
 
 
 def softmax_cross_entropy(logits, labels):
     loss = 0.0
-    for row, label in zip(logits, labels):
+    for row, label in zip(logits, labels, strict=True):
         m = row.max()
         loss += -(row[label] - m - np.log(np.exp(row - m).sum()))
     return loss / len(labels)
@@ -97,3 +101,50 @@ class TextbookAdam:
         m_hat = self.m / (1 - self.b1**self.t)
         v_hat = self.v / (1 - self.b2**self.t)
         return p - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+def dense_backward(x, w, dy):
+    """Gradients (dx, dW, db) of y = x W + b by per-element loops over the samples and both features."""
+    n, fin = x.shape
+    fout = w.shape[1]
+    dx, dw, db = np.zeros((n, fin)), np.zeros((fin, fout)), np.zeros(fout)
+    for s in range(n):
+        for o in range(fout):
+            db[o] += dy[s, o]
+            for i in range(fin):
+                dx[s, i] += dy[s, o] * w[i, o]
+                dw[i, o] += x[s, i] * dy[s, o]
+    return dx, dw, db
+
+
+class TextbookSGD:
+    """Plain gradient descent, p <- p - lr * g, for one parameter array."""
+
+    def __init__(self, lr=0.01):
+        self.lr = lr
+
+    def step(self, p, g):
+        return p - self.lr * g
+
+
+class TextbookMomentum:
+    """Momentum in the original report's form, an exponential average of the gradients:
+    m <- beta m + (1 - beta) g;  p <- p - lr m."""
+
+    def __init__(self, lr=0.01, beta=0.9):
+        self.lr, self.beta, self.m = lr, beta, None
+
+    def step(self, p, g):
+        self.m = (1 - self.beta) * g if self.m is None else self.beta * self.m + (1 - self.beta) * g
+        return p - self.lr * self.m
+
+
+class TextbookHeavyBall:
+    """Classical (Polyak heavy-ball) momentum: v <- beta v + g;  p <- p - lr v."""
+
+    def __init__(self, lr=0.01, beta=0.9):
+        self.lr, self.beta, self.v = lr, beta, None
+
+    def step(self, p, g):
+        self.v = g if self.v is None else self.beta * self.v + g
+        return p - self.lr * self.v
