@@ -8,7 +8,7 @@ import numpy as np
 
 
 class Backend:
-    """A device: its array module ``xp``, the host/device transfers, and the operations spelled per library."""
+    """A device: its array module ``xp``, host/device transfers, and the operations spelled per library."""
 
     name: str = "abstract"
     xp: Any = None
@@ -23,6 +23,13 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait until all queued device work is done (before reading a clock)."""
+
+    def memory_pool_bytes(self) -> int | None:
+        """Bytes the device's memory pool holds (None on the CPU, which has no pool)."""
+        return None
+
+    def release_memory_pool(self) -> None:
+        """Give the pool's unused blocks back, so that :meth:`memory_pool_bytes` next shows a fresh peak."""
 
     def scatter_add(self, target, indices, values) -> None:
         """In place, ``target[indices] += values`` with repeated indices accumulated, not overwritten."""

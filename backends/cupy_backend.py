@@ -66,6 +66,15 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
+    def memory_pool_bytes(self) -> int | None:
+        # The pool keeps freed blocks, so what it holds after a run is the run's peak (give or take
+        # fragmentation) once release_memory_pool() emptied it beforehand.
+        return int(self.xp.get_default_memory_pool().total_bytes())
+
+    def release_memory_pool(self) -> None:
+        self.synchronize()
+        self.xp.get_default_memory_pool().free_all_blocks()
+
     def scatter_add(self, target, indices, values) -> None:
         # cupy.add.at exists in recent CuPy; cupyx.scatter_add is the older spelling.
         add_at = getattr(self.xp.add, "at", None)

@@ -26,6 +26,7 @@ class Optimizer:
         self.lr = float(lr)
         self.steps = 0
         self.state: dict[str, dict] = {}  # slot name ("m", "v", ...) -> parameter name -> device array
+        self._work: dict = {}  # dtype -> one flat scratch array, reused by every update (not state)
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
@@ -43,14 +44,23 @@ class Optimizer:
             table[name] = self.xp.zeros_like(like)
         return table[name]
 
+    def _scratch(self, like):
+        """A scratch array shaped like ``like``, a view of one buffer shared by all parameters: the
+        updates below write their intermediate results there instead of allocating temporaries."""
+        work = self._work.get(like.dtype)
+        if work is None or work.size < like.size:
+            work = self._work[like.dtype] = self.xp.empty((like.size,), dtype=like.dtype)
+        return work[: like.size].reshape(like.shape)
+
     def config(self) -> dict:
         """Hyper-parameters that rebuild this optimizer (JSON-friendly)."""
         return {"name": self.name, "lr": self.lr}
 
     def state_dict(self, to_host) -> dict:
-        """A snapshot of the step count and every moment as host arrays: ``{"steps": n, "m/0.W": array, ...}``.
+        """A snapshot of the step count and every moment as host arrays: ``{"steps": n, "m/0.W": ...}``.
 
-        The arrays are copies: later steps do not change a snapshot (on the CPU ``to_host`` alone would alias).
+        The arrays are copies: later steps do not change a snapshot (on the CPU ``to_host`` alone would
+        alias).
         """
         flat = {"steps": self.steps}
         for slot, table in self.state.items():
@@ -65,7 +75,8 @@ class Optimizer:
         for key, value in flat.items():
             if key != "steps":
                 slot, name = key.split("/", 1)
-                self.state.setdefault(slot, {})[name] = to_device(value).copy()  # own it: never alias the source
+                # Own it: never alias the source.
+                self.state.setdefault(slot, {})[name] = to_device(value).copy()
 
 
 class SGD(Optimizer):
@@ -77,7 +88,9 @@ class SGD(Optimizer):
         super().__init__(target, lr)
 
     def update(self, name, param, grad):
-        param -= self.lr * grad
+        step = self._scratch(param)
+        self.xp.multiply(grad, self.lr, out=step)
+        param -= step
 
 
 class Momentum(Optimizer):
@@ -99,10 +112,12 @@ class Momentum(Optimizer):
         self.beta = float(beta)
 
     def update(self, name, param, grad):
-        m = self._slot("m", name, param)
+        m, work = self._slot("m", name, param), self._scratch(param)
         m *= self.beta
-        m += (1 - self.beta) * grad
-        param -= self.lr * m
+        self.xp.multiply(grad, 1 - self.beta, out=work)
+        m += work
+        self.xp.multiply(m, self.lr, out=work)
+        param -= work
 
     def config(self):
         return {**super().config(), "beta": self.beta}
@@ -111,8 +126,8 @@ class Momentum(Optimizer):
 class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba, 2015):
 
-        m_t = b1 m + (1 - b1) g;   v_t = b2 v + (1 - b2) g^2
-        p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m_t / (1 - b1^t),  v_hat = v_t / (1 - b2^t)
+    m_t = b1 m + (1 - b1) g;   v_t = b2 v + (1 - b2) g^2
+    p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m_t / (1 - b1^t),  v_hat = v_t / (1 - b2^t)
     """
 
     name = "adam"
@@ -124,18 +139,26 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def update(self, name, param, grad):
-        m = self._slot("m", name, param)
-        v = self._slot("v", name, param)
+        xp = self.xp
+        m, v, work = self._slot("m", name, param), self._slot("v", name, param), self._scratch(param)
+        # In place, through one scratch array: no temporaries the size of the parameter.
         m *= self.beta1
-        m += (1 - self.beta1) * grad
+        xp.multiply(grad, 1 - self.beta1, out=work)
+        m += work
         v *= self.beta2
-        v += (1 - self.beta2) * (grad * grad)
+        xp.multiply(grad, grad, out=work)
+        work *= 1 - self.beta2
+        v += work
+        # The bias corrections are host scalars. With c1 = 1 - b1^t and s2 = sqrt(1 - b2^t),
+        # lr * (m / c1) / (sqrt(v) / s2 + eps) == (lr * s2 / c1) * m / (sqrt(v) + eps * s2): exact algebra
+        # that leaves two scalar passes out.
         t = self.steps
-        # The bias corrections are host scalars: dividing them into lr and into sqrt(v) is exact algebra.
-        step_size = self.lr / (1 - self.beta1**t)
-        denom = self.xp.sqrt(v) / math.sqrt(1 - self.beta2**t)
-        denom += self.eps
-        param -= step_size * (m / denom)
+        s2 = math.sqrt(1 - self.beta2**t)
+        xp.sqrt(v, out=work)
+        work += self.eps * s2
+        xp.divide(m, work, out=work)
+        work *= self.lr * s2 / (1 - self.beta1**t)
+        param -= work
 
     def config(self):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

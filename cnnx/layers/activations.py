@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from cnnx import functional as F
+
 from .base import Layer
 
 
@@ -11,12 +13,20 @@ class ReLU(Layer):
     """max(x, 0); the derivative is 1 where x > 0 and 0 elsewhere (0 at x == 0, as in the original report)."""
 
     def forward(self, x, train=True):
+        # Image batches are computed in NHWC order (see functional.py), so the result keeps the channels-last
+        # memory of the convolution before it on CuPy too, which does not promise to keep an input's layout.
+        image = x.ndim == 4
+        if image:
+            x = F.to_nhwc(x)
         y = self.xp.maximum(x, 0)
         self.mask = (x > 0) if train else None
-        return y
+        return F.to_nchw(y) if image else y
 
     def backward(self, dy):
-        dx = dy * self.mask
+        if dy.ndim == 4:
+            dx = F.to_nchw(F.to_nhwc(dy) * self.mask)
+        else:
+            dx = dy * self.mask
         self.mask = None
         return dx
 

@@ -1,4 +1,4 @@
-"""2-D convolution over NCHW inputs, as an im2col matrix product."""
+"""2-D convolution over NCHW inputs, as an im2col matrix product computed channels last."""
 
 from __future__ import annotations
 
@@ -22,8 +22,19 @@ class Conv2D(Layer):
     (N, F, OH, OW) with OH = (H + 2*padding - kh) // stride + 1, and likewise OW.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride: int = 1, padding: int = 0,
-                 *, init: str = "xavier", rng=None, backend=None, dtype="float32"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size=3,
+        stride: int = 1,
+        padding: int = 0,
+        *,
+        init: str = "xavier",
+        rng=None,
+        backend=None,
+        dtype="float32",
+    ):
         super().__init__(backend=backend, dtype=dtype)
         if stride < 1 or padding < 0:
             raise ConfigError(f"Conv2D needs stride >= 1 and padding >= 0, got {stride} and {padding}")
@@ -32,28 +43,50 @@ class Conv2D(Layer):
         self.stride, self.padding, self.init = stride, padding, init
         self.params["W"] = self._new_weight((out_channels, in_channels, self.kh, self.kw), init, rng)
         self.params["b"] = self._zeros((out_channels,))
+        self.cols = self.x_shape = self._cols_cache = None
 
     def forward(self, x, train=True):
         n, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"Conv2D expects {self.in_channels} input channels, got {c}")
         oh, ow = self.output_shape((c, h, w))[1:]
-        cols = F.im2col(self.xp, x, self.kh, self.kw, self.stride, self.padding)   # (N, C*kh*kw, OH*OW)
-        w2 = self.params["W"].reshape(self.out_channels, -1)                          # (F, C*kh*kw)
-        y = self.xp.matmul(w2, cols)                                                  # (N, F, OH*OW)
-        y += self.params["b"][:, None]
+        xp = self.xp
+        # Channels last inside: each window row is a contiguous run and the product below is one GEMM
+        # whose (N*OH*OW, F) result is already the NHWC output (see functional.py).
+        x = F.pad_nhwc(xp, F.to_nhwc(x), self.padding)  # (N, H', W', C)
+        buffer = self._cols_buffer((n, oh, ow, self.kh, self.kw, c)) if train else None
+        cols = F.im2col_nhwc(xp, x, self.kh, self.kw, self.stride, out=buffer)  # (N*OH*OW, K)
+        y = xp.matmul(cols, self._kernel_matrix().T)  # (N*OH*OW, F)
+        F.bias_add_rows(xp, y, self.params["b"], oh * ow)
         self.cols, self.x_shape = (cols, x.shape) if train else (None, None)
-        return y.reshape(n, self.out_channels, oh, ow)
+        return F.to_nchw(y.reshape(n, oh, ow, self.out_channels))
 
     def backward(self, dy):
-        n = dy.shape[0]
-        dy = dy.reshape(n, self.out_channels, -1)                                     # (N, F, OH*OW)
-        w2 = self.params["W"].reshape(self.out_channels, -1)
-        self.grads["W"] = self.xp.tensordot(dy, self.cols, axes=([0, 2], [0, 2])).reshape(self.params["W"].shape)
-        self.grads["b"] = dy.sum(axis=(0, 2))
-        dcols = self.xp.matmul(w2.T, dy)                                              # (N, C*kh*kw, OH*OW)
+        xp = self.xp
+        n, f, oh, ow = dy.shape
+        dy = F.to_nhwc(dy).reshape(n * oh * ow, f)  # free when dy is channels last, as ours is
+        dw = xp.matmul(dy.T, self.cols)  # (F, K)
+        self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
+        self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
+        # One product per kernel offset (batched): each plane comes out contiguous, ready to fold back.
+        planes = xp.matmul(dy, F.kernel_planes(self.params["W"]))  # (kh*kw, N*OH*OW, C)
         self.cols = None
-        return F.col2im(self.xp, dcols, self.x_shape, self.kh, self.kw, self.stride, self.padding)
+        dx = F.col2im_nhwc(xp, planes, self.x_shape, self.kh, self.kw, self.stride)  # (N, H', W', C)
+        p = self.padding
+        if p:
+            dx = dx[:, p : dx.shape[1] - p, p : dx.shape[2] - p]
+        return F.to_nchw(dx)
+
+    def _kernel_matrix(self):
+        """W as (F, kh*kw*C), the (i, j, c) order of an im2col_nhwc row (a small copy each step)."""
+        return self.params["W"].transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
+
+    def _cols_buffer(self, shape):
+        """The im2col buffer for training, kept from step to step: the same shape comes back every step,
+        and refilling it spares allocating (and page-faulting) a fresh N*OH*OW x K array each time."""
+        if self._cols_cache is None or self._cols_cache.shape != shape:
+            self._cols_cache = self.xp.empty(shape, dtype=self.dtype)
+        return self._cols_cache
 
     def output_shape(self, input_shape):
         c, h, w = input_shape
@@ -64,6 +97,11 @@ class Conv2D(Layer):
         return (self.out_channels, oh, ow)
 
     def config(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": [self.kh, self.kw], "stride": self.stride, "padding": self.padding,
-                "init": self.init}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": [self.kh, self.kw],
+            "stride": self.stride,
+            "padding": self.padding,
+            "init": self.init,
+        }

@@ -8,10 +8,18 @@ from .base import Layer
 
 
 class Dense(Layer):
-    """y = x @ W + b for inputs (N, in_features); ``W`` is (in_features, out_features), ``b`` (out_features,)."""
+    """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)."""
 
-    def __init__(self, in_features: int, out_features: int, *, init: str = "xavier", rng=None,
-                 backend=None, dtype="float32"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init: str = "xavier",
+        rng=None,
+        backend=None,
+        dtype="float32",
+    ):
         super().__init__(backend=backend, dtype=dtype)
         self.in_features, self.out_features, self.init = in_features, out_features, init
         self.params["W"] = self._new_weight((in_features, out_features), init, rng)
@@ -21,7 +29,9 @@ class Dense(Layer):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Dense expects inputs (N, {self.in_features}), got {tuple(x.shape)}")
         self.x = x if train else None
-        return x @ self.params["W"] + self.params["b"]
+        y = x @ self.params["W"]
+        y += self.params["b"]  # in place: one temporary fewer
+        return y
 
     def backward(self, dy):
         self.grads["W"] = self.x.T @ dy
@@ -32,7 +42,9 @@ class Dense(Layer):
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
-            raise ConfigError(f"Dense expects {self.in_features} features per sample, got shape {input_shape}")
+            raise ConfigError(
+                f"Dense expects {self.in_features} features per sample, got shape {input_shape}"
+            )
         return (self.out_features,)
 
     def config(self):

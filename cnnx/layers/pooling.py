@@ -20,19 +20,27 @@ class MaxPool2D(Layer):
         self.k = kernel_size
         self.stride = stride or kernel_size
         if self.k < 1 or self.stride < 1:
-            raise ConfigError(f"MaxPool2D needs a positive kernel_size and stride, got {kernel_size}, {stride}")
+            raise ConfigError(
+                f"MaxPool2D needs a positive kernel_size and stride, got {kernel_size}, {stride}"
+            )
+        self.saved = None  # what backward needs: (path, masks or argmax, x shape)
 
     def forward(self, x, train=True):
-        windows = F.pool_windows(self.xp, x, self.k, self.stride)                  # (k*k, N, C, OH, OW)
-        if train:
-            self.argmax = windows.argmax(axis=0)
-            self.x_shape = x.shape
+        if self.k == self.stride == 2:
+            # The report's pooling: two elementwise maxima over channels-last rows, no window copies.
+            y, right, down = F.maxpool2x2_nhwc(self.xp, F.to_nhwc(x))
+            self.saved = ("2x2", right, down, F.to_nhwc(x).shape) if train else None
+            return F.to_nchw(y)
+        windows = F.pool_windows(self.xp, x, self.k, self.stride)  # (k*k, N, C, OH, OW)
+        self.saved = ("windows", windows.argmax(axis=0), None, x.shape) if train else None
         return windows.max(axis=0)
 
     def backward(self, dy):
-        dx = F.unpool_argmax(self.xp, dy, self.argmax, self.x_shape, self.k, self.stride)
-        self.argmax = None
-        return dx
+        path, first, second, x_shape = self.saved
+        self.saved = None
+        if path == "2x2":
+            return F.to_nchw(F.maxpool2x2_nhwc_backward(self.xp, F.to_nhwc(dy), first, second, x_shape))
+        return F.unpool_argmax(self.xp, dy, first, x_shape, self.k, self.stride)
 
     def output_shape(self, input_shape):
         c, h, w = input_shape
