@@ -1,0 +1,666 @@
+"""``cnnx bench``: training and inference speed of a preset, optionally against PyTorch in the same run.
+
+Timing uses synthetic data of the right shape (uniform pixels in [0, 1), uniform labels): speed does not
+depend on the values, and no dataset is needed. A training step is what ``cnnx train`` runs
+(:func:`cnnx.train.train_step`: forward, fused loss, backward, Adam update, loss and accuracy sums on the
+device) plus the host-to-device copy of the batch; an inference step is a forward pass with
+``train=False``. Each timed run does ``warmup`` steps, then times ``steps`` steps; the seconds per epoch
+are extrapolated from that throughput to 60,000 images, not measured over a real epoch.
+
+With ``compare="torch"`` the same architecture is built in PyTorch (imported only then, never a
+dependency of cnnx) with the same initial weights, checked by comparing the first forward's logits, and
+the two frameworks are timed in alternation (cnnx, torch, cnnx, torch, ...) so that a busy machine
+slows both alike; the report gives medians. PyTorch gets as many threads as NumPy's BLAS uses. On a GPU
+both sides synchronise the device before every clock reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import click
+import numpy as np  # host: synthetic batches and results live on the host
+
+from . import __version__
+from .backends import get_backend
+from .errors import ConfigError
+from .model import PRESETS, build_model
+from .optim import make_optimizer
+from .train import train_step
+
+EPOCH_IMAGES = 60_000
+COMPARE = ("torch",)
+DTYPES = ("float32", "float64")
+SYNTHETIC_BATCHES = 4  # distinct batches cycled through, so no step reuses the previous one's input
+
+
+# -- the machine ----------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The processor's model name (``lscpu``'s "Model name"), or the platform's guess."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> dict:
+    """NumPy's BLAS at run time (library, version, kernel, threads) through threadpoolctl when installed."""
+    info = {"threads": os.cpu_count() or 1}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return info | {"library": "unknown (threadpoolctl not installed)"}
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    numpy_pools = [p for p in pools if "numpy" in p.get("filepath", "")] or pools
+    if not numpy_pools:
+        return info | {"library": "unknown"}
+    pool = numpy_pools[0]
+    return {
+        "library": pool.get("internal_api"),
+        "version": pool.get("version"),
+        "kernel": pool.get("architecture"),
+        "threads": pool.get("num_threads"),
+    }
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: processor, cores, load, versions and the BLAS environment."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "cnnx": __version__,
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        # Set on some machines for older OpenBLAS builds; they change which kernel runs.
+        "env": {
+            k: os.environ[k]
+            for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+            if k in os.environ
+        },
+    }
+
+
+class PeakRSS:
+    """Peak resident memory of this process between :meth:`reset` and :meth:`read`, in MiB.
+
+    Linux resets the high-water mark when "5" is written to /proc/self/clear_refs; where that is not
+    possible the figure is the peak since the process started (``reset`` then says so).
+    """
+
+    def reset(self) -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            return True
+        except OSError:
+            return False
+
+    def read(self) -> float | None:
+        try:
+            with open("/proc/self/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        try:
+            import resource
+        except ImportError:
+            return None
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- the two frameworks ---------------------------------------------------------------------------
+
+
+def synthetic_batches(
+    batch_size: int, input_shape, classes: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A few (images float32 in [0, 1), labels int64) host batches from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            rng.random((batch_size, *input_shape), dtype=np.float32),
+            rng.integers(0, classes, batch_size, dtype=np.int64),
+        )
+        for _ in range(SYNTHETIC_BATCHES)
+    ]
+
+
+class CnnxRunner:
+    """A cnnx model and its Adam optimizer, timed step by step on its backend."""
+
+    name = "cnnx"
+
+    def __init__(self, model_name: str, backend, dtype: str, seed: int, lr: float):
+        self.backend = backend
+        self.model = build_model(model_name, backend=backend, dtype=dtype, seed=seed)
+        self.optimizer = make_optimizer("adam", self.model, lr)
+        self.dtype = self.model.dtype
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.backend.to_host(self.model.forward(self.backend.to_device(x, self.dtype), train=False))
+
+    def _steps(self, batches, count: int, train: bool) -> None:
+        backend, model = self.backend, self.model
+        for i in range(count):
+            x, labels = batches[i % len(batches)]
+            x = backend.to_device(x, self.dtype)
+            if train:
+                train_step(model, self.optimizer, x, backend.to_device(labels))
+            else:
+                model.forward(x, train=False)
+
+    def time(self, batches, steps: int, warmup: int, train: bool) -> float:
+        """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
+        self._steps(batches, warmup, train)
+        self.backend.synchronize()
+        start = time.perf_counter()
+        self._steps(batches, steps, train)
+        self.backend.synchronize()
+        return (time.perf_counter() - start) / steps
+
+    def memory_pool(self) -> tuple:
+        return self.backend.release_memory_pool, self.backend.memory_pool_bytes
+
+
+class TorchRunner:
+    """The same architecture in PyTorch with the same initial weights and Adam settings."""
+
+    name = "torch"
+
+    def __init__(self, twin: CnnxRunner, threads: int):
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError(
+                "--compare torch needs PyTorch, which is not installed (pip install torch)"
+            ) from None
+        self.torch = torch
+        self.device = "cuda" if twin.backend.name == "gpu" else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "--compare torch on the GPU needs a CUDA build of PyTorch, and this one has none"
+            )
+        if self.device == "cpu":
+            torch.set_num_threads(threads)
+        else:
+            # cnnx computes in full float32 on the GPU; TF32 convolutions would not be the same arithmetic.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        self.dtype = getattr(torch, str(twin.dtype))
+        self.model = self._build(twin).to(device=self.device, dtype=self.dtype)
+        opt = twin.optimizer
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps
+        )
+        self.threads = torch.get_num_threads()
+
+    def _build(self, twin: CnnxRunner):
+        nn, torch = self.torch.nn, self.torch
+        host = twin.backend.to_host
+
+        def weight(array, transpose=False):
+            array = host(array)
+            return nn.Parameter(torch.from_numpy((array.T if transpose else array).copy()))
+
+        layers = []
+        for layer in twin.model.layers:
+            kind = type(layer).__name__
+            if kind == "Conv2D":
+                module = nn.Conv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    (layer.kh, layer.kw),
+                    stride=layer.stride,
+                    padding=layer.padding,
+                )
+                module.weight, module.bias = weight(layer.params["W"]), weight(layer.params["b"])
+            elif kind == "Dense":
+                module = nn.Linear(layer.in_features, layer.out_features)
+                # cnnx keeps W as (in, out) for x @ W; PyTorch's Linear keeps (out, in).
+                module.weight, module.bias = weight(layer.params["W"], True), weight(layer.params["b"])
+            elif kind == "MaxPool2D":
+                module = nn.MaxPool2d(layer.k, layer.stride)
+            elif kind == "ReLU":
+                module = nn.ReLU()
+            elif kind == "Flatten":
+                module = nn.Flatten()
+            else:
+                raise ConfigError(f"--compare torch has no PyTorch counterpart for a {kind} layer")
+            layers.append(module)
+        return nn.Sequential(*layers)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            out = self.model(self._to_device(x))
+        return out.cpu().numpy().astype(np.float64)
+
+    def _to_device(self, array):
+        tensor = self.torch.from_numpy(array)
+        if tensor.is_floating_point():
+            tensor = tensor.to(self.dtype)
+        return tensor.to(self.device)
+
+    def _steps(self, batches, count: int, train: bool) -> None:
+        torch, model, opt = self.torch, self.model, self.optimizer
+        for i in range(count):
+            x, labels = batches[i % len(batches)]
+            x = self._to_device(x)
+            if train:
+                labels = self._to_device(labels)
+                opt.zero_grad(set_to_none=True)
+                logits = model(x)
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                loss.backward()
+                opt.step()
+                # What cnnx's train_step also returns: the loss and accuracy sums, left on the device.
+                _ = (loss.detach() * x.shape[0], (logits.detach().argmax(dim=1) == labels).sum())
+            else:
+                with torch.inference_mode():
+                    model(x)
+
+    def _synchronize(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def time(self, batches, steps: int, warmup: int, train: bool) -> float:
+        self._steps(batches, warmup, train)
+        self._synchronize()
+        start = time.perf_counter()
+        self._steps(batches, steps, train)
+        self._synchronize()
+        return (time.perf_counter() - start) / steps
+
+    def memory_pool(self) -> tuple:
+        if self.device != "cuda":
+            return (lambda: None), (lambda: None)
+        cuda = self.torch.cuda
+        return cuda.reset_peak_memory_stats, cuda.max_memory_allocated
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+
+
+def _check_settings(
+    model: str, batch_sizes, dtype: str, steps: int, warmup: int, repeats: int, compare
+) -> None:
+    if model not in PRESETS:
+        raise ConfigError(f"unknown model {model!r}: choose one of {', '.join(PRESETS)}")
+    if not batch_sizes or not all(isinstance(b, int) and b > 0 for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    if compare is not None and compare not in COMPARE:
+        raise ConfigError(f"--compare accepts {', '.join(COMPARE)}, got {compare!r}")
+
+
+def _agreement(cnnx_logits: np.ndarray, torch_logits: np.ndarray, dtype: str) -> dict:
+    """How far the first forward's logits of the two frameworks are apart (same weights, same batch)."""
+    diff = float(np.abs(cnnx_logits - torch_logits).max())
+    scale = float(np.abs(torch_logits).max()) or 1.0
+    tolerance = 1e-5 if dtype == "float32" else 1e-10
+    return {
+        "max_abs_diff": diff,
+        "rel_error": diff / scale,
+        "tolerance": tolerance,
+        "agree": diff / scale <= tolerance,
+    }
+
+
+def _summary(batch_size: int, record: dict) -> dict:
+    train, infer = statistics.median(record["train"]), statistics.median(record["infer"])
+    return {
+        "train_images_per_s": batch_size / train,
+        "train_seconds_per_epoch": EPOCH_IMAGES * train / batch_size,
+        "infer_images_per_s": batch_size / infer,
+        "train_step_ms": [round(t * 1e3, 3) for t in record["train"]],
+        "infer_step_ms": [round(t * 1e3, 3) for t in record["infer"]],
+        "peak_rss_mib": max(record["rss"]) if record["rss"] and None not in record["rss"] else None,
+        "device_pool_mib": max(record["pool"]) if record["pool"] and None not in record["pool"] else None,
+    }
+
+
+def run_benchmark(
+    model: str = "seed",
+    batch_sizes=(128,),
+    *,
+    device="cpu",
+    dtype: str = "float32",
+    steps: int = 20,
+    warmup: int = 3,
+    repeats: int = 3,
+    compare: str | None = None,
+    seed: int = 0,
+    lr: float = 1e-3,
+) -> dict:
+    """Time training and inference of a preset for each batch size; with ``compare="torch"`` also PyTorch.
+
+    Returns a JSON-friendly dict: the settings, the machine, and per batch size the medians over
+    ``repeats`` runs of ``steps`` timed steps each (images/s for training and inference, training
+    seconds per 60,000-image epoch extrapolated from that), every run's ms per step, peak RSS, the
+    device memory pool on a GPU, and with a comparison the time ratios cnnx / PyTorch and the
+    agreement of the first forward's logits. Raises ConfigError (or BackendUnavailable) on bad settings.
+    """
+    batch_sizes = tuple(batch_sizes)
+    _check_settings(model, batch_sizes, dtype, steps, warmup, repeats, compare)
+    backend = get_backend(device)
+    machine = machine_info()
+    threads = machine["blas"]["threads"] or 1
+    rss = PeakRSS()
+    result = {
+        "model": model,
+        "device": backend.describe(),
+        "dtype": dtype,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "compare": compare,
+        "seed": seed,
+        "optimizer": f"adam lr={lr:g}",
+        "data": f"synthetic: {SYNTHETIC_BATCHES} seeded batches of uniform [0, 1) images, uniform labels",
+        "epoch": f"seconds per epoch extrapolated to {EPOCH_IMAGES:,} images from the timed steps",
+        "machine": machine,
+        "rss_reset": rss.reset(),
+        "results": [],
+    }
+    for batch_size in batch_sizes:
+        ours = CnnxRunner(model, backend, dtype, seed, lr)
+        runners = [ours] + ([TorchRunner(ours, threads)] if compare else [])
+        batches = synthetic_batches(
+            batch_size, ours.model.input_shape, ours.model.output_shapes()[-1][0], seed
+        )
+        entry = {"batch_size": batch_size}
+        if compare:
+            first = batches[0][0]
+            entry["logits"] = _agreement(
+                ours.logits(first).astype(np.float64), runners[1].logits(first), dtype
+            )
+            result["torch"] = {
+                "version": runners[1].torch.__version__,
+                "threads": runners[1].threads,
+                "device": runners[1].device,
+            }
+        records = {r.name: {"train": [], "infer": [], "rss": [], "pool": []} for r in runners}
+        for repeat in range(repeats):
+            order = runners if repeat % 2 == 0 else runners[::-1]  # neither side always goes first
+            for train in (True, False):
+                for runner in order:
+                    reset_pool, read_pool = runner.memory_pool()
+                    reset_pool()
+                    rss.reset()
+                    seconds = runner.time(batches, steps, warmup, train)
+                    record = records[runner.name]
+                    record["train" if train else "infer"].append(seconds)
+                    record["rss"].append(rss.read())
+                    pool = read_pool()
+                    record["pool"].append(None if pool is None else pool / 2**20)
+        for name, record in records.items():
+            entry[name] = _summary(batch_size, record)
+        if compare:
+            entry["ratio"] = {
+                "train_time": entry["cnnx"]["train_seconds_per_epoch"]
+                / entry["torch"]["train_seconds_per_epoch"],
+                "infer_time": entry["torch"]["infer_images_per_s"] / entry["cnnx"]["infer_images_per_s"],
+            }
+        result["results"].append(entry)
+    result["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return result
+
+
+def _layer_label(layer) -> str:
+    kind = type(layer).__name__
+    if kind == "Conv2D":
+        return f"Conv2D {layer.in_channels}->{layer.out_channels} {layer.kh}x{layer.kw}"
+    if kind == "Dense":
+        return f"Dense {layer.in_features}->{layer.out_features}"
+    if kind == "MaxPool2D":
+        return f"MaxPool2D {layer.k}/{layer.stride}"
+    return kind
+
+
+def profile_layers(
+    model: str = "seed",
+    batch_size: int = 128,
+    *,
+    device="cpu",
+    dtype: str = "float32",
+    steps: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+    lr: float = 1e-3,
+) -> dict:
+    """Median milliseconds of each layer's forward and backward, the loss and the Adam step (cnnx only).
+
+    The device is synchronised around every timed piece, so on a GPU the pieces add up to more than a
+    free-running step.
+    """
+    _check_settings(model, (batch_size,), dtype, steps, warmup, 1, None)
+    from .losses import softmax_cross_entropy
+
+    backend = get_backend(device)
+    runner = CnnxRunner(model, backend, dtype, seed, lr)
+    layers, xp = runner.model.layers, runner.model.xp
+    batches = synthetic_batches(
+        batch_size, runner.model.input_shape, runner.model.output_shapes()[-1][0], seed
+    )
+    times = {
+        key: []
+        for key in [("forward", i) for i in range(len(layers))]
+        + [("backward", i) for i in range(len(layers))]
+        + [("loss", 0), ("optimizer", 0)]
+    }
+
+    def timed(key, step, work):
+        backend.synchronize()
+        start = time.perf_counter()
+        out = work()
+        backend.synchronize()
+        if step >= warmup:
+            times[key].append(time.perf_counter() - start)
+        return out
+
+    for step in range(warmup + steps):
+        x, labels = batches[step % len(batches)]
+        h = backend.to_device(x, runner.dtype)
+        labels = backend.to_device(labels)
+        for i, layer in enumerate(layers):
+            h = timed(("forward", i), step, lambda layer=layer, h=h: layer.forward(h, True))
+        _, grad = timed(("loss", 0), step, lambda h=h, labels=labels: softmax_cross_entropy(xp, h, labels))
+        for i in reversed(range(len(layers))):
+            grad = timed(("backward", i), step, lambda i=i, grad=grad: layers[i].backward(grad))
+        timed(("optimizer", 0), step, runner.optimizer.step)
+
+    def ms(key):
+        return statistics.median(times[key]) * 1e3
+
+    rows = [
+        {
+            "layer": f"{i:>2} {_layer_label(layer)}",
+            "forward_ms": ms(("forward", i)),
+            "backward_ms": ms(("backward", i)),
+        }
+        for i, layer in enumerate(layers)
+    ]
+    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows) + ms(("loss", 0)) + ms(("optimizer", 0))
+    return {
+        "model": model,
+        "batch_size": batch_size,
+        "device": backend.describe(),
+        "dtype": dtype,
+        "steps": steps,
+        "layers": rows,
+        "loss_ms": ms(("loss", 0)),
+        "optimizer_ms": ms(("optimizer", 0)),
+        "step_ms": total,
+        "seconds_per_epoch": EPOCH_IMAGES / batch_size * total / 1e3,
+    }
+
+
+# -- reports and the command ----------------------------------------------------------------------
+
+
+def format_report(result: dict) -> str:
+    """The human-readable table of :func:`run_benchmark`'s result."""
+    m = result["machine"]
+    blas = m["blas"]
+    lines = [
+        f"cnnx bench: {result['model']} on {result['device']}, {result['dtype']}, {result['optimizer']}",
+        f"machine: {m['cpu']}, {m['cores']} cores; BLAS {blas.get('library')} {blas.get('version', '')} "
+        f"({blas.get('kernel', '?')} kernel, {blas.get('threads')} threads); load {_load(m['load_average'])}",
+        f"timing: median of {result['repeats']} runs of {result['steps']} steps after {result['warmup']} "
+        f"warm-up steps; {result['data']}",
+    ]
+    if "torch" in result:
+        t = result["torch"]
+        lines.append(
+            f"PyTorch {t['version']} on {t['device']} with {t['threads']} threads, timed in alternation"
+        )
+    lines += [
+        "",
+        f"{'batch':>5}  {'framework':<9}  {'train img/s':>11}  {'s/epoch*':>8}  {'infer img/s':>11}  "
+        f"{'peak RSS MiB':>12}" + ("  pool MiB" if result["results"][0]["cnnx"]["device_pool_mib"] else ""),
+    ]
+    for entry in result["results"]:
+        for name in ("cnnx", "torch"):
+            if name not in entry:
+                continue
+            s = entry[name]
+            rss = f"{s['peak_rss_mib']:.0f}" if s["peak_rss_mib"] is not None else "-"
+            pool = f"  {s['device_pool_mib']:8.0f}" if s["device_pool_mib"] is not None else ""
+            lines.append(
+                f"{entry['batch_size']:>5}  {name:<9}  {s['train_images_per_s']:>11,.0f}  "
+                f"{s['train_seconds_per_epoch']:>8.1f}  {s['infer_images_per_s']:>11,.0f}  {rss:>12}{pool}"
+            )
+        if "ratio" in entry:
+            r, agree = entry["ratio"], entry["logits"]
+            lines.append(
+                f"{'':>5}  cnnx/torch time: train {r['train_time']:.2f}x, inference {r['infer_time']:.2f}x; "
+                f"first logits max |diff| {agree['max_abs_diff']:.1e} (relative {agree['rel_error']:.1e}"
+                f"{'' if agree['agree'] else ', ABOVE ' + format(agree['tolerance'], '.0e')})"
+            )
+    lines += [
+        "",
+        f"* {result['epoch']}; peak RSS is this process's, both frameworks loaded (reset per run: "
+        f"{'yes' if result['rss_reset'] else 'no, peak since start'})",
+    ]
+    return "\n".join(lines)
+
+
+def format_profile(profile: dict) -> str:
+    """The per-layer table of :func:`profile_layers`."""
+    lines = [
+        f"per-layer profile: {profile['model']}, batch {profile['batch_size']}, {profile['device']}, "
+        f"{profile['dtype']}, median of {profile['steps']} steps (ms)",
+        f"{'layer':<24} {'forward':>8} {'backward':>8}",
+    ]
+    for row in profile["layers"]:
+        lines.append(f"{row['layer']:<24} {row['forward_ms']:>8.2f} {row['backward_ms']:>8.2f}")
+    lines.append(f"{'loss':<24} {profile['loss_ms']:>8.2f}")
+    lines.append(f"{'optimizer (Adam)':<24} {profile['optimizer_ms']:>8.2f}")
+    lines.append(f"{'sum':<24} {profile['step_ms']:>8.2f}  -> {profile['seconds_per_epoch']:.1f} s per epoch")
+    return "\n".join(lines)
+
+
+def _load(values) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "unknown"
+
+
+def parse_batch_sizes(values) -> tuple[int, ...]:
+    """``("128", "256,512")`` -> (128, 256, 512); ConfigError on anything but positive integers."""
+    sizes = []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part.isdigit() or int(part) < 1:
+                raise ConfigError(
+                    f"--batch-size takes positive integers (repeat it or separate with commas), got {part!r}"
+                )
+            sizes.append(int(part))
+    return tuple(sizes)
+
+
+@click.command("bench")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="cpu (NumPy), gpu (CuPy) or auto.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(list(PRESETS)),
+    default="seed",
+    show_default=True,
+    help="Architecture preset.",
+)
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    multiple=True,
+    default=("128",),
+    show_default=True,
+    help="Images per step; repeat the option or give a comma list (128,512).",
+)
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per run.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps before each run.")
+@click.option(
+    "--repeats",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Runs per framework and mode; the report gives medians.",
+)
+@click.option(
+    "--compare",
+    type=click.Choice(COMPARE),
+    default=None,
+    help="Also time the same model in PyTorch (if installed), alternating runs.",
+)
+@click.option("--profile", is_flag=True, help="Also time each layer's forward and backward (cnnx only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(device, model_name, batch_sizes, dtype, steps, warmup, repeats, compare, profile, as_json) -> None:
+    """Training and inference throughput of a model preset on synthetic data, optionally against PyTorch.
+
+    Seconds per epoch are extrapolated to 60,000 images from the timed steps.
+    """
+    sizes = parse_batch_sizes(batch_sizes)
+    result = run_benchmark(
+        model_name,
+        sizes,
+        device=device,
+        dtype=dtype,
+        steps=steps,
+        warmup=warmup,
+        repeats=repeats,
+        compare=compare,
+    )
+    if profile:
+        result["profile"] = [
+            profile_layers(model_name, size, device=device, dtype=dtype, steps=steps, warmup=warmup)
+            for size in sizes
+        ]
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_report(result))
+    for table in result.get("profile", []):
+        click.echo("\n" + format_profile(table))
