@@ -7,20 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cnnx.backends import BackendUnavailable, available_backends, get_backend
+from cnnx.backends import available_backends
+from helpers import backend_or_skip
 from strict_backend import StrictBackend
 
 BACKENDS = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
 BACKEND_PARAMS = [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
-
-
-def backend_or_skip(name):
-    """The named backend, or skip the test with the one-line reason it is unusable here."""
-    try:
-        return get_backend(name)
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def pytest_report_header(config):

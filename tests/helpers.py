@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from cnnx.backends import BackendUnavailable, get_backend
+
+
+def backend_or_skip(name):
+    """The named backend, or skip the test with the one-line reason it is unusable here."""
+    try:
+        return get_backend(name)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def rel_error(a, b) -> float:
