@@ -45,31 +45,38 @@ def _is_xp(node: ast.expr) -> bool:
 
 
 def xp_names(source: str) -> list[tuple[int, tuple[str, ...]]]:
-    """(line, ("name",)) for each ``xp.name`` and (line, ("name", "attr")) for each ``xp.name.attr``."""
-    found = []
+    """(line, ("a", "b", ...)) for every longest attribute chain ``xp.a.b...`` in ``source``."""
+    found, inner = [], set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Attribute):
-            if _is_xp(node.value):
-                found.append((node.lineno, (node.attr,)))
-            elif isinstance(node.value, ast.Attribute) and _is_xp(node.value.value):
-                found.append((node.lineno, (node.value.attr, node.attr)))
+        if not isinstance(node, ast.Attribute) or id(node) in inner:
+            continue
+        chain, value = [node.attr], node.value
+        while isinstance(value, ast.Attribute) and not _is_xp(value):
+            inner.add(id(value))  # ast.walk visits outer chains first: skip their tails later
+            chain.append(value.attr)
+            value = value.value
+        if _is_xp(value):
+            found.append((node.lineno, tuple(reversed(chain))))
     return sorted(set(found))
 
 
 def missing_in(module, names: list[tuple[int, tuple[str, ...]]]) -> list[str]:
-    """The names of ``names`` that ``module`` (CuPy) lacks, as "line N: xp.a.b".
+    """The chains of ``names`` that ``module`` (CuPy) lacks, as "line N: xp.a.b".
 
-    A second level is checked where NumPy's first level is a submodule or a ufunc (``xp.linalg.norm``,
-    ``xp.add.at``); elsewhere it is a method of a returned object, which is out of scope.
+    A chain is followed while NumPy's object is a submodule or a ufunc (``xp.linalg.norm``,
+    ``xp.add.at``, ``xp.lib.stride_tricks.sliding_window_view``); past that it names an attribute of
+    a returned object, which is out of scope.
     """
     missing = []
     for line, chain in names:
-        head = getattr(module, chain[0], None)
-        if head is None:
-            missing.append(f"line {line}: xp.{chain[0]}")
-        elif len(chain) == 2 and isinstance(getattr(np, chain[0], None), (type(np), np.ufunc)):
-            if not hasattr(head, chain[1]):
-                missing.append(f"line {line}: xp.{'.'.join(chain)}")
+        ours, theirs = np, module
+        for depth, name in enumerate(chain):
+            if not hasattr(theirs, name):
+                missing.append(f"line {line}: xp.{'.'.join(chain[: depth + 1])}")
+                break
+            ours, theirs = getattr(ours, name, None), getattr(theirs, name)
+            if not isinstance(ours, (type(np), np.ufunc)):
+                break
     return missing
 
 
@@ -88,9 +95,20 @@ def test_every_xp_name_in_device_code_exists_in_cupy(cupy, path):
 
 def test_the_xp_scanner_reports_names_cupy_lacks_at_both_levels(cupy):
     numpy_only = sorted(n for n in dir(np) if callable(getattr(np, n)) and not hasattr(cupy, n))[0]
-    source = f"y = self.xp.{numpy_only}(x)\nz = backend.xp.add.at(a, i, v)\nn = xp.linalg.no_such_norm(a)\n"
+    source = (
+        f"y = self.xp.{numpy_only}(x)\n"
+        "z = backend.xp.add.at(a, i, v)\n"
+        "n = xp.linalg.no_such_norm(a)\n"
+        "w = xp.lib.stride_tricks.no_such_view(x).sum(axis=0)\n"
+        "t = xp.float32(1).no_such_method\n"
+    )
     found = missing_in(cupy, xp_names(source))
-    assert found == [f"line 1: xp.{numpy_only}", "line 3: xp.linalg.no_such_norm"], found
+    expected = [
+        f"line 1: xp.{numpy_only}",
+        "line 3: xp.linalg.no_such_norm",
+        "line 4: xp.lib.stride_tricks.no_such_view",
+    ]
+    assert found == expected, found
 
 
 def test_the_xp_scanner_sees_the_calls_in_each_part_of_the_device_code():
