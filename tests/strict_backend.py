@@ -34,7 +34,7 @@ def _refuse(what: str):
 def _cupy_module():
     try:
         import cupy
-    except Exception:  # CuPy absent or broken: the names are then checked by nothing here
+    except Exception:  # CuPy absent or broken: xp then checks no names (tests/test_guards.py skips too)
         return None
     return cupy
 

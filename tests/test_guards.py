@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cnnx.backends import get_backend
-from strict_backend import HostReadBack, StrictArray
+from strict_backend import METHODS, HostReadBack, StrictArray
 
 import cnnx
 from cnnx.data import Dataset
@@ -229,6 +229,11 @@ def test_strict_xp_refuses_a_numpy_name_that_cupy_lacks(strict_backend, cupy):
     numpy_only = sorted(n for n in dir(np) if callable(getattr(np, n)) and not hasattr(cupy, n))[0]
     with pytest.raises(AttributeError, match="not in CuPy"):
         getattr(strict_backend.xp, numpy_only)
+
+
+def test_every_method_strict_arrays_allow_exists_on_cupy_arrays(cupy):
+    missing = sorted(name for name in METHODS if not hasattr(cupy.ndarray, name))
+    assert not missing, f"strict_backend.METHODS allows methods cupy.ndarray lacks: {missing}"
 
 
 def test_strict_arrays_leave_shapes_free_to_read(strict_backend):
