@@ -126,6 +126,27 @@ def im2col_nhwc(xp, x, kh: int, kw: int, stride: int = 1, out=None):
     return out.reshape(n * oh * ow, kh * kw * c)
 
 
+def im2col_taps(xp, x, kh: int, kw: int, stride: int = 1, out=None):
+    """Unfold a single-channel (already padded) NHWC array tap by tap: (kh*kw, N*OH*OW).
+
+    Row ``i*kw + j`` is the image shifted by kernel offset (i, j): the transpose of :func:`im2col_nhwc`'s
+    result when C == 1, built from kh*kw strided copies of whole image rows (into ``out``, shape
+    (kh, kw, N, OH, OW), when given).
+    """
+    n, h, w, c = x.shape
+    if c != 1:
+        raise ValueError(f"im2col_taps unfolds single-channel images, got {c} channels")
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    if out is None:
+        out = xp.empty((kh, kw, n, oh, ow), dtype=x.dtype)
+    image = x.reshape(n, h, w)
+    for i in range(kh):
+        for j in range(kw):
+            out[i, j] = image[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
+    return out.reshape(kh * kw, n * oh * ow)
+
+
 def kernel_planes(w):
     """A weight (F, C, kh, kw) as one (F, C) matrix per kernel offset: (kh*kw, F, C), a view."""
     f, c, kh, kw = w.shape

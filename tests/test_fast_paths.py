@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+import reference as ref
 from helpers import assert_close
 
 from cnnx import functional as F
@@ -81,6 +82,32 @@ def test_nhwc_im2col_holds_the_nchw_columns_reordered(backend, rng):
     nhwc = backend.to_host(F.im2col_nhwc(xp, backend.to_device(x.transpose(0, 2, 3, 1), "float64"), 3, 3))
     reordered = nchw.reshape(2, 3, 3, 3, 12).transpose(0, 4, 2, 3, 1).reshape(24, 27)
     assert np.array_equal(nhwc, reordered), "NHWC columns are not the NCHW ones in (i, j, c) order"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tap_by_tap_columns_are_the_window_columns_transposed(backend, rng, stride):
+    xp = backend.xp
+    x = backend.to_device(rng.standard_normal((2, 7, 6, 1)), "float64")
+    taps = backend.to_host(F.im2col_taps(xp, x, 3, 2, stride))
+    windows = backend.to_host(F.im2col_nhwc(xp, x, 3, 2, stride))
+    assert np.array_equal(taps, windows.T), "im2col_taps is not im2col_nhwc transposed for one channel"
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (1, 2)])
+def test_single_channel_conv2d_matches_naive_loops(backend, rng, stride, padding):
+    # One input channel takes the tap-by-tap path (the first layer of the seed CNN).
+    layer = Conv2D(1, 4, 3, stride, padding, rng=rng, backend=backend, dtype="float64")
+    layer.params["b"][...] = backend.to_device(rng.standard_normal(4), "float64")
+    x = rng.standard_normal((2, 1, 8, 7))
+    y = layer.forward(backend.to_device(x, "float64"))
+    w, b = backend.to_host(layer.params["W"]), backend.to_host(layer.params["b"])
+    assert_close(backend.to_host(y), ref.conv2d(x, w, b, stride, padding), 1e-12, "forward")
+    dy = rng.standard_normal(y.shape)
+    dx = backend.to_host(layer.backward(backend.to_device(dy, "float64")))
+    ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dy, stride, padding)
+    assert_close(dx, ref_dx, 1e-12, "dx")
+    assert_close(backend.to_host(layer.grads["W"]), ref_dw, 1e-12, "dW")
+    assert_close(backend.to_host(layer.grads["b"]), ref_db, 1e-12, "db")
 
 
 def test_long_row_bias_helpers_match_the_plain_sums(backend, rng):

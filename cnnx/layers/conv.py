@@ -54,9 +54,15 @@ class Conv2D(Layer):
         # Channels last inside: each window row is a contiguous run and the product below is one GEMM
         # whose (N*OH*OW, F) result is already the NHWC output (see functional.py).
         x = F.pad_nhwc(xp, F.to_nhwc(x), self.padding)  # (N, H', W', C)
-        buffer = self._cols_buffer((n, oh, ow, self.kh, self.kw, c)) if train else None
-        cols = F.im2col_nhwc(xp, x, self.kh, self.kw, self.stride, out=buffer)  # (N*OH*OW, K)
-        y = xp.matmul(cols, self._kernel_matrix().T)  # (N*OH*OW, F)
+        kernels = self._kernel_matrix()  # (F, K)
+        if self._by_tap:
+            buffer = self._cols_buffer((self.kh, self.kw, n, oh, ow)) if train else None
+            cols = F.im2col_taps(xp, x, self.kh, self.kw, self.stride, out=buffer)  # (K, N*OH*OW)
+            y = xp.matmul(cols.T, kernels.T)  # (N*OH*OW, F)
+        else:
+            buffer = self._cols_buffer((n, oh, ow, self.kh, self.kw, c)) if train else None
+            cols = F.im2col_nhwc(xp, x, self.kh, self.kw, self.stride, out=buffer)  # (N*OH*OW, K)
+            y = xp.matmul(cols, kernels.T)  # (N*OH*OW, F)
         F.bias_add_rows(xp, y, self.params["b"], oh * ow)
         self.cols, self.x_shape = (cols, x.shape) if train else (None, None)
         return F.to_nchw(y.reshape(n, oh, ow, self.out_channels))
@@ -65,17 +71,31 @@ class Conv2D(Layer):
         xp = self.xp
         n, f, oh, ow = dy.shape
         dy = F.to_nhwc(dy).reshape(n * oh * ow, f)  # free when dy is channels last, as ours is
-        dw = xp.matmul(dy.T, self.cols)  # (F, K)
+        if self._by_tap:
+            dw = xp.matmul(self.cols, dy).T  # (F, K)
+            planes = xp.matmul(self._kernel_matrix().T, dy.T)  # (K, N*OH*OW): one plane per tap, C = 1
+        else:
+            dw = xp.matmul(dy.T, self.cols)  # (F, K)
+            # One product per kernel offset (batched): each plane comes out contiguous, ready to fold back.
+            planes = xp.matmul(dy, F.kernel_planes(self.params["W"]))  # (kh*kw, N*OH*OW, C)
         self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
         self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
-        # One product per kernel offset (batched): each plane comes out contiguous, ready to fold back.
-        planes = xp.matmul(dy, F.kernel_planes(self.params["W"]))  # (kh*kw, N*OH*OW, C)
         self.cols = None
         dx = F.col2im_nhwc(xp, planes, self.x_shape, self.kh, self.kw, self.stride)  # (N, H', W', C)
         p = self.padding
         if p:
             dx = dx[:, p : dx.shape[1] - p, p : dx.shape[2] - p]
         return F.to_nchw(dx)
+
+    @property
+    def _by_tap(self) -> bool:
+        """Single-channel input (grey images): unfold tap by tap, (K, N*OH*OW), instead of window by window.
+
+        A window of one channel is only kh*kw numbers, which im2col_nhwc would copy a few at a time;
+        tap by tap it is kh*kw copies of whole image rows (five times faster for the first layer of the
+        seed CNN), and the products below take the transposed matrix at no cost.
+        """
+        return self.in_channels == 1
 
     def _kernel_matrix(self):
         """W as (F, kh*kw*C), the (i, j, c) order of an im2col_nhwc row (a small copy each step)."""
