@@ -17,278 +17,22 @@ both sides synchronise the device before every clock reading.
 from __future__ import annotations
 
 import json
+import math
 import os
-import platform
 import statistics
 import time
 
 import click
 import numpy as np  # host: synthetic batches and results live on the host
 
-from . import __version__
 from .backends import get_backend
 from .errors import ConfigError
-from .model import PRESETS, build_model
-from .optim import make_optimizer
-from .train import train_step
+from .model import PRESETS
+from .timing import SYNTHETIC_BATCHES, CnnxRunner, PeakRSS, TorchRunner, machine_info, synthetic_batches
 
 EPOCH_IMAGES = 60_000
 COMPARE = ("torch",)
 DTYPES = ("float32", "float64")
-SYNTHETIC_BATCHES = 4  # distinct batches cycled through, so no step reuses the previous one's input
-
-
-# -- the machine ----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The processor's model name (``lscpu``'s "Model name"), or the platform's guess."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def blas_info() -> dict:
-    """NumPy's BLAS at run time (library, version, kernel, threads) through threadpoolctl when installed."""
-    info = {"threads": os.cpu_count() or 1}
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return info | {"library": "unknown (threadpoolctl not installed)"}
-    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-    numpy_pools = [p for p in pools if "numpy" in p.get("filepath", "")] or pools
-    if not numpy_pools:
-        return info | {"library": "unknown"}
-    pool = numpy_pools[0]
-    return {
-        "library": pool.get("internal_api"),
-        "version": pool.get("version"),
-        "kernel": pool.get("architecture"),
-        "threads": pool.get("num_threads"),
-    }
-
-
-def machine_info() -> dict:
-    """Where the numbers come from: processor, cores, load, versions and the BLAS environment."""
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "cnnx": __version__,
-        "numpy": np.__version__,
-        "blas": blas_info(),
-        # Set on some machines for older OpenBLAS builds; they change which kernel runs.
-        "env": {
-            k: os.environ[k]
-            for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-            if k in os.environ
-        },
-    }
-
-
-class PeakRSS:
-    """Peak resident memory of this process between :meth:`reset` and :meth:`read`, in MiB.
-
-    Linux resets the high-water mark when "5" is written to /proc/self/clear_refs; where that is not
-    possible the figure is the peak since the process started (``reset`` then says so).
-    """
-
-    def reset(self) -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-            return True
-        except OSError:
-            return False
-
-    def read(self) -> float | None:
-        try:
-            with open("/proc/self/status") as handle:
-                for line in handle:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        try:
-            import resource
-        except ImportError:
-            return None
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- the two frameworks ---------------------------------------------------------------------------
-
-
-def synthetic_batches(
-    batch_size: int, input_shape, classes: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A few (images float32 in [0, 1), labels int64) host batches from a seeded generator."""
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.random((batch_size, *input_shape), dtype=np.float32),
-            rng.integers(0, classes, batch_size, dtype=np.int64),
-        )
-        for _ in range(SYNTHETIC_BATCHES)
-    ]
-
-
-class CnnxRunner:
-    """A cnnx model and its Adam optimizer, timed step by step on its backend."""
-
-    name = "cnnx"
-
-    def __init__(self, model_name: str, backend, dtype: str, seed: int, lr: float):
-        self.backend = backend
-        self.model = build_model(model_name, backend=backend, dtype=dtype, seed=seed)
-        self.optimizer = make_optimizer("adam", self.model, lr)
-        self.dtype = self.model.dtype
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.backend.to_host(self.model.forward(self.backend.to_device(x, self.dtype), train=False))
-
-    def _steps(self, batches, count: int, train: bool) -> None:
-        backend, model = self.backend, self.model
-        for i in range(count):
-            x, labels = batches[i % len(batches)]
-            x = backend.to_device(x, self.dtype)
-            if train:
-                train_step(model, self.optimizer, x, backend.to_device(labels))
-            else:
-                model.forward(x, train=False)
-
-    def time(self, batches, steps: int, warmup: int, train: bool) -> float:
-        """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
-        self._steps(batches, warmup, train)
-        self.backend.synchronize()
-        start = time.perf_counter()
-        self._steps(batches, steps, train)
-        self.backend.synchronize()
-        return (time.perf_counter() - start) / steps
-
-    def memory_pool(self) -> tuple:
-        return self.backend.release_memory_pool, self.backend.memory_pool_bytes
-
-
-class TorchRunner:
-    """The same architecture in PyTorch with the same initial weights and Adam settings."""
-
-    name = "torch"
-
-    def __init__(self, twin: CnnxRunner, threads: int):
-        try:
-            import torch
-        except ImportError:
-            raise ConfigError(
-                "--compare torch needs PyTorch, which is not installed (pip install torch)"
-            ) from None
-        self.torch = torch
-        self.device = "cuda" if twin.backend.name == "gpu" else "cpu"
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                "--compare torch on the GPU needs a CUDA build of PyTorch, and this one has none"
-            )
-        if self.device == "cpu":
-            torch.set_num_threads(threads)
-        else:
-            # cnnx computes in full float32 on the GPU; TF32 convolutions would not be the same arithmetic.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        self.dtype = getattr(torch, str(twin.dtype))
-        self.model = self._build(twin).to(device=self.device, dtype=self.dtype)
-        opt = twin.optimizer
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps
-        )
-        self.threads = torch.get_num_threads()
-
-    def _build(self, twin: CnnxRunner):
-        nn, torch = self.torch.nn, self.torch
-        host = twin.backend.to_host
-
-        def weight(array, transpose=False):
-            array = host(array)
-            return nn.Parameter(torch.from_numpy((array.T if transpose else array).copy()))
-
-        layers = []
-        for layer in twin.model.layers:
-            kind = type(layer).__name__
-            if kind == "Conv2D":
-                module = nn.Conv2d(
-                    layer.in_channels,
-                    layer.out_channels,
-                    (layer.kh, layer.kw),
-                    stride=layer.stride,
-                    padding=layer.padding,
-                )
-                module.weight, module.bias = weight(layer.params["W"]), weight(layer.params["b"])
-            elif kind == "Dense":
-                module = nn.Linear(layer.in_features, layer.out_features)
-                # cnnx keeps W as (in, out) for x @ W; PyTorch's Linear keeps (out, in).
-                module.weight, module.bias = weight(layer.params["W"], True), weight(layer.params["b"])
-            elif kind == "MaxPool2D":
-                module = nn.MaxPool2d(layer.k, layer.stride)
-            elif kind == "ReLU":
-                module = nn.ReLU()
-            elif kind == "Flatten":
-                module = nn.Flatten()
-            else:
-                raise ConfigError(f"--compare torch has no PyTorch counterpart for a {kind} layer")
-            layers.append(module)
-        return nn.Sequential(*layers)
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            out = self.model(self._to_device(x))
-        return out.cpu().numpy().astype(np.float64)
-
-    def _to_device(self, array):
-        tensor = self.torch.from_numpy(array)
-        if tensor.is_floating_point():
-            tensor = tensor.to(self.dtype)
-        return tensor.to(self.device)
-
-    def _steps(self, batches, count: int, train: bool) -> None:
-        torch, model, opt = self.torch, self.model, self.optimizer
-        for i in range(count):
-            x, labels = batches[i % len(batches)]
-            x = self._to_device(x)
-            if train:
-                labels = self._to_device(labels)
-                opt.zero_grad(set_to_none=True)
-                logits = model(x)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-                loss.backward()
-                opt.step()
-                # What cnnx's train_step also returns: the loss and accuracy sums, left on the device.
-                _ = (loss.detach() * x.shape[0], (logits.detach().argmax(dim=1) == labels).sum())
-            else:
-                with torch.inference_mode():
-                    model(x)
-
-    def _synchronize(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-
-    def time(self, batches, steps: int, warmup: int, train: bool) -> float:
-        self._steps(batches, warmup, train)
-        self._synchronize()
-        start = time.perf_counter()
-        self._steps(batches, steps, train)
-        self._synchronize()
-        return (time.perf_counter() - start) / steps
-
-    def memory_pool(self) -> tuple:
-        if self.device != "cuda":
-            return (lambda: None), (lambda: None)
-        cuda = self.torch.cuda
-        return cuda.reset_peak_memory_stats, cuda.max_memory_allocated
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -442,15 +186,18 @@ def profile_layers(
     dtype: str = "float32",
     steps: int = 20,
     warmup: int = 3,
+    repeats: int = 1,
     seed: int = 0,
     lr: float = 1e-3,
 ) -> dict:
-    """Median milliseconds of each layer's forward and backward, the loss and the Adam step (cnnx only).
+    """Milliseconds of each layer's forward and backward, the loss and the Adam step (cnnx only).
 
-    The device is synchronised around every timed piece, so on a GPU the pieces add up to more than a
-    free-running step.
+    Each of ``repeats`` runs takes the median of ``steps`` steps after ``warmup``; each piece then
+    reports its best run, which on a shared machine is the closest to its undisturbed cost (a median
+    over runs would still count the runs another process slowed down). The device is synchronised
+    around every timed piece, so on a GPU the pieces add up to more than a free-running step.
     """
-    _check_settings(model, (batch_size,), dtype, steps, warmup, 1, None)
+    _check_settings(model, (batch_size,), dtype, steps, warmup, repeats, None)
     from .losses import softmax_cross_entropy
 
     backend = get_backend(device)
@@ -459,14 +206,11 @@ def profile_layers(
     batches = synthetic_batches(
         batch_size, runner.model.input_shape, runner.model.output_shapes()[-1][0], seed
     )
-    times = {
-        key: []
-        for key in [("forward", i) for i in range(len(layers))]
-        + [("backward", i) for i in range(len(layers))]
-        + [("loss", 0), ("optimizer", 0)]
-    }
+    keys = [("forward", i) for i in range(len(layers))] + [("backward", i) for i in range(len(layers))]
+    keys += [("loss", 0), ("optimizer", 0)]
+    best = {key: math.inf for key in keys}
 
-    def timed(key, step, work):
+    def timed(times, key, step, work):
         backend.synchronize()
         start = time.perf_counter()
         out = work()
@@ -475,38 +219,41 @@ def profile_layers(
             times[key].append(time.perf_counter() - start)
         return out
 
-    for step in range(warmup + steps):
-        x, labels = batches[step % len(batches)]
-        h = backend.to_device(x, runner.dtype)
-        labels = backend.to_device(labels)
-        for i, layer in enumerate(layers):
-            h = timed(("forward", i), step, lambda layer=layer, h=h: layer.forward(h, True))
-        _, grad = timed(("loss", 0), step, lambda h=h, labels=labels: softmax_cross_entropy(xp, h, labels))
-        for i in reversed(range(len(layers))):
-            grad = timed(("backward", i), step, lambda i=i, grad=grad: layers[i].backward(grad))
-        timed(("optimizer", 0), step, runner.optimizer.step)
-
-    def ms(key):
-        return statistics.median(times[key]) * 1e3
+    for _ in range(repeats):
+        times = {key: [] for key in keys}
+        for step in range(warmup + steps):
+            x, labels = batches[step % len(batches)]
+            h = backend.to_device(x, runner.dtype)
+            labels = backend.to_device(labels)
+            for i, layer in enumerate(layers):
+                h = timed(times, ("forward", i), step, lambda layer=layer, h=h: layer.forward(h, True))
+            _, grad = timed(times, ("loss", 0), step, lambda h=h, y=labels: softmax_cross_entropy(xp, h, y))
+            for i in reversed(range(len(layers))):
+                grad = timed(times, ("backward", i), step, lambda i=i, g=grad: layers[i].backward(g))
+            timed(times, ("optimizer", 0), step, runner.optimizer.step)
+        for key in keys:
+            best[key] = min(best[key], statistics.median(times[key]) * 1e3)
 
     rows = [
         {
             "layer": f"{i:>2} {_layer_label(layer)}",
-            "forward_ms": ms(("forward", i)),
-            "backward_ms": ms(("backward", i)),
+            "forward_ms": best[("forward", i)],
+            "backward_ms": best[("backward", i)],
         }
         for i, layer in enumerate(layers)
     ]
-    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows) + ms(("loss", 0)) + ms(("optimizer", 0))
+    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows) + best[("loss", 0)]
+    total += best[("optimizer", 0)]
     return {
         "model": model,
         "batch_size": batch_size,
         "device": backend.describe(),
         "dtype": dtype,
         "steps": steps,
+        "repeats": repeats,
         "layers": rows,
-        "loss_ms": ms(("loss", 0)),
-        "optimizer_ms": ms(("optimizer", 0)),
+        "loss_ms": best[("loss", 0)],
+        "optimizer_ms": best[("optimizer", 0)],
         "step_ms": total,
         "seconds_per_epoch": EPOCH_IMAGES / batch_size * total / 1e3,
     }
@@ -556,8 +303,9 @@ def format_report(result: dict) -> str:
             )
     lines += [
         "",
-        f"* {result['epoch']}; peak RSS is this process's, both frameworks loaded (reset per run: "
-        f"{'yes' if result['rss_reset'] else 'no, peak since start'})",
+        f"* {result['epoch']}; peak RSS is this process's during the framework's runs"
+        + (", both frameworks loaded" if result["compare"] else "")
+        + ("" if result["rss_reset"] else " (no reset possible here: the peak since the process started)"),
     ]
     return "\n".join(lines)
 
@@ -566,7 +314,7 @@ def format_profile(profile: dict) -> str:
     """The per-layer table of :func:`profile_layers`."""
     lines = [
         f"per-layer profile: {profile['model']}, batch {profile['batch_size']}, {profile['device']}, "
-        f"{profile['dtype']}, median of {profile['steps']} steps (ms)",
+        f"{profile['dtype']}; ms, the best of {profile['repeats']} runs' medians of {profile['steps']} steps",
         f"{'layer':<24} {'forward':>8} {'backward':>8}",
     ]
     for row in profile["layers"]:
@@ -635,7 +383,11 @@ def parse_batch_sizes(values) -> tuple[int, ...]:
     default=None,
     help="Also time the same model in PyTorch (if installed), alternating runs.",
 )
-@click.option("--profile", is_flag=True, help="Also time each layer's forward and backward (cnnx only).")
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also time each layer's forward and backward and the optimizer (cnnx only; best of --repeats runs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(device, model_name, batch_sizes, dtype, steps, warmup, repeats, compare, profile, as_json) -> None:
     """Training and inference throughput of a model preset on synthetic data, optionally against PyTorch.
@@ -655,7 +407,9 @@ def bench(device, model_name, batch_sizes, dtype, steps, warmup, repeats, compar
     )
     if profile:
         result["profile"] = [
-            profile_layers(model_name, size, device=device, dtype=dtype, steps=steps, warmup=warmup)
+            profile_layers(
+                model_name, size, device=device, dtype=dtype, steps=steps, warmup=warmup, repeats=repeats
+            )
             for size in sizes
         ]
     if as_json:
