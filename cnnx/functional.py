@@ -190,23 +190,24 @@ def bias_grad_rows(dy, rows_per_image: int):
     return dy.reshape(-1, rows_per_image * f).sum(axis=0).reshape(rows_per_image, f).sum(axis=0)
 
 
-def maxpool2x2_nhwc(xp, x):
+def maxpool2x2_nhwc(xp, x, masks: bool = True):
     """2x2 max pooling with stride 2 of an NHWC array (floor mode): (y, right, down) for the backward.
 
     The two columns of each window are compared first, then the two row maxima, so ties go to the first
     maximum in row-major order (the left column within a row, then the top row), as in the general
     path. ``right`` (N, 2*OH, OW, C) says the right column won within a row, ``down`` (N, OH, OW, C)
     that the bottom row won. The columns are first copied out contiguously: elementwise operations on
-    the interleaved views are several times slower than the copies.
+    the interleaved views are several times slower than the copies. Without ``masks`` (inference) the
+    masks are (None, None).
     """
     n, h, w, c = x.shape
     oh, ow = h // 2, w // 2
     x = x[:, : 2 * oh, : 2 * ow]
     left, right_values = x[:, :, 0::2].copy(), x[:, :, 1::2].copy()  # (N, 2*OH, OW, C) each
-    right = right_values > left
+    right = (right_values > left) if masks else None
     rows = xp.maximum(left, right_values)  # the maximum of each row pair
     top, bottom = rows[:, 0::2], rows[:, 1::2]  # whole image rows: cheap views
-    down = bottom > top
+    down = (bottom > top) if masks else None
     return xp.maximum(top, bottom), right, down
 
 

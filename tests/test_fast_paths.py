@@ -157,3 +157,22 @@ def test_relu_keeps_a_dense_input_as_it_is(backend, rng):
     x = rng.standard_normal((3, 5))
     y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
     assert np.array_equal(y, np.maximum(x, 0)), "ReLU on a 2-D input changed values"
+
+
+def test_inference_borrows_the_im2col_buffer_only_when_it_fits(rng):
+    layer = Conv2D(2, 3, 3, rng=rng)
+    small, large = (rng.standard_normal((n, 2, 6, 6)).astype(np.float32) for n in (2, 5))
+    layer.forward(small)  # training sets the buffer's size
+    buffer = layer.cols
+    layer.forward(large, train=False)
+    layer.forward(small, train=True)
+    assert np.shares_memory(buffer, layer.cols), "inference in a larger batch replaced the training buffer"
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 5)])
+def test_fast_2x2_pooling_gives_the_same_values_in_inference(backend, rng, size):
+    layer = MaxPool2D(2, backend=backend, dtype="float64")
+    x = backend.to_device(rng.standard_normal((2, 3, *size)), "float64")
+    inference = backend.to_host(layer.forward(x, train=False))
+    training = backend.to_host(layer.forward(x, train=True))
+    assert np.array_equal(inference, training), "inference pooling differs from training pooling"

@@ -28,7 +28,7 @@ class MaxPool2D(Layer):
     def forward(self, x, train=True):
         if self.k == self.stride == 2:
             # The report's pooling: two elementwise maxima over channels-last rows, no window copies.
-            y, right, down = F.maxpool2x2_nhwc(self.xp, F.to_nhwc(x))
+            y, right, down = F.maxpool2x2_nhwc(self.xp, F.to_nhwc(x), masks=train)
             self.saved = ("2x2", right, down, F.to_nhwc(x).shape) if train else None
             return F.to_nchw(y)
         windows = F.pool_windows(self.xp, x, self.k, self.stride)  # (k*k, N, C, OH, OW)
