@@ -293,9 +293,9 @@ def _load(model_path: Path, device: str):
     return model
 
 
-# `cnnx bench` is written in cnnx/bench.py (its own issue); the lead registers it here, e.g.
-#     from .bench import bench
-#     cli.add_command(bench)
+from .bench import bench  # noqa: E402  (the command lives beside the benchmark it runs)
+
+cli.add_command(bench)
 
 
 def main() -> None:
