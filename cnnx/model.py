@@ -77,14 +77,16 @@ class Sequential:
     def summary(self) -> str:
         """A table of layers, output shapes and parameter counts."""
         rows = [("layer", "output shape", "params")]
-        for i, (layer, shape) in enumerate(zip(self.layers, self.output_shapes())):
+        for i, (layer, shape) in enumerate(zip(self.layers, self.output_shapes(), strict=True)):
             count = sum(math.prod(p.shape) for _, p, _ in layer.named_parameters())
             rows.append((f"{i:>2} {type(layer).__name__}", "x".join(map(str, shape)), f"{count:,}"))
         widths = [max(len(row[c]) for row in rows) for c in range(3)]
         lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
         lines.insert(1, "-" * len(lines[0]))
-        lines.append(f"{self.name}: {self.parameter_count():,} parameters, input {self.input_shape}, "
-                     f"{self.dtype}, {self.backend.describe()}")
+        lines.append(
+            f"{self.name}: {self.parameter_count():,} parameters, input {self.input_shape}, "
+            f"{self.dtype}, {self.backend.describe()}"
+        )
         return "\n".join(lines)
 
     # -- weights, devices and files ------------------------------------------------------------
@@ -101,17 +103,26 @@ class Sequential:
         expected = {name: p for name, p, _ in self.named_parameters()}
         if set(state) != set(expected):
             missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-            raise CheckpointError(f"parameters do not match the architecture (missing {missing}, unexpected {extra})")
+            raise CheckpointError(
+                f"parameters do not match the architecture (missing {missing}, unexpected {extra})"
+            )
         for name, param in expected.items():
             value = np.asarray(state[name])
             if value.shape != param.shape:
-                raise CheckpointError(f"parameter {name} has shape {value.shape}, the architecture needs {param.shape}")
+                raise CheckpointError(
+                    f"parameter {name} has shape {value.shape}, the architecture needs {param.shape}"
+                )
             param[...] = self.backend.to_device(value, self.dtype)
 
     def to(self, device=None, dtype=None) -> Sequential:
         """A copy of this model on another backend and/or dtype (same weights)."""
-        copy = build_from_architecture(self.architecture(), backend=device or self.backend,
-                                       dtype=dtype or self.dtype, input_shape=self.input_shape, name=self.name)
+        copy = build_from_architecture(
+            self.architecture(),
+            backend=device or self.backend,
+            dtype=dtype or self.dtype,
+            input_shape=self.input_shape,
+            name=self.name,
+        )
         copy.load_state_dict(self.state_dict())
         return copy
 
@@ -124,8 +135,14 @@ class Sequential:
         return np.concatenate(out) if out else np.zeros((0, self.output_shapes()[-1][0]), self.dtype)
 
     def header(self) -> dict:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name, "dtype": str(self.dtype),
-                "input_shape": list(self.input_shape), "architecture": self.architecture()}
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "dtype": str(self.dtype),
+            "input_shape": list(self.input_shape),
+            "architecture": self.architecture(),
+        }
 
     def save(self, path, extra: dict[str, np.ndarray] | None = None, meta: dict | None = None) -> Path:
         """Write the model to one ``.npz`` file atomically; ``extra`` arrays and ``meta`` JSON ride along."""
@@ -143,15 +160,35 @@ class Sequential:
 
 
 def _seed(make):
-    return [make(Conv2D, 1, 32, 3), make(ReLU), make(MaxPool2D, 2),
-            make(Conv2D, 32, 64, 3), make(ReLU), make(MaxPool2D, 2),
-            make(Flatten), make(Dense, 1600, 128), make(ReLU),
-            make(Dense, 128, 64), make(ReLU), make(Dense, 64, 32), make(ReLU), make(Dense, 32, 10)]
+    return [
+        make(Conv2D, 1, 32, 3),
+        make(ReLU),
+        make(MaxPool2D, 2),
+        make(Conv2D, 32, 64, 3),
+        make(ReLU),
+        make(MaxPool2D, 2),
+        make(Flatten),
+        make(Dense, 1600, 128),
+        make(ReLU),
+        make(Dense, 128, 64),
+        make(ReLU),
+        make(Dense, 64, 32),
+        make(ReLU),
+        make(Dense, 32, 10),
+    ]
 
 
 def _mlp(make):
-    return [make(Flatten), make(Dense, 784, 128), make(ReLU), make(Dense, 128, 64), make(ReLU),
-            make(Dense, 64, 32), make(ReLU), make(Dense, 32, 10)]
+    return [
+        make(Flatten),
+        make(Dense, 784, 128),
+        make(ReLU),
+        make(Dense, 128, 64),
+        make(ReLU),
+        make(Dense, 64, 32),
+        make(ReLU),
+        make(Dense, 32, 10),
+    ]
 
 
 PRESETS = {
@@ -177,13 +214,18 @@ def build_model(name: str = "seed", *, backend=None, dtype="float32", seed=0) ->
     return Sequential(recipe(make), name=name)
 
 
-def build_from_architecture(architecture, *, backend=None, dtype="float32", input_shape=(1, 28, 28),
-                            name="custom") -> Sequential:
+def build_from_architecture(
+    architecture, *, backend=None, dtype="float32", input_shape=(1, 28, 28), name="custom"
+) -> Sequential:
     """Rebuild a model from its JSON architecture description (weights freshly initialised)."""
     backend = get_backend(backend)
     layers = []
     for i, entry in enumerate(architecture):
-        if not isinstance(entry, dict) or set(entry) != {"type", "config"} or not isinstance(entry["config"], dict):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"type", "config"}
+            or not isinstance(entry["config"], dict)
+        ):
             raise CheckpointError(f"layer {i} of the architecture is not a {{type, config}} object")
         cls = REGISTRY.get(entry["type"])
         if cls is None:
@@ -225,10 +267,13 @@ def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the header is not valid JSON ({exc.msg})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cnnx model file (format {header.get('format') if isinstance(header, dict) else None!r})")
+        found = header.get("format") if isinstance(header, dict) else None
+        raise CheckpointError(f"{path}: not a cnnx model file (format {found!r})")
     version = header.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise CheckpointError(f"{path}: format version {version!r} is not supported (this cnnx reads up to {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format version {version!r} is not supported (this cnnx reads up to {FORMAT_VERSION})"
+        )
     return header, arrays
 
 
@@ -243,8 +288,13 @@ def load_model(path, *, device=None, dtype=None) -> Sequential:
         raise CheckpointError(f"{path}: malformed header ({exc})") from None
     if model_dtype.kind != "f" or not isinstance(architecture, list):
         raise CheckpointError(f"{path}: malformed header (dtype {model_dtype}, architecture not a list)")
-    model = build_from_architecture(architecture, backend=device, dtype=model_dtype, input_shape=input_shape,
-                                    name=str(header.get("name", "custom")))
+    model = build_from_architecture(
+        architecture,
+        backend=device,
+        dtype=model_dtype,
+        input_shape=input_shape,
+        name=str(header.get("name", "custom")),
+    )
     state = {}
     for key, value in arrays.items():
         if key.startswith(PARAM_PREFIX):
@@ -252,7 +302,7 @@ def load_model(path, *, device=None, dtype=None) -> Sequential:
                 raise CheckpointError(f"{path}: parameter {key} has dtype {value.dtype}, not floating point")
             if not np.isfinite(value).all():
                 raise CheckpointError(f"{path}: parameter {key} holds NaN or infinite values")
-            state[key[len(PARAM_PREFIX):]] = value
+            state[key[len(PARAM_PREFIX) :]] = value
     try:
         model.load_state_dict(state)
     except CheckpointError as exc:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cnnx.backends import available_backends
+
 from helpers import backend_or_skip
 from strict_backend import StrictBackend
 

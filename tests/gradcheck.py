@@ -35,7 +35,9 @@ def check_gradients(module, x_host, rng, *, max_coords=None, eps=1e-6):
         def write_back(host=host, param=param):
             param[...] = backend.to_device(host, module.dtype)
 
-        errors[name] = _compare(lambda: loss_at(x_work), host, analytic[name], rng, max_coords, eps, write_back)
+        errors[name] = _compare(
+            lambda: loss_at(x_work), host, analytic[name], rng, max_coords, eps, write_back
+        )
         write_back()
     return errors
 

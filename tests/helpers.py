@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cnnx.backends import BackendUnavailable, get_backend
 
 
@@ -40,3 +41,26 @@ def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         flat[i] = old
         gflat[i] = (up - down) / (2 * eps)
     return grad
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, 28, 28) of noise with a bright 7x7 square whose place depends on the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 5)
+        images[i, 3 + 12 * row : 10 + 12 * row, 1 + 5 * col : 8 + 5 * col] += 180
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_blob_idx(directory, train: int = 160, test: int = 40):
+    """Write blob images under the four official IDX file names in ``directory``; returns it."""
+    from cnnx.data import IDX_FILES, write_idx
+
+    for split, n, seed in (("train", train, 1), ("test", test, 2)):
+        images, labels = blobs(n, seed)
+        image_name, label_name = IDX_FILES[split]
+        write_idx(directory / image_name, images)
+        write_idx(directory / label_name, labels)
+    return directory

@@ -18,6 +18,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
+
 from cnnx.backends import Backend
 
 

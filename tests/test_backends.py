@@ -47,6 +47,7 @@ def test_to_device_casts_and_to_host_returns_numpy(backend):
 
 def test_scatter_add_accumulates_repeated_indices(backend):
     target = backend.to_device(np.zeros(4), "float64")
-    backend.scatter_add(target, backend.to_device(np.array([1, 1, 3])), backend.to_device(np.array([2.0, 3.0, 1.0])))
+    backend.scatter_add(
+        target, backend.to_device(np.array([1, 1, 3])), backend.to_device(np.array([2.0, 3.0, 1.0]))
+    )
     assert backend.to_host(target).tolist() == [0.0, 5.0, 0.0, 1.0]
-

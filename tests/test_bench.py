@@ -9,8 +9,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from cnnx.backends import BackendUnavailable, get_backend
 
+from cnnx.backends import BackendUnavailable, get_backend
 from cnnx.bench import bench, parse_batch_sizes, profile_layers, run_benchmark
 from cnnx.errors import CnnxError, ConfigError
 

@@ -8,11 +8,12 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from cnnx.backends import available_backends
-from test_train import blobs  # the class-dependent synthetic images
 
+from cnnx.backends import available_backends
 from cnnx.cli import cli
-from cnnx.data import CLASS_NAMES, IDX_FILES, write_idx
+from cnnx.data import CLASS_NAMES, write_idx
+
+from helpers import blobs, write_blob_idx
 
 RUN_FILES = ("metrics.json", "model.npz", "curves.png", "confusion_matrix.png", "samples.png")
 FAST = ["--model", "mlp", "--epochs", "2", "--batch-size", "32"]
@@ -22,11 +23,7 @@ FAST = ["--model", "mlp", "--epochs", "2", "--batch-size", "32"]
 def data_dir(tmp_path_factory):
     """The four official IDX file names holding 160 training and 40 test blob images."""
     directory = tmp_path_factory.mktemp("fashion")
-    for split, n, seed in (("train", 160, 1), ("test", 40, 2)):
-        images, labels = blobs(n, seed)
-        image_name, label_name = IDX_FILES[split]
-        write_idx(directory / image_name, images)
-        write_idx(directory / label_name, labels)
+    write_blob_idx(directory, train=160, test=40)
     return directory
 
 

@@ -7,12 +7,13 @@ import itertools
 
 import numpy as np
 import pytest
-import reference as ref
-from helpers import assert_close
 
 from cnnx import functional as F
 from cnnx.layers import Conv2D, MaxPool2D, ReLU
 from cnnx.model import build_model
+
+import reference as ref
+from helpers import assert_close
 
 
 def general_pool(backend, x, dy):

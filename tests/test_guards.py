@@ -15,16 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cnnx.backends import get_backend
-from strict_backend import METHODS, HostReadBack, StrictArray
 
 import cnnx
+from cnnx.backends import get_backend
 from cnnx.data import Dataset
 from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnx.losses import softmax_cross_entropy
 from cnnx.model import Sequential
 from cnnx.optim import OPTIMIZERS, make_optimizer
 from cnnx.train import fit, train_step
+
+from strict_backend import METHODS, HostReadBack, StrictArray
 
 PACKAGE = Path(cnnx.__file__).parent
 DEVICE_FILES = sorted(

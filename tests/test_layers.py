@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference as ref
-from gradcheck import check_gradients
-from helpers import assert_close
-
 from cnnx import functional as F
 from cnnx.errors import ConfigError
 from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+import reference as ref
+from gradcheck import check_gradients
+from helpers import assert_close
 
 TOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-10}
 
@@ -62,7 +62,9 @@ def test_conv2d_rejects_a_kernel_larger_than_the_input():
         Conv2D(1, 2, 5).output_shape((1, 3, 3))
 
 
-@pytest.mark.parametrize("kernel, stride, size", [(2, 2, (6, 6)), (2, 2, (7, 5)), (3, 2, (7, 7)), (3, 1, (5, 6))])
+@pytest.mark.parametrize(
+    "kernel, stride, size", [(2, 2, (6, 6)), (2, 2, (7, 5)), (3, 2, (7, 7)), (3, 1, (5, 6))]
+)
 def test_maxpool2d_matches_naive_loops(backend, dtype, rng, kernel, stride, size):
     layer = MaxPool2D(kernel, stride, backend=backend, dtype=dtype)
     x = rng.standard_normal((2, 3, *size)).astype(dtype)
@@ -134,8 +136,11 @@ def test_layers_default_to_the_cpu_backend_in_float32():
     assert layer.params["W"].dtype == np.float32 and layer.params["b"].dtype == np.float32
 
 
-@pytest.mark.parametrize("layer", [Conv2D(2, 3, 3), MaxPool2D(2), Dense(4, 2), ReLU(), Flatten()],
-                         ids=lambda layer: type(layer).__name__)
+@pytest.mark.parametrize(
+    "layer",
+    [Conv2D(2, 3, 3), MaxPool2D(2), Dense(4, 2), ReLU(), Flatten()],
+    ids=lambda layer: type(layer).__name__,
+)
 def test_every_layer_keeps_params_and_grads_with_the_same_keys(layer, rng):
     x = rng.standard_normal({"Dense": (2, 4)}.get(type(layer).__name__, (2, 2, 6, 6))).astype(np.float32)
     y = layer.forward(x)

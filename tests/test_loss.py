@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference as ref
-from helpers import assert_close, numerical_gradient
-
 from cnnx import functional as F
 from cnnx.losses import correct_count, softmax_cross_entropy
+
+import reference as ref
+from helpers import assert_close, numerical_gradient
 
 
 def test_loss_matches_the_textbook_formula(backend, dtype, rng):
@@ -38,8 +38,9 @@ def test_extreme_logits_give_finite_loss_and_gradient(backend, dtype, scale):
     logits = np.zeros((3, 10))
     logits[:, 0] = scale
     logits[1, 5] = -scale
-    loss, dlogits = softmax_cross_entropy(backend.xp, backend.to_device(logits, dtype),
-                                          backend.to_device(np.array([0, 3, 9])))
+    loss, dlogits = softmax_cross_entropy(
+        backend.xp, backend.to_device(logits, dtype), backend.to_device(np.array([0, 3, 9]))
+    )
     assert np.isfinite(backend.to_host(loss)), "loss is not finite"
     assert np.isfinite(backend.to_host(dlogits)).all(), "gradient is not finite"
 
@@ -47,22 +48,29 @@ def test_extreme_logits_give_finite_loss_and_gradient(backend, dtype, scale):
 def test_a_confident_correct_prediction_costs_almost_nothing(backend):
     logits = np.full((1, 10), -1e4)
     logits[0, 4] = 1e4
-    loss, _ = softmax_cross_entropy(backend.xp, backend.to_device(logits, "float64"), backend.to_device(np.array([4])))
+    loss, _ = softmax_cross_entropy(
+        backend.xp, backend.to_device(logits, "float64"), backend.to_device(np.array([4]))
+    )
     assert backend.to_host(loss) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_loss_keeps_the_logits_dtype(backend, dtype, rng):
-    loss, dlogits = softmax_cross_entropy(backend.xp, backend.to_device(rng.standard_normal((2, 3)), dtype),
-                                          backend.to_device(np.array([0, 1])))
+    loss, dlogits = softmax_cross_entropy(
+        backend.xp, backend.to_device(rng.standard_normal((2, 3)), dtype), backend.to_device(np.array([0, 1]))
+    )
     assert loss.dtype == dtype and dlogits.dtype == dtype
 
 
 def test_softmax_rows_sum_to_one(backend, rng):
-    probs = backend.to_host(F.softmax(backend.xp, backend.to_device(rng.standard_normal((4, 10)) * 50, "float64")))
+    probs = backend.to_host(
+        F.softmax(backend.xp, backend.to_device(rng.standard_normal((4, 10)) * 50, "float64"))
+    )
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-12)
 
 
 def test_correct_count_counts_rows_whose_top_logit_is_the_label(backend):
     logits = np.array([[0.0, 2.0], [3.0, 1.0], [0.0, 1.0]])
-    count = correct_count(backend.xp, backend.to_device(logits, "float32"), backend.to_device(np.array([1, 1, 1])))
+    count = correct_count(
+        backend.xp, backend.to_device(logits, "float32"), backend.to_device(np.array([1, 1, 1]))
+    )
     assert int(backend.to_host(count)) == 2

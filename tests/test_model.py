@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from gradcheck import check_gradients
-
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.layers import Dense, ReLU
 from cnnx.model import HEADER_KEY, Sequential, build_model, load_model
+
+from gradcheck import check_gradients
 
 
 def test_seed_preset_is_the_reports_cnn():
@@ -22,7 +22,9 @@ def test_seed_preset_is_the_reports_cnn():
 
 
 def test_mlp_preset_is_the_reports_dense_network():
-    assert build_model("mlp").parameter_count() == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    assert (
+        build_model("mlp").parameter_count() == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    )
 
 
 def test_unknown_preset_names_the_choices():
@@ -34,14 +36,18 @@ def test_seed_model_gradients_match_finite_differences(backend, rng):
     model = build_model("seed", backend=backend, dtype="float64", seed=3)
     for layer in model.layers:  # nonzero biases, so their gradients are exercised with real values
         if "b" in layer.params:
-            layer.params["b"][...] = backend.to_device(rng.standard_normal(layer.params["b"].shape) * 0.1, "float64")
+            layer.params["b"][...] = backend.to_device(
+                rng.standard_normal(layer.params["b"].shape) * 0.1, "float64"
+            )
     errors = check_gradients(model, rng.random((2, 1, 28, 28)), rng, max_coords=8)
     assert max(errors.values()) < 1e-6, {k: f"{v:.1e}" for k, v in errors.items()}
 
 
 def test_same_seed_gives_the_same_model_and_another_seed_does_not():
     a, b, c = build_model(seed=5), build_model(seed=5), build_model(seed=6)
-    for (name, pa, _), (_, pb, _), (_, pc, _) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+    for (name, pa, _), (_, pb, _), (_, pc, _) in zip(
+        a.named_parameters(), b.named_parameters(), c.named_parameters(), strict=True
+    ):
         assert np.array_equal(pa, pb), name
         if name.endswith("W"):
             assert not np.array_equal(pa, pc), name
@@ -100,17 +106,35 @@ def _rewrite(path, **changes):
     return path
 
 
-@pytest.mark.parametrize("tamper, message", [
-    (lambda p: _rewrite(p, **{"param/0.W": np.zeros((2, 2), np.float32)}), "shape"),
-    (lambda p: _rewrite(p, **{"param/0.W": None}), "missing"),
-    (lambda p: _rewrite(p, **{"param/7.W": np.full((1600, 128), np.nan, np.float32)}), "NaN"),
-    (lambda p: _rewrite(p, header=lambda h: h.update(version=99)), "version 99"),
-    (lambda p: _rewrite(p, header=lambda h: h["architecture"][0].update(type="os.system")), "unknown type"),
-    (lambda p: np.savez(p, weights=np.zeros(3)) or p, "not a cnnx model"),
-    (lambda p: p.write_bytes(p.read_bytes()[:1000]) and p, "unreadable or truncated"),
-    (lambda p: np.savez(p, **{HEADER_KEY: np.array([{"x": 1}], dtype=object)}) or p, "not a safe cnnx file"),
-], ids=["wrong-shape", "missing-array", "nan", "newer-version", "unknown-layer", "no-header", "truncated",
-        "object-array"])
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda p: _rewrite(p, **{"param/0.W": np.zeros((2, 2), np.float32)}), "shape"),
+        (lambda p: _rewrite(p, **{"param/0.W": None}), "missing"),
+        (lambda p: _rewrite(p, **{"param/7.W": np.full((1600, 128), np.nan, np.float32)}), "NaN"),
+        (lambda p: _rewrite(p, header=lambda h: h.update(version=99)), "version 99"),
+        (
+            lambda p: _rewrite(p, header=lambda h: h["architecture"][0].update(type="os.system")),
+            "unknown type",
+        ),
+        (lambda p: np.savez(p, weights=np.zeros(3)) or p, "not a cnnx model"),
+        (lambda p: p.write_bytes(p.read_bytes()[:1000]) and p, "unreadable or truncated"),
+        (
+            lambda p: np.savez(p, **{HEADER_KEY: np.array([{"x": 1}], dtype=object)}) or p,
+            "not a safe cnnx file",
+        ),
+    ],
+    ids=[
+        "wrong-shape",
+        "missing-array",
+        "nan",
+        "newer-version",
+        "unknown-layer",
+        "no-header",
+        "truncated",
+        "object-array",
+    ],
+)
 def test_a_tampered_model_file_gets_a_one_line_error(tmp_path, tamper, message):
     path = build_model("seed").save(tmp_path / "model.npz")
     tamper(path)

@@ -34,8 +34,21 @@ def source_modules() -> list[str]:
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"building the wheel failed:\n{result.stderr[-2000:]}"
     (path,) = out.glob("cnnx-*.whl")
@@ -59,10 +72,18 @@ def test_every_module_imports_from_the_installed_wheel_outside_the_repo(wheel, t
     zipfile.ZipFile(wheel).extractall(site)  # a pure-Python wheel unpacked is an installed package
     modules = source_modules()
     # Print where each module came from: an editable install elsewhere on the path must not stand in for it.
-    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    print(importlib.import_module(name).__file__)"
+    code = (
+        "import importlib, sys\nfor name in sys.argv[1:]:\n    print(importlib.import_module(name).__file__)"
+    )
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
-    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n{code}",
-                             *modules], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n{code}", *modules],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, f"an installed module failed to import:\n{result.stderr[-2000:]}"
     outside = [line for line in result.stdout.splitlines() if not line.startswith(str(site))]
     assert not outside, f"modules imported from outside the wheel: {outside}"

@@ -38,14 +38,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from cnnx.backends import available_backends
-from helpers import backend_or_skip, rel_error
 
+from cnnx.backends import available_backends
 from cnnx.layers import MaxPool2D, ReLU
 from cnnx.losses import softmax_cross_entropy
 from cnnx.model import build_model
 from cnnx.optim import make_optimizer
 from cnnx.train import train_step
+
+from helpers import backend_or_skip, rel_error
 
 STEPS, LR, BATCH = 20, 1e-3, 8
 MODEL_SEED, DATA_SEED = 0, 7

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import reference as ref
-from helpers import rel_error
 
 from cnnx.layers import Conv2D, Dense, MaxPool2D
 from cnnx.optim import make_optimizer
+
+import reference as ref
+from helpers import rel_error
 
 TOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-10}
 SHAPE_SEED = 2015  # any fixed seed: the coverage test says whether another one still draws every feature

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from cnnx.backends import NumpyBackend
 
 import cnnx.train as train_module
+from cnnx.backends import NumpyBackend
 from cnnx.data import CLASS_NAMES, Dataset, scale_pixels
 from cnnx.errors import ConfigError, DivergenceError
 from cnnx.losses import softmax_cross_entropy
@@ -16,19 +16,10 @@ from cnnx.model import build_model, load_model
 from cnnx.optim import make_optimizer
 from cnnx.train import evaluate, fit, read_checkpoint, shuffle_rng, train_step
 
+from helpers import blobs
+
 RUN_FILES = ("metrics.json", "model.npz", "curves.png", "confusion_matrix.png", "samples.png")
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
-
-
-def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (n, 28, 28) of noise with a bright 7x7 square whose place depends on the class."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    images = rng.integers(0, 60, size=(n, 28, 28))
-    for i, label in enumerate(labels):
-        row, col = divmod(int(label), 5)
-        images[i, 3 + 12 * row : 10 + 12 * row, 1 + 5 * col : 8 + 5 * col] += 180
-    return images.astype(np.uint8), labels.astype(np.uint8)
 
 
 def blob_dataset(train: int = 200, test: int = 50) -> Dataset:
