@@ -28,19 +28,24 @@ def assert_close(actual, expected, rtol, what="arrays"):
     assert err < rtol, f"{what} differ: relative error {err:.3e} >= {rtol:.0e}"
 
 
-def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar function f at x (float64, host), one coordinate at a time."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
+def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6, indices=None) -> np.ndarray:
+    """Central differences of the scalar function f at x (float64, host), one coordinate at a time.
+
+    With ``indices`` (flat positions into x) only those coordinates are differenced and the result is
+    the vector of their partial derivatives; without, the whole gradient in x's shape.
+    """
+    flat = x.reshape(-1)
+    picks = range(flat.size) if indices is None else indices
+    partials = np.zeros(len(picks), dtype=np.float64)
+    for n, i in enumerate(picks):
         old = flat[i]
         flat[i] = old + eps
         up = f()
         flat[i] = old - eps
         down = f()
         flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
+        partials[n] = (up - down) / (2 * eps)
+    return partials.reshape(x.shape) if indices is None else partials
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

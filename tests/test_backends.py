@@ -51,3 +51,12 @@ def test_scatter_add_accumulates_repeated_indices(backend):
         target, backend.to_device(np.array([1, 1, 3])), backend.to_device(np.array([2.0, 3.0, 1.0]))
     )
     assert backend.to_host(target).tolist() == [0.0, 5.0, 0.0, 1.0]
+
+
+def test_transfers_copy_so_writes_on_one_side_never_reach_the_other(backend):
+    host = np.arange(6.0)
+    device = backend.to_device(host, "float64")
+    host[0] = 100.0
+    back = backend.to_host(device)
+    back[1] = 200.0
+    assert backend.to_host(device).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "a transfer shared memory"
