@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 
 from cnnx.errors import CheckpointError, ConfigError
-from cnnx.layers import Dense, ReLU
-from cnnx.model import HEADER_KEY, Sequential, build_model, load_model
+from cnnx.layers import REGISTRY, Conv2D, Dense, MaxPool2D, ReLU
+from cnnx.model import (
+    HEADER_KEY,
+    LAYER_SCHEMA,
+    MAX_PARAMETERS,
+    PRESETS,
+    Sequential,
+    build_model,
+    check_architecture,
+    load_model,
+    read_archive,
+)
 
 from gradcheck import check_gradients
 
@@ -117,11 +127,11 @@ def _rewrite(path, **changes):
             lambda p: _rewrite(p, header=lambda h: h["architecture"][0].update(type="os.system")),
             "unknown type",
         ),
-        (lambda p: np.savez(p, weights=np.zeros(3)) or p, "not a cnnx model"),
+        (lambda p: np.savez(p, **{"param/0.W": np.zeros(3)}) or p, "no __cnnx__ header"),
         (lambda p: p.write_bytes(p.read_bytes()[:1000]) and p, "unreadable or truncated"),
         (
             lambda p: np.savez(p, **{HEADER_KEY: np.array([{"x": 1}], dtype=object)}) or p,
-            "not a safe cnnx file",
+            "Python objects",
         ),
     ],
     ids=[
@@ -157,3 +167,77 @@ def test_saved_files_get_the_usual_permissions_not_private_temp_ones(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_state_dict_arrays_are_copies_that_do_not_change_the_model():
+    model = build_model("mlp", seed=4)
+    before = model.state_dict()["1.W"].copy()
+    model.state_dict()["1.W"][...] = 7.0
+    after = model.state_dict()["1.W"]
+    assert np.array_equal(after, before), f"model weight moved by {np.abs(after - before).max():.3g}"
+
+
+def test_every_layer_type_has_a_schema_entry():
+    assert set(LAYER_SCHEMA) == set(REGISTRY), f"schema {sorted(LAYER_SCHEMA)} vs layers {sorted(REGISTRY)}"
+
+
+@pytest.mark.parametrize(
+    "layer", [Conv2D(3, 4, 3), Dense(5, 2), MaxPool2D(3, 2), ReLU()], ids=lambda layer: type(layer).__name__
+)
+def test_the_schema_allows_exactly_the_keys_a_layer_saves(layer):
+    allowed = set(LAYER_SCHEMA[type(layer).__name__][1])
+    assert allowed == set(layer.config()), (
+        f"schema keys {sorted(allowed)}, config keys {sorted(layer.config())}"
+    )
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_schema_accepts_every_preset_and_counts_its_parameters(name):
+    model = build_model(name)
+    assert check_architecture(model.architecture()) == model.parameter_count()
+
+
+def test_parameters_beyond_the_cap_are_refused_before_anything_is_allocated():
+    side = int(MAX_PARAMETERS**0.5) + 1  # side * side weights alone pass the cap
+    architecture = [{"type": "Dense", "config": {"in_features": side, "out_features": side}}]
+    with pytest.raises(CheckpointError, match="the cap is"):
+        check_architecture(architecture)
+
+
+def test_a_checkpoint_with_optimizer_state_reads_back_every_array(tmp_path):
+    model = build_model("mlp")
+    extra = {"optim/steps": np.asarray(3), "optim/m/1.W": np.ones((784, 128), np.float32)}
+    _, arrays = read_archive(model.save(tmp_path / "c.npz", extra=extra, meta={"kind": "checkpoint"}))
+    assert set(extra) <= set(arrays) and int(arrays["optim/steps"]) == 3, sorted(arrays)
+
+
+def test_a_compressed_archive_is_refused(tmp_path):
+    model = build_model("mlp")
+    path = model.save(tmp_path / "model.npz")
+    with np.load(path, allow_pickle=False) as archive:
+        np.savez_compressed(path, **{key: archive[key] for key in archive.files})
+    with pytest.raises(CheckpointError, match="compressed"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda: Dense(True, 4), "in_features"),
+        (lambda: Dense(4.0, 4), "in_features"),
+        (lambda: Dense(4, 0), "out_features"),
+        (lambda: Conv2D(1, -2, 3), "out_channels"),
+        (lambda: Conv2D(1, 2, (3, False)), "kernel_size"),
+        (lambda: Conv2D(1, 2, "3"), "kernel_size"),
+        (lambda: Conv2D(1, 2, 3, stride=0), "stride"),
+        (lambda: Conv2D(1, 2, 3, padding=-1), "padding"),
+        (lambda: MaxPool2D(2, stride=0), "stride"),
+        (lambda: MaxPool2D(2.5), "kernel_size"),
+    ],
+    ids=["dense-bool", "dense-float", "dense-zero", "conv-negative", "conv-kernel-bool",
+         "conv-kernel-str", "conv-stride-0", "conv-padding", "pool-stride-0", "pool-float"],
+)  # fmt: skip
+def test_layer_constructors_refuse_sizes_that_are_not_positive_whole_numbers(make, fragment):
+    with pytest.raises(ConfigError, match=fragment) as info:
+        make()
+    assert "\n" not in str(info.value), f"message spans lines: {info.value}"

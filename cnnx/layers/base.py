@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 
 from cnnx.backends import get_backend
+from cnnx.errors import ConfigError
 from cnnx.init import initial_weight, make_rng
+
+
+def whole_number(owner: str, name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int when it is a whole number >= ``minimum``, else a ConfigError naming it.
+
+    True and False are refused: they are ints to Python, but a size of True is a mistake, not a 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{owner} {name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class Layer:

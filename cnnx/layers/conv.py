@@ -5,14 +5,14 @@ from __future__ import annotations
 from cnnx import functional as F
 from cnnx.errors import ConfigError
 
-from .base import Layer
+from .base import Layer, whole_number
 
 
 def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ConfigError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return pair
+    items = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(items) != 2:
+        raise ConfigError(f"Conv2D {name} must be a positive int or a pair of them, got {value!r}")
+    return whole_number("Conv2D", name, items[0]), whole_number("Conv2D", name, items[1])
 
 
 class Conv2D(Layer):
@@ -36,13 +36,15 @@ class Conv2D(Layer):
         dtype="float32",
     ):
         super().__init__(backend=backend, dtype=dtype)
-        if stride < 1 or padding < 0:
-            raise ConfigError(f"Conv2D needs stride >= 1 and padding >= 0, got {stride} and {padding}")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels = whole_number("Conv2D", "in_channels", in_channels)
+        self.out_channels = whole_number("Conv2D", "out_channels", out_channels)
         self.kh, self.kw = _pair(kernel_size, "kernel_size")
-        self.stride, self.padding, self.init = stride, padding, init
-        self.params["W"] = self._new_weight((out_channels, in_channels, self.kh, self.kw), init, rng)
-        self.params["b"] = self._zeros((out_channels,))
+        self.stride = whole_number("Conv2D", "stride", stride)
+        self.padding = whole_number("Conv2D", "padding", padding, minimum=0)
+        self.init = init  # an unknown scheme is refused by initial_weight below
+        shape = (self.out_channels, self.in_channels, self.kh, self.kw)
+        self.params["W"] = self._new_weight(shape, init, rng)
+        self.params["b"] = self._zeros((self.out_channels,))
         self.cols = self.x_shape = self._cols_cache = None
 
     def forward(self, x, train=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cnnx.errors import ConfigError
 
-from .base import Layer
+from .base import Layer, whole_number
 
 
 class Dense(Layer):
@@ -21,9 +21,11 @@ class Dense(Layer):
         dtype="float32",
     ):
         super().__init__(backend=backend, dtype=dtype)
-        self.in_features, self.out_features, self.init = in_features, out_features, init
-        self.params["W"] = self._new_weight((in_features, out_features), init, rng)
-        self.params["b"] = self._zeros((out_features,))
+        self.in_features = whole_number("Dense", "in_features", in_features)
+        self.out_features = whole_number("Dense", "out_features", out_features)
+        self.init = init  # an unknown scheme is refused by initial_weight below
+        self.params["W"] = self._new_weight((self.in_features, self.out_features), init, rng)
+        self.params["b"] = self._zeros((self.out_features,))
 
     def forward(self, x, train=True):
         if x.ndim != 2 or x.shape[1] != self.in_features:

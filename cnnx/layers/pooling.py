@@ -5,7 +5,7 @@ from __future__ import annotations
 from cnnx import functional as F
 from cnnx.errors import ConfigError
 
-from .base import Layer
+from .base import Layer, whole_number
 
 
 class MaxPool2D(Layer):
@@ -17,12 +17,9 @@ class MaxPool2D(Layer):
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
         super().__init__(backend=backend, dtype=dtype)
-        self.k = kernel_size
-        self.stride = stride or kernel_size
-        if self.k < 1 or self.stride < 1:
-            raise ConfigError(
-                f"MaxPool2D needs a positive kernel_size and stride, got {kernel_size}, {stride}"
-            )
+        self.k = whole_number("MaxPool2D", "kernel_size", kernel_size)
+        # None (not 0, which is an error) means windows that touch without overlapping.
+        self.stride = self.k if stride is None else whole_number("MaxPool2D", "stride", stride)
         self.saved = None  # what backward needs: (path, masks or argmax, x shape)
 
     def forward(self, x, train=True):
