@@ -28,6 +28,7 @@ import numpy as np  # host: synthetic batches and results live on the host
 from .backends import get_backend
 from .errors import ConfigError
 from .model import PRESETS
+from .options import device_option, model_option
 from .timing import SYNTHETIC_BATCHES, CnnxRunner, PeakRSS, TorchRunner, machine_info, synthetic_batches
 
 EPOCH_IMAGES = 60_000
@@ -344,21 +345,8 @@ def parse_batch_sizes(values) -> tuple[int, ...]:
 
 
 @click.command("bench")
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "gpu", "auto"]),
-    default="cpu",
-    show_default=True,
-    help="cpu (NumPy), gpu (CuPy) or auto.",
-)
-@click.option(
-    "--model",
-    "model_name",
-    type=click.Choice(list(PRESETS)),
-    default="seed",
-    show_default=True,
-    help="Architecture preset.",
-)
+@device_option()
+@model_option()
 @click.option(
     "--batch-size",
     "batch_sizes",

@@ -13,21 +13,17 @@ import platform
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import CheckpointError, CnnxError
-from .model import PRESETS
 from .optim import OPTIMIZERS
+from .options import device_option, model_option
+from .train import DIVERGENCE_MODES
 
-DEVICE = click.Choice(["cpu", "gpu", "auto"])
-MODEL_HELP = (
-    "Architecture preset: " + "; ".join(f"{name}, {text}" for name, (_, text) in PRESETS.items()) + "."
-)
+_DEFAULTS = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
-)
-DEVICE_HELP = (
-    "cpu (NumPy), gpu (CuPy; fails with the reason when no CUDA device is usable) or auto (gpu if usable)."
 )
 DATA_DIR_HELP = (
     "Directory with the four Fashion-MNIST IDX files or the Kaggle CSVs (default: search, then download)."
@@ -75,15 +71,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help=DEVICE_HELP)
-@click.option(
-    "--model",
-    "model_name",
-    type=click.Choice(list(PRESETS)),
-    default="seed",
-    show_default=True,
-    help=MODEL_HELP,
-)
+@device_option()
+@model_option()
 @click.option(
     "--optimizer",
     "optimizer_name",
@@ -132,48 +121,97 @@ def cli() -> None:
     show_default=True,
     help="Floating-point type of weights and activations.",
 )
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Also write the checkpoint every N steps (default: at the end of every epoch only).",
+)
+@click.option(
+    "--on-divergence",
+    type=click.Choice(DIVERGENCE_MODES),
+    default="stop",
+    show_default=True,
+    help="On a NaN or infinite loss or gradient: stop (naming the epoch, batch and layer; the last good "
+    "checkpoint stays), or skip that step and count it (costs one device read-back per step).",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings "
+    "(--epochs may extend it; --device, --data-dir, --checkpoint-every and --on-divergence may change).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def train(
-    device, model_name, optimizer_name, lr, epochs, batch_size, seed, data_dir, out, limit, dtype, quiet
-):
+@click.pass_context
+def train(ctx: click.Context, **options) -> None:
     """Train a model on Fashion-MNIST and write a run directory.
 
-    The run directory receives model.npz (the checkpoint, rewritten after every epoch), metrics.json
-    (configuration, per-epoch history, confusion matrix, per-class report), curves.png,
-    confusion_matrix.png and samples.png. A loss that stops being finite ends the run with an error
-    and keeps the last good checkpoint.
+    The run directory receives model.npz (the checkpoint: weights, optimizer state, batch order and
+    history, rewritten after every epoch and every --checkpoint-every steps), metrics.json
+    (configuration, status, per-epoch history, confusion matrix, per-class report), curves.png,
+    confusion_matrix.png and samples.png. Ctrl-C or SIGTERM finishes the current step, writes a
+    checkpoint and exits with status 130 or 143; `cnnx train --resume RUN_DIR` continues the run, with
+    the same result as if it had never stopped. A second Ctrl-C stops at once.
     """
     from .backends import get_backend
+    from .checkpoint import check_run_dir, default_run_dir, estimate_run_bytes, resume_settings
     from .data import load_fashion_mnist
     from .model import build_model
     from .optim import make_optimizer
-    from .train import check_run_dir, default_run_dir, fit
 
-    backend = get_backend(device)  # "gpu" without a usable GPU stops here with the reason
-    out = out if out is not None else default_run_dir(model_name, optimizer_name)
-    check_run_dir(out)  # before the minutes of loading and training, not after them
-    dataset = load_fashion_mnist(data_dir, limit=limit)
-    model = build_model(model_name, backend=backend, dtype=dtype, seed=seed)
-    optimizer = make_optimizer(optimizer_name, model, lr)
+    o = dict(options)
+    given = {name: o[name] for name in o if ctx.get_parameter_source(name) not in _DEFAULTS}
+    resume_dir = o.pop("resume_dir")
+    backend = get_backend(o["device"])  # "gpu" without a usable GPU stops here with the reason
+    optimizer_options = {}
+    if resume_dir is not None:
+        given.pop("resume_dir")
+        o.update(resume_settings(resume_dir, given))
+        optimizer_options = {k: v for k, v in o.pop("optimizer").items() if k not in ("name", "lr")}
+        o["data_dir"] = given.get("data_dir", o["data_dir"])
+    out = resume_dir or o["out"] or default_run_dir(o["model_name"], o["optimizer_name"])
+    model = build_model(o["model_name"], backend=backend, dtype=o["dtype"], seed=o["seed"])
+    try:
+        optimizer = make_optimizer(o["optimizer_name"], model, o["lr"], **optimizer_options)
+    except TypeError as exc:  # a checkpoint naming hyper-parameters this optimizer does not have
+        raise CheckpointError(f"{out}: the recorded optimizer settings are unusable ({exc})") from None
+    # Before the minutes of loading and training, not after them: writable, enough space, new or resumable.
+    check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume_dir is not None)
+    dataset = load_fashion_mnist(o["data_dir"], limit=o["limit"])
+    quiet = o["quiet"]
     if not quiet:
+        verb = f"resuming {out}:" if resume_dir is not None else "training"
         click.echo(
-            f"training {model_name} ({model.parameter_count():,} parameters, {dtype}) with "
-            f"{optimizer_name} lr {optimizer.lr:g} on {backend.describe()}"
+            f"{verb} {o['model_name']} ({model.parameter_count():,} parameters, {o['dtype']}) with "
+            f"{o['optimizer_name']} lr {optimizer.lr:g} on {backend.describe()}"
         )
         click.echo(
             f"data: {len(dataset.train_images):,} train / {len(dataset.test_images):,} test images "
             f"from {dataset.source}; writing {out}"
         )
-    history = fit(
+    history = _fit_until_stopped(
+        ctx,
         model,
         optimizer,
         dataset,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
+        out,
+        epochs=o["epochs"],
+        batch_size=o["batch_size"],
+        seed=o["seed"],
         out_dir=out,
         progress="none" if quiet else "auto",
-        config={"limit": limit, "requested_device": device},
+        checkpoint_every=o["checkpoint_every"],
+        on_divergence=o["on_divergence"],
+        resume=resume_dir is not None,
+        config={
+            "limit": o["limit"],
+            "requested_device": o["device"],
+            "data_dir": None if o["data_dir"] is None else str(o["data_dir"]),
+        },
     )
     if not quiet:
         click.echo(
@@ -181,12 +219,46 @@ def train(
         )
 
 
+def _fit_until_stopped(ctx: click.Context, model, optimizer, dataset, out: Path, **options) -> list[dict]:
+    """``fit`` with SIGINT/SIGTERM handlers installed around it: a stop writes a checkpoint and exits
+    with 130 or 143 after saying how to resume; a second signal exits at once."""
+    from .interrupt import EXIT_STATUS, StopFlag, StopNow, TrainingInterrupted, stop_on_signals
+    from .train import fit
+
+    def notify(name: str) -> None:
+        click.echo(
+            f"\ncnnx: {name} received: finishing this step and writing a checkpoint "
+            "(send it again to stop at once)",
+            err=True,
+        )
+
+    hint = f"resume with: cnnx train --resume {out}"
+    try:
+        with stop_on_signals(StopFlag(), notify) as flag:
+            return fit(model, optimizer, dataset, stop=flag, **options)
+    except TrainingInterrupted as exc:
+        click.echo(
+            f"cnnx: stopped by {exc.reason} at epoch {exc.epoch}, batch {exc.batch}; "
+            f"checkpoint written to {exc.checkpoint}",
+            err=True,
+        )
+        click.echo(hint, err=True)
+        ctx.exit(EXIT_STATUS.get(exc.reason, 130))
+    except StopNow as exc:
+        last = out / "model.npz"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        click.echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
+        if last.exists():
+            click.echo(hint, err=True)
+        ctx.exit(EXIT_STATUS.get(exc.signal_name, 130))
+
+
 @cli.command(short_help="Evaluate a saved model on the test set.")
 @click.argument("model_path", metavar="MODEL.npz", type=click.Path(path_type=Path))
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP
 )
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help=DEVICE_HELP)
+@device_option()
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -222,7 +294,7 @@ def evaluate(model_path, data_dir, device, limit):
     show_default=True,
     help="How many classes to list per image, most probable first.",
 )
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help=DEVICE_HELP)
+@device_option()
 def predict(model_path, files, top, device):
     """Classify images: 28x28 PNGs, IDX image files (.gz or raw) or Kaggle-style CSVs.
 
@@ -253,8 +325,8 @@ def predict(model_path, files, top, device):
 def info(data_dir):
     """Versions, which backends are usable here (or why not), and where the dataset is."""
     from .backends import available_backends, get_backend
+    from .checkpoint import versions
     from .data import candidate_dirs, find_dataset
-    from .train import versions
 
     v = versions()
     click.echo(

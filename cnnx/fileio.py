@@ -8,12 +8,14 @@ import os
 import tempfile
 from pathlib import Path
 
+TEMP_SUFFIX = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """Open a temporary file next to ``path`` for writing; on success it replaces ``path`` atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, mode) as handle:
@@ -26,6 +28,14 @@ def atomic_write(path, mode: str = "wb"):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def stale_temporaries(path) -> list[Path]:
+    """Temporary files that :func:`atomic_write` left beside ``path`` when its process was killed (a
+    SIGKILL gives it no chance to clean up). They are never mistaken for ``path`` itself: readers open
+    the final name only."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
 
 
 def _umask() -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 
 class Optimizer:
     """Base class: holds the target, the learning rate and per-parameter state keyed by parameter name."""
 
     name = "optimizer"
+    slots: tuple[str, ...] = ()  # the per-parameter state this optimizer keeps ("m", "v", ...)
 
     def __init__(self, target, lr: float):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -69,14 +70,49 @@ class Optimizer:
         return flat
 
     def load_state_dict(self, flat: dict, to_device) -> None:
-        """Restore what :meth:`state_dict` returned, moving arrays with ``to_device``."""
-        self.steps = int(flat["steps"])
-        self.state = {}
+        """Restore what :meth:`state_dict` returned, moving arrays with ``to_device``.
+
+        The state is checked first, since it may come from a file: the step count is a whole number
+        >= 0, every other key is "<slot>/<parameter>" for a slot this optimizer keeps and a parameter of
+        its target, with that parameter's shape and dtype and only finite values. A trained state
+        (steps > 0) holds every slot of every parameter. CheckpointError names the first problem;
+        nothing is changed then.
+        """
+        steps = flat.get("steps")
+        if hasattr(steps, "dtype") and getattr(steps, "shape", None) == () and steps.dtype.kind in "iu":
+            steps = int(steps)  # host: a 0-d integer array from a checkpoint
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise CheckpointError(
+                f"optimizer state: the step count must be a whole number >= 0, got {steps!r}"
+            )
+        params = {name: param for name, param, _ in self.target.named_parameters()}
+        state: dict[str, dict] = {}
         for key, value in flat.items():
-            if key != "steps":
-                slot, name = key.split("/", 1)
-                # Own it: never alias the source.
-                self.state.setdefault(slot, {})[name] = to_device(value).copy()
+            if key == "steps":
+                continue
+            slot, _, name = key.partition("/")
+            if slot not in self.slots or name not in params:
+                raise CheckpointError(f"optimizer state: unexpected entry {key!r} for {self.name}")
+            param = params[name]
+            if tuple(value.shape) != tuple(param.shape) or value.dtype != param.dtype:
+                raise CheckpointError(
+                    f"optimizer state: {key} is {value.dtype}{list(value.shape)}, the parameter is "
+                    f"{param.dtype}{list(param.shape)}"
+                )
+            if not (abs(value).max(initial=0) < math.inf):  # host: a NaN compares False too
+                raise CheckpointError(f"optimizer state: {key} holds NaN or infinite values")
+            state.setdefault(slot, {})[name] = value
+        missing = [
+            f"{slot}/{name}" for slot in self.slots for name in params if name not in state.get(slot, {})
+        ]
+        if steps > 0 and missing:
+            raise CheckpointError(f"optimizer state after {steps} steps lacks {missing[0]}")
+        self.steps = steps
+        # Own it: never alias the source.
+        self.state = {
+            slot: {name: to_device(value).copy() for name, value in table.items()}
+            for slot, table in state.items()
+        }
 
 
 class SGD(Optimizer):
@@ -104,6 +140,7 @@ class Momentum(Optimizer):
     """
 
     name = "momentum"
+    slots = ("m",)
 
     def __init__(self, target, lr: float = 0.01, beta: float = 0.9):
         super().__init__(target, lr)
@@ -131,6 +168,7 @@ class Adam(Optimizer):
     """
 
     name = "adam"
+    slots = ("m", "v")
 
     def __init__(self, target, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(target, lr)

@@ -19,7 +19,7 @@ from cnnx.train import evaluate, fit, read_checkpoint, shuffle_rng, train_step
 from helpers import blobs
 
 RUN_FILES = ("metrics.json", "model.npz", "curves.png", "confusion_matrix.png", "samples.png")
-HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "skipped", "seconds"}
 
 
 def blob_dataset(train: int = 200, test: int = 50) -> Dataset:
@@ -165,7 +165,8 @@ def test_checkpoint_holds_optimizer_state_that_restores_exactly(recorded):
 
 def test_checkpoint_meta_records_the_epoch_and_the_optimizer(recorded):
     meta, _ = read_checkpoint(recorded[3] / "model.npz")
-    got = (meta["epoch"], meta["optimizer"]["name"], meta["batch_size"], meta["seed"])
+    settings = meta["settings"]
+    got = (meta["epoch"], meta["optimizer"]["name"], settings["batch_size"], settings["seed"])
     assert got == (2, "adam", 32, 7), f"meta (epoch, optimizer, batch size, seed) {got} != (2, adam, 32, 7)"
 
 
@@ -188,9 +189,9 @@ def _nan_from_call(monkeypatch, bad_call: int) -> None:
     """Make the ``bad_call``-th train_step (1-based) report a NaN loss, as a diverged step would."""
     real, calls = train_module.train_step, {"n": 0}
 
-    def step(model, optimizer, x, labels):
+    def step(model, optimizer, x, labels, **options):
         calls["n"] += 1
-        loss, correct = real(model, optimizer, x, labels)
+        loss, correct = real(model, optimizer, x, labels, **options)
         return (loss * np.nan if calls["n"] == bad_call else loss), correct
 
     monkeypatch.setattr(train_module, "train_step", step)
