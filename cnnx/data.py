@@ -194,6 +194,8 @@ def read_image_file(path) -> np.ndarray:
         images = read_idx(path)
         if images.ndim != 3:
             raise DataError(f"{path}: an IDX labels file, expected images")
+        if len(images) == 0:
+            raise DataError(f"{path}: holds no images")
         return images
     raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .png, .csv or an IDX file")
 
@@ -414,6 +416,8 @@ def _read_dir(directory: Path, layout: str) -> list[np.ndarray]:
             raise DataError(
                 f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels"
             )
+        if len(images) == 0:  # nothing to train on or to measure with: say so now, not in a metric later
+            raise DataError(f"{image_path}: holds no images")
         arrays.extend((images, labels))
     return arrays
 

@@ -239,17 +239,17 @@ def build_from_architecture(
             layers.append(REGISTRY[entry["type"]](**entry["config"], backend=backend, dtype=dtype))
         except (TypeError, ValueError, ConfigError) as exc:
             raise CheckpointError(f"layer {i} ({entry['type']}) has a bad configuration: {exc}") from None
-    try:
-        model = Sequential(layers, input_shape=input_shape, name=name)
-        shapes = model.output_shapes()
-    except (ValueError, ConfigError) as exc:
-        raise CheckpointError(f"the architecture does not fit together: {exc}") from None
-    for i, shape in enumerate(shapes):
+    shape = tuple(input_shape)
+    for i, layer in enumerate(layers):  # in order: a later misfit must not hide an earlier blow-up
+        try:
+            shape = layer.output_shape(shape)
+        except (ValueError, ConfigError) as exc:
+            raise CheckpointError(f"the architecture does not fit together: {exc}") from None
         if math.prod(shape) > MAX_ACTIVATION:
             raise CheckpointError(
                 f"layer {i} outputs {math.prod(shape):,} values per image (the cap is {MAX_ACTIVATION:,})"
             )
-    return model
+    return Sequential(layers, input_shape=input_shape, name=name)
 
 
 # -- the schema a model file is checked against ---------------------------------------------------
@@ -507,11 +507,12 @@ def load_model(path, *, device=None, dtype=None) -> Sequential:
     state = {}
     for key, value in arrays.items():
         if key.startswith(PARAM_PREFIX):
+            name = key[len(PARAM_PREFIX) :]
             if value.dtype != stored:
                 raise CheckpointError(
-                    f"{path}: parameter {key} has dtype {value.dtype}, the header says {stored}"
+                    f"{path}: parameter {name} has dtype {value.dtype}, the header says {stored}"
                 )
-            state[key[len(PARAM_PREFIX) :]] = value
+            state[name] = value
     try:
         model = build_from_architecture(
             header["architecture"],

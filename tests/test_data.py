@@ -286,6 +286,21 @@ def test_mismatched_image_and_label_counts_are_a_data_error(places, tmp_path):
         data.load_fashion_mnist(directory)
 
 
+@pytest.mark.parametrize("split", [0, 2], ids=["train", "test"])
+def test_a_split_without_images_is_a_data_error_naming_its_file(places, tmp_path, split):
+    directory = _write_idx_dir(tmp_path / "d")
+    data.write_idx(directory / IDX_NAMES[split], np.zeros((0, 28, 28), np.uint8))
+    data.write_idx(directory / IDX_NAMES[split + 1], np.zeros(0, np.uint8))
+    with pytest.raises(DataError, match=f"{IDX_NAMES[split]}: holds no images"):
+        data.load_fashion_mnist(directory)
+
+
+def test_read_image_file_refuses_an_idx_file_without_images(tmp_path):
+    data.write_idx(tmp_path / "none-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="holds no images"):
+        data.read_image_file(tmp_path / "none-idx3-ubyte")
+
+
 # ---------------------------------------------------------------- download
 
 
