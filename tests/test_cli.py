@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
 
 from cnnx.backends import available_backends
+from cnnx.checkpoint import read_checkpoint
 from cnnx.cli import cli
-from cnnx.data import CLASS_NAMES, write_idx
+from cnnx.data import CLASS_NAMES, load_fashion_mnist, write_idx
+from cnnx.model import build_model, load_model
+from cnnx.optim import make_optimizer
+from cnnx.train import fit
 
 from helpers import blobs, write_blob_idx
 
@@ -159,3 +168,158 @@ def test_python_dash_m_cnnx_prints_one_error_line_and_no_traceback(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1, f"exit code {done.returncode}: {done.stderr}"
     assert lines and lines[0].startswith("cnnx: error:") and len(lines) == 1, f"stderr: {done.stderr!r}"
+
+
+# -- resume, interruption, resources ---------------------------------------------------------------
+
+SLOW = ["--model", "mlp", "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def big_data_dir(tmp_path_factory):
+    """480 training images: 60 steps of 8 an epoch, each followed by a checkpoint (--checkpoint-every 1),
+    so an epoch lasts long enough for a signal to land in its middle."""
+    return write_blob_idx(tmp_path_factory.mktemp("fashion480"), train=480, test=40)
+
+
+def start_training(data_dir, out) -> subprocess.Popen:
+    """`python -m cnnx train` in a subprocess, returned once its first checkpoint exists."""
+    command = [sys.executable, "-m", "cnnx", "train", *SLOW, "--data-dir", str(data_dir), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "model.npz").exists():
+        assert process.poll() is None, f"training ended early: {process.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.002)
+    return process
+
+
+def assert_resumable(out) -> dict:
+    """The run directory's checkpoint loads as a model and as a checkpoint; returns its meta."""
+    load_model(out / "model.npz")
+    meta, _ = read_checkpoint(out / "model.npz")
+    return meta
+
+
+@pytest.fixture(scope="module")
+def interrupted(big_data_dir, tmp_path_factory):
+    """A run stopped by SIGINT in its first epoch: (run dir, exit code, stderr)."""
+    out = tmp_path_factory.mktemp("sigint") / "run"
+    process = start_training(big_data_dir, out)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    return out, process.returncode, stderr
+
+
+def test_sigint_exits_130_with_a_checkpoint_in_the_middle_of_the_epoch(interrupted):
+    out, code, _ = interrupted
+    meta = assert_resumable(out)
+    where = (code, meta["epoch"], 0 < meta["batch"] < 60)
+    assert where == (130, 0, True), f"(exit, epochs done, mid-epoch) {where}; batch {meta['batch']}"
+
+
+def test_sigint_prints_how_to_resume_and_records_the_interruption(interrupted):
+    out, _, stderr = interrupted
+    status = json.loads((out / "metrics.json").read_text())["status"]
+    assert f"cnnx train --resume {out}" in stderr and status == "interrupted", f"{status}; stderr {stderr!r}"
+
+
+def test_a_run_resumed_after_sigint_ends_as_the_uninterrupted_run_does(interrupted, big_data_dir):
+    out, _, _ = interrupted
+    # Checkpoints change nothing in the numbers: the resumed run writes them rarely, to be quick.
+    resumed = run("train", "--resume", str(out), "--checkpoint-every", "1000", "-q")
+    assert resumed.exit_code == 0, f"exit {resumed.exit_code}: {resumed.output}"
+    model = build_model("mlp", seed=0)  # the uninterrupted run, as cnnx train would do it, in Python
+    history = fit(model, make_optimizer("adam", model), load_fashion_mnist(big_data_dir), epochs=2,
+                  batch_size=8, seed=0, progress="none")  # fmt: skip
+    a, b = load_model(out / "model.npz").state_dict(), model.state_dict()
+    gap = max(float(abs(a[k] - b[k]).max()) for k in a)
+    rows = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+            for rows in (json.loads((out / "metrics.json").read_text())["history"], history)]  # fmt: skip
+    assert gap == 0.0 and rows[0] == rows[1], f"weights differ by {gap:.3e}; histories {rows}"
+
+
+def test_sigterm_exits_143_and_leaves_a_loadable_checkpoint(big_data_dir, tmp_path):
+    process = start_training(big_data_dir, tmp_path / "run")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, f"exit {process.returncode}: {stderr}"
+    assert_resumable(tmp_path / "run")
+
+
+def test_a_second_sigint_exits_130_and_the_last_checkpoint_still_loads(big_data_dir, tmp_path):
+    process = start_training(big_data_dir, tmp_path / "run")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.001)  # two separate deliveries, not one merged pending signal
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, f"exit {process.returncode}: {stderr}"
+    assert_resumable(tmp_path / "run")
+
+
+def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(big_data_dir, tmp_path):
+    out, rng = tmp_path / "run", random.Random(6)
+    for attempt in range(3):
+        if attempt == 0:
+            process = start_training(big_data_dir, out)
+        else:  # kill the resumed run too
+            command = [sys.executable, "-m", "cnnx", "train", "--resume", str(out), "-q"]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(0.6)
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.kill()
+        process.communicate(timeout=60)
+        assert_resumable(out)
+        strays = [p.name for p in out.iterdir() if p.name not in RUN_FILES]
+        assert all(p.startswith(".") and p.endswith(".tmp") for p in strays), f"unexpected files {strays}"
+    result = run("train", "--resume", str(out), "--checkpoint-every", "1000", "-q")
+    assert result.exit_code == 0 and not list(out.glob(".*.tmp")), f"{result.output}; {list(out.iterdir())}"
+
+
+def test_resume_with_a_contradicting_option_is_a_one_line_error(trained):
+    out, _ = trained
+    assert_one_line_error(
+        run("train", "--resume", str(out), "--lr", "0.5", "--epochs", "3"), "--lr 0.5 contradicts"
+    )
+
+
+def test_resuming_a_completed_run_without_more_epochs_is_a_one_line_error(trained):
+    out, _ = trained
+    assert_one_line_error(run("train", "--resume", str(out)), "already completed its 2 epochs")
+
+
+def test_resume_and_out_together_are_a_one_line_error(trained, tmp_path):
+    out, _ = trained
+    assert_one_line_error(
+        run("train", "--resume", str(out), "--out", str(tmp_path)), "--out cannot be combined"
+    )
+
+
+def test_a_batch_size_larger_than_the_training_set_is_a_one_line_error(data_dir, tmp_path):
+    args = [
+        "--model",
+        "mlp",
+        "--batch-size",
+        "500",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert_one_line_error(run("train", *args), "batch size 500 is larger than the training set (160 images)")
+    assert not (tmp_path / "b").exists(), "a refused run left its directory"
+
+
+def test_checkpoint_every_zero_is_a_usage_error():
+    result = run("train", "--checkpoint-every", "0")
+    assert result.exit_code == 2 and "--checkpoint-every" in result.stderr, (
+        f"{result.exit_code} {result.stderr}"
+    )
+
+
+def test_no_free_space_is_a_one_line_error_and_creates_no_run_directory(data_dir, tmp_path, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    result = run("train", *FAST, "--data-dir", str(data_dir), "--out", str(tmp_path / "full"))
+    assert_one_line_error(result, "not enough free space")
+    assert not (tmp_path / "full").exists(), "a refused run left its directory"
