@@ -73,10 +73,10 @@ class Optimizer:
         """Restore what :meth:`state_dict` returned, moving arrays with ``to_device``.
 
         The state is checked first, since it may come from a file: the step count is a whole number
-        >= 0, every other key is "<slot>/<parameter>" for a slot this optimizer keeps and a parameter of
-        its target, with that parameter's shape and dtype and only finite values. A trained state
-        (steps > 0) holds every slot of every parameter. CheckpointError names the first problem;
-        nothing is changed then.
+        >= 0, every other key is "<slot>/<parameter>" for a slot this optimizer keeps and a parameter
+        of its target, with that parameter's shape and (once moved) dtype and only finite values. A
+        trained state (steps > 0) holds every slot of every parameter. CheckpointError names the first
+        problem; nothing is changed then.
         """
         steps = flat.get("steps")
         if hasattr(steps, "dtype") and getattr(steps, "shape", None) == () and steps.dtype.kind in "iu":
@@ -94,7 +94,7 @@ class Optimizer:
             if slot not in self.slots or name not in params:
                 raise CheckpointError(f"optimizer state: unexpected entry {key!r} for {self.name}")
             param = params[name]
-            if tuple(value.shape) != tuple(param.shape) or value.dtype != param.dtype:
+            if tuple(value.shape) != tuple(param.shape) or value.dtype.kind != "f":
                 raise CheckpointError(
                     f"optimizer state: {key} is {value.dtype}{list(value.shape)}, the parameter is "
                     f"{param.dtype}{list(param.shape)}"
@@ -107,12 +107,20 @@ class Optimizer:
         ]
         if steps > 0 and missing:
             raise CheckpointError(f"optimizer state after {steps} steps lacks {missing[0]}")
-        self.steps = steps
-        # Own it: never alias the source.
-        self.state = {
+        # Own it: never alias the source. ``to_device`` may cast (a parity test moves float64 moments
+        # into a float32 run); what arrives must then have the parameter's dtype.
+        moved = {
             slot: {name: to_device(value).copy() for name, value in table.items()}
             for slot, table in state.items()
         }
+        for slot, table in moved.items():
+            for name, value in table.items():
+                if value.dtype != params[name].dtype:
+                    wanted = params[name].dtype
+                    raise CheckpointError(
+                        f"optimizer state: {slot}/{name} is {value.dtype}, the parameter is {wanted}"
+                    )
+        self.steps, self.state = steps, moved
 
 
 class SGD(Optimizer):
