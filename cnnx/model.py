@@ -266,7 +266,7 @@ MAX_HEADER_CHARS = 1 << 20
 MAX_MEMBERS = 4096  # arrays in one archive: parameters and optimizer moments of MAX_LAYERS layers
 DTYPES = ("float32", "float64")
 HEADER_FIELDS = {"format", "version", "name", "dtype", "input_shape", "architecture", "meta"}
-_ARRAY_NAME = re.compile(r"(param/\d{1,4}\.[A-Za-z]\w{0,31}|optim/[\w./-]{1,64})")
+_ARRAY_NAME = re.compile(r"(param/\d{1,4}\.[A-Za-z]\w{0,31}|(optim|buffer)/[\w./-]{1,64})")
 
 
 def _is_int(value) -> bool:
@@ -403,10 +403,11 @@ def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
 
     The zip members must be ``<name>.npy`` files, stored uncompressed (as :meth:`Sequential.save` writes
     them, so memory use is bounded by the file's size), at most :data:`MAX_MEMBERS`; names are the
-    header ``__cnnx__`` (a JSON string of at most :data:`MAX_HEADER_CHARS` characters), ``param/...``
-    or ``optim/...``; every array is plain numeric (never object, void or structured) and finite where
-    floating. The header is checked with :func:`check_header`. Any defect raises CheckpointError with
-    one line naming ``path`` and the problem; nothing in the file is ever unpickled or imported.
+    header ``__cnnx__`` (a JSON string of at most :data:`MAX_HEADER_CHARS` characters), ``param/...``,
+    ``optim/...`` (optimizer state) or ``buffer/...`` (layer state); every array is plain numeric (never
+    object, void or structured) and finite where floating. The header is checked with
+    :func:`check_header`. Any defect raises CheckpointError with one line naming ``path`` and the
+    problem; nothing in the file is ever unpickled or imported.
     """
     path = Path(path)
     try:
@@ -443,6 +444,9 @@ def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
         check_header(header)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    for key, value in arrays.items():  # weights are stored in the model's dtype, never cast on the way
+        if key.startswith(PARAM_PREFIX) and value.dtype != np.dtype(header["dtype"]):
+            raise CheckpointError(f"{path}: {key} has dtype {value.dtype}, the header says {header['dtype']}")
     return header, arrays
 
 
@@ -455,7 +459,7 @@ def _array_name(info: zipfile.ZipInfo) -> str:
     name = info.filename.removesuffix(".npy")
     if not info.filename.endswith(".npy") or not (name == HEADER_KEY or _ARRAY_NAME.fullmatch(name)):
         raise CheckpointError(f"unexpected member {_short(info.filename)} (a cnnx file holds only arrays "
-                              f"named {HEADER_KEY}, param/... and optim/...)")  # fmt: skip
+                              f"named {HEADER_KEY}, param/, optim/ and buffer/...)")  # fmt: skip
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # bit 0: encrypted
         raise CheckpointError(f"member {name} is compressed or encrypted; cnnx reads stored arrays only")
     return name
@@ -504,15 +508,7 @@ def load_model(path, *, device=None, dtype=None) -> Sequential:
     if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
         raise ConfigError(f"a model loads as one of {', '.join(DTYPES)}, not {dtype}")
     stored = np.dtype(header["dtype"])
-    state = {}
-    for key, value in arrays.items():
-        if key.startswith(PARAM_PREFIX):
-            name = key[len(PARAM_PREFIX) :]
-            if value.dtype != stored:
-                raise CheckpointError(
-                    f"{path}: parameter {name} has dtype {value.dtype}, the header says {stored}"
-                )
-            state[name] = value
+    state = {key[len(PARAM_PREFIX) :]: value for key, value in arrays.items() if key.startswith(PARAM_PREFIX)}
     try:
         model = build_from_architecture(
             header["architecture"],

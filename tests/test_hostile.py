@@ -556,6 +556,12 @@ TRAIN_OPTION_CASES = [
     ("nonexistent-data-dir", ["--data-dir", "{tmp}/nowhere"], USER, "nowhere"),
     ("data-dir-is-a-file", ["--data-dir", "{tmp}/a-file"], USAGE, "--data-dir"),
     ("out-is-a-file", ["--out", "{tmp}/a-file"], USAGE, "--out"),
+    ("batch-size-larger-than-the-data-set", ["--batch-size", "1000"], USER, "larger than the training set"),
+    ("checkpoint-every-zero", ["--checkpoint-every", "0"], USAGE, "--checkpoint-every"),
+    ("unknown-divergence-policy", ["--on-divergence", "explode"], USAGE, "--on-divergence"),
+    ("resume-a-nonexistent-run", ["--resume", "{tmp}/nowhere"], USER, "no checkpoint"),
+    ("resume-a-directory-without-a-checkpoint", ["--resume", "{tmp}"], USER, "no checkpoint"),
+    ("resume-with-out", ["--resume", "{tmp}", "--out", "{tmp}/run"], USER, "--out cannot be combined"),
 ]
 
 
@@ -563,7 +569,8 @@ def _args(args, tmp_path, data_dir):
     (tmp_path / "a-file").write_text("not a directory")
     filled = [str(arg).format(tmp=tmp_path) for arg in args]
     defaults = [] if "--data-dir" in args else ["--data-dir", str(data_dir)]
-    return [*filled, *defaults] + ([] if "--out" in args else ["--out", str(tmp_path / "run")])
+    out = [] if "--out" in args or "--resume" in args else ["--out", str(tmp_path / "run")]
+    return [*filled, *defaults, *out]
 
 
 @pytest.mark.parametrize(
@@ -664,3 +671,100 @@ def test_the_real_usage_error_has_one_error_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert done.returncode == 2 and len(errors) == 1, f"exit {done.returncode}, stderr {done.stderr!r}"
     assert "Traceback" not in done.stderr, f"stderr: {done.stderr!r}"
+
+
+# ---------------------------------------------------------------- resuming from a tampered checkpoint
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    """A one-epoch run of the seed CNN on the blobs: its checkpoint holds the layers MODEL_CASES edit."""
+    out = tmp_path_factory.mktemp("resume") / "run"
+    result = invoke("train", "--model", "seed", "--epochs", "1", "--batch-size", "32", "-q",
+                    "--data-dir", data_dir, "--out", out)  # fmt: skip
+    assert result.exit_code == 0, f"the run to resume failed: {result.output}"
+    return out
+
+
+def meta(change):
+    """A tamper of the checkpoint's ``meta``: ``change(meta)``."""
+    return edit(lambda a, h: change(h["meta"]) and None)
+
+
+def settings(**values):
+    return meta(lambda m: m["settings"].update(values))
+
+
+# Where --resume finds the problem before the model file reader does, it says so in its own words.
+RESUME_FRAGMENTS = {
+    "input-shape-not-fashion-mnist": "not a training checkpoint",
+    "a-directory": "no checkpoint",
+    "no-such-file": "no checkpoint",
+    "huge-padding": "architecture differs",  # the run compares the file with its preset before building
+    "layers-do-not-fit": "architecture differs",
+}
+CHECKPOINT_CASES = [
+    ("not-a-checkpoint", meta(lambda m: m.pop("kind")), "not a training checkpoint"),
+    ("epoch-negative", meta(lambda m: m.update(epoch=-1)), "epoch"),
+    ("epoch-a-bool", meta(lambda m: m.update(epoch=True)), "epoch"),
+    ("step-a-float", meta(lambda m: m.update(step=5.0)), "step"),
+    ("history-not-a-list", meta(lambda m: m.update(history="long")), "history"),
+    ("partial-sum-negative", meta(lambda m: m["partial"].update(loss_sum=-1.0)), "partial.loss_sum"),
+    ("settings-missing", meta(lambda m: m.pop("settings")), "settings"),
+    ("rng-state-not-an-object", meta(lambda m: m.update(rng_state=[1, 2])), "rng_state"),
+    ("optimizer-not-an-object", meta(lambda m: m.update(optimizer="adam")), "optimizer"),
+    ("optimizer-state-nan", array("optim/m/0.W", lambda v: np.full_like(v, np.nan)), "NaN"),
+    ("optimizer-state-object", array("optim/steps", np.array([{"x": 1}], dtype=object)), "Python objects"),
+    ("settings-unknown-model", settings(model="resnet"), "unknown model 'resnet'"),
+    ("settings-batch-size-zero", settings(batch_size=0), "batch size"),
+    ("settings-batch-size-a-string", settings(batch_size="32"), "batch size"),
+    ("settings-lr-a-string", settings(lr="fast"), "learning rate"),
+    ("settings-limit-negative", settings(limit=-5), "limit"),
+    ("unknown-optimizer", meta(lambda m: m["optimizer"].update(name="rmsprop")), "unknown optimizer"),
+    (
+        "rng-state-of-another-generator",
+        meta(lambda m: m.update(rng_state={"bit_generator": "MT19937"})),
+        "shuffle",
+    ),
+    ("position-beyond-the-epoch", meta(lambda m: m.update(batch=10**6)), "does not fit"),
+    ("optimizer-steps-missing", edit(lambda a, h: a.pop("optim/steps") is None), "step count"),
+    ("optimizer-steps-negative", array("optim/steps", np.array(-4)), "step count"),
+    ("optimizer-moment-wrong-shape", array("optim/m/0.W", np.zeros((2, 2), np.float32)), "m/0.W"),
+    ("optimizer-moment-missing", edit(lambda a, h: a.pop("optim/v/13.b") is None), "v/13.b"),
+    ("optimizer-unknown-slot", array("optim/zzz/0.W", np.zeros(3, np.float32)), "unexpected entry"),
+    ("unexpected-layer-buffer", array("buffer/0.mean", np.zeros(3, np.float32)), "buffers"),
+]
+
+
+def _snapshot(directory):
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+@pytest.fixture
+def tampered_run(finished_run, tmp_path, request):
+    """A copy of the finished run whose checkpoint got one tamper; returns (run dir, its files' bytes)."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    request.param(out / "model.npz")
+    return out, _snapshot(out)
+
+
+RESUME_CASES = [
+    pytest.param(tamper, RESUME_FRAGMENTS.get(name, fragment), id=name)
+    for name, tamper, fragment in MODEL_CASES + CHECKPOINT_CASES
+]
+
+
+@pytest.mark.parametrize("tampered_run, fragment", RESUME_CASES, indirect=["tampered_run"])
+def test_resuming_from_a_tampered_checkpoint_is_refused_with_one_line(tampered_run, fragment, data_dir):
+    out, _ = tampered_run
+    assert_refused(invoke("train", "--resume", out, "--epochs", "2", "--data-dir", data_dir, "-q"), fragment)
+
+
+@pytest.mark.parametrize("tampered_run, fragment", RESUME_CASES, indirect=["tampered_run"])
+def test_a_refused_resume_leaves_the_run_directory_as_it_was(tampered_run, fragment, data_dir):
+    out, before = tampered_run
+    invoke("train", "--resume", out, "--epochs", "2", "--data-dir", data_dir, "-q")
+    after = _snapshot(out)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a refused resume changed {changed}"
