@@ -209,10 +209,11 @@ PRESETS = {
 def build_model(name: str = "seed", *, backend=None, dtype="float32", seed=0) -> Sequential:
     """Build a preset architecture by name with weights drawn from ``seed`` (same seed, same weights
     on every backend)."""
-    try:
-        recipe, _ = PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(PRESETS)}") from None
+    if not isinstance(name, str) or name not in PRESETS:  # a name from a file may be any JSON value
+        raise ConfigError(f"unknown model {_short(name)}: choose one of {', '.join(PRESETS)}")
+    if not _is_int(seed) or seed < 0:  # NumPy's seeding refuses these with a TypeError or ValueError
+        raise ConfigError(f"the seed must be a whole number >= 0, got {_short(seed)}")
+    recipe, _ = PRESETS[name]
     backend = get_backend(backend)
     rng = make_rng(seed)
 

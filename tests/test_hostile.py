@@ -552,6 +552,7 @@ TRAIN_OPTION_CASES = [
     ("unknown-optimizer", ["--optimizer", "rmsprop"], USAGE, "--optimizer"),
     ("unknown-dtype", ["--dtype", "float16"], USAGE, "--dtype"),
     ("seed-not-a-number", ["--seed", "lucky"], USAGE, "--seed"),
+    ("seed-negative", ["--seed", "-1"], USER, "seed must be a whole number >= 0"),
     ("unknown-option", ["--turbo"], USAGE, "--turbo"),
     ("nonexistent-data-dir", ["--data-dir", "{tmp}/nowhere"], USER, "nowhere"),
     ("data-dir-is-a-file", ["--data-dir", "{tmp}/a-file"], USAGE, "--data-dir"),
@@ -733,6 +734,8 @@ CHECKPOINT_CASES = [
     ("optimizer-moment-missing", edit(lambda a, h: a.pop("optim/v/13.b") is None), "v/13.b"),
     ("optimizer-unknown-slot", array("optim/zzz/0.W", np.zeros(3, np.float32)), "unexpected entry"),
     ("unexpected-layer-buffer", array("buffer/0.mean", np.zeros(3, np.float32)), "buffers"),
+    ("settings-model-not-a-string", settings(model=["seed"]), "unknown model ['seed']"),
+    ("settings-seed-a-string", settings(seed="x"), "seed must be a whole number"),
 ]
 
 
