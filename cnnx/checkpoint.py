@@ -247,6 +247,9 @@ _META = {
     "optimizer": (lambda v: isinstance(v, dict), "an object"),
 }
 _PARTIAL = {"loss_sum": float, "correct": int, "counted": int, "skipped": int, "seconds": float}
+# A history row's fields: losses may be null (written for NaN, e.g. the test loss of an empty test set).
+_ROW_NUMBERS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
+MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean "train for ever"
 
 
 def _count(value) -> bool:
@@ -275,6 +278,7 @@ def load_checkpoint(path) -> Checkpoint:
     for key, (ok, what) in _META.items():
         if key not in meta or not ok(meta[key]):
             raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}")
+    _check_history(path, meta["history"])
     partial = meta["partial"]
     for key, kind in _PARTIAL.items():
         value = partial.get(key)
@@ -288,6 +292,22 @@ def load_checkpoint(path) -> Checkpoint:
             if key.startswith(prefix):
                 table[key[len(prefix) :]] = value
     return Checkpoint(Path(path), header, meta, split["param/"], split[OPTIM_PREFIX], split[BUFFER_PREFIX])
+
+
+def _check_history(path, history: list[dict]) -> None:
+    """Each row: epoch n (1, 2, ...), finite numbers or null for the measures, skipped a count."""
+    for n, row in enumerate(history, start=1):
+        where = f"{path}: checkpoint history row {n}"
+        if set(row) != {"epoch", "skipped", *_ROW_NUMBERS}:
+            raise CheckpointError(f"{where} has fields {sorted(row)}, not those of a cnnx history row")
+        if row["epoch"] != n or isinstance(row["epoch"], bool) or not _count(row["skipped"]):
+            raise CheckpointError(f"{where}: epoch must be {n} and skipped a whole number >= 0")
+        for key in _ROW_NUMBERS:
+            value = row[key]
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CheckpointError(f"{where}: {key} must be a finite number or null, not {value!r}")
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -366,9 +386,13 @@ def resume_settings(run_dir, given: dict) -> dict:
                 f"{flag} {recorded[key]}: leave {flag} out when resuming"
             )
     done, batch = meta["epoch"], meta["batch"]
-    epochs = given.get("epochs", saved.get("epochs"))
-    if not _count(epochs):
-        raise CheckpointError(f"{run_dir / CHECKPOINT}: the recorded number of epochs is unusable")
+    recorded_epochs = saved.get("epochs")
+    if not _count(recorded_epochs) or not 1 <= recorded_epochs <= MAX_EPOCHS:
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINT}: the recorded number of epochs ({recorded_epochs!r}) is not a whole "
+            f"number from 1 to {MAX_EPOCHS}"
+        )
+    epochs = given.get("epochs", recorded_epochs)
     if done >= epochs and batch == 0:
         raise ConfigError(
             f"the run in {run_dir} already completed its {done} epochs: "

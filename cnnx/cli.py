@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
+from .checkpoint import MAX_EPOCHS
 from .errors import CheckpointError, CnnxError
 from .optim import OPTIMIZERS
 from .options import device_option, model_option
@@ -90,7 +91,11 @@ def cli() -> None:
     help="Learning rate.",
 )
 @click.option(
-    "--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Passes over the training set."
+    "--epochs",
+    type=click.IntRange(min=1, max=MAX_EPOCHS),
+    default=5,
+    show_default=True,
+    help="Passes over the training set.",
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Images per step."
