@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np  # host: checkpoints and records are read and written on the host
 
 from . import __version__
-from .errors import CheckpointError, CnnxError, ConfigError
+from .errors import CheckpointError, ConfigError, ResourceError
 from .fileio import atomic_write, stale_temporaries
 from .model import read_archive
 
@@ -34,10 +34,6 @@ BUFFER_PREFIX = "buffer/"
 PROBE_PREFIX = ".cnnx-probe-"
 FIGURES_BYTES = 2 << 20  # three PNGs of a few hundred KiB at most, rounded up
 RECORD_BYTES = 1 << 20  # metrics.json, with room for long histories
-
-
-class ResourceError(CnnxError):
-    """The machine ran out of something: memory for a batch, or disk space for a checkpoint."""
 
 
 # -- run directories ------------------------------------------------------------------------------
@@ -96,14 +92,14 @@ def probe_writable(directory) -> None:
             os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"cannot write in {directory} ({exc.strerror or exc})") from None
+        raise ResourceError(f"cannot write in {directory} ({exc.strerror or exc})") from None
 
 
 def check_free_space(directory, need_bytes: int) -> None:
-    """ConfigError when the file system of ``directory`` has less than ``need_bytes`` free."""
+    """ResourceError when the file system of ``directory`` has less than ``need_bytes`` free."""
     free = shutil.disk_usage(directory).free
     if free < need_bytes:
-        raise ConfigError(
+        raise ResourceError(
             f"not enough free space in {directory}: {_mib(free)} free, the run needs about {_mib(need_bytes)}"
         )
 

@@ -19,3 +19,7 @@ class ConfigError(CnnxError):
 
 class DivergenceError(CnnxError):
     """The loss or a gradient stopped being finite."""
+
+
+class ResourceError(CnnxError):
+    """The machine ran short: no room on the disk, an unwritable directory, or not enough memory."""

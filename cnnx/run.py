@@ -15,7 +15,6 @@ from . import train as training  # train_step and evaluate, looked up at call ti
 from .checkpoint import (
     CHECKPOINT,
     METRICS,
-    ResourceError,
     restore_buffers,
     results,
     save_checkpoint,
@@ -23,7 +22,7 @@ from .checkpoint import (
 )
 from .data import scale_pixels
 from .divergence import Snapshot, checked_step
-from .errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError
+from .errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError, ResourceError
 from .interrupt import TrainingInterrupted
 from .progress import Reporter
 

@@ -20,7 +20,6 @@ import numpy as np  # host: batch order, read-back values and run records live o
 from .checkpoint import (
     CHECKPOINT,
     METRICS,
-    ResourceError,
     check_run_dir,
     estimate_run_bytes,
     load_checkpoint,
@@ -32,7 +31,7 @@ from .checkpoint import (
 )
 from .data import CLASS_NAMES, scale_pixels
 from .divergence import step_is_finite
-from .errors import ConfigError, DivergenceError
+from .errors import ConfigError, DivergenceError, ResourceError
 from .interrupt import TrainingInterrupted
 from .losses import correct_count, softmax_cross_entropy
 from .progress import PROGRESS_MODES, Reporter

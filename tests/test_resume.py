@@ -17,12 +17,12 @@ import cnnx.checkpoint as checkpoint_module
 import cnnx.train as train_module
 from cnnx.checkpoint import read_checkpoint
 from cnnx.data import Dataset
-from cnnx.errors import CheckpointError, ConfigError, DivergenceError
+from cnnx.errors import CheckpointError, ConfigError, DivergenceError, ResourceError
 from cnnx.interrupt import StopFlag, StopNow, TrainingInterrupted, stop_on_signals
 from cnnx.layers import Layer
 from cnnx.model import Sequential, build_model, load_model
 from cnnx.optim import make_optimizer
-from cnnx.train import ResourceError, fit, shuffle_rng
+from cnnx.train import fit, shuffle_rng
 
 from helpers import blobs
 
@@ -288,7 +288,7 @@ def test_an_unwritable_run_directory_is_one_line_and_leaves_nothing(tmp_path, mo
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refuse_probe)
-    with pytest.raises(ConfigError, match=r"cannot write in .* \(Permission denied\)$") as caught:
+    with pytest.raises(ResourceError, match=r"cannot write in .* \(Permission denied\)$") as caught:
         fit(*mlp_and_adam(), blob_dataset(), out_dir=tmp_path / "run", **SETTINGS)
     assert "\n" not in str(caught.value) and not (tmp_path / "run").exists(), "a run directory was left"
 
@@ -298,14 +298,16 @@ def test_a_read_only_parent_directory_is_refused_before_training(tmp_path):
         pytest.skip("root ignores directory permissions; the patched probe test covers this case")
     parent = tmp_path / "locked"
     parent.mkdir(mode=0o500)
-    with pytest.raises(ConfigError, match="cannot write in"):
+    with pytest.raises(ResourceError, match="cannot write in"):
         fit(*mlp_and_adam(), blob_dataset(), out_dir=parent / "run", **SETTINGS)
 
 
 def test_too_little_free_space_is_one_line_before_training(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(ConfigError, match=r"not enough free space in .*: 0\.0 MiB free, the run needs about"):
+    with pytest.raises(
+        ResourceError, match=r"not enough free space in .*: 0\.0 MiB free, the run needs about"
+    ):
         fit(*mlp_and_adam(), blob_dataset(), out_dir=tmp_path / "run", **SETTINGS)
     assert not (tmp_path / "run").exists(), "a refused run left its directory"
 
