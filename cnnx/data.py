@@ -52,6 +52,9 @@ PAYLOAD_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
+# A gzip file may expand to at most this much: the largest real file (the Kaggle training CSV) is
+# about 130 MiB unpacked, and a few hundred bytes of crafted gzip could otherwise claim gigabytes.
+MAX_UNPACKED_BYTES = 512 << 20
 SUBSET_SEED = 20170825  # the day Fashion-MNIST was published; any fixed number would do
 
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
@@ -81,7 +84,13 @@ def _read_bytes(path: Path) -> bytes:
             if path.suffix != ".gz" and head != b"\x1f\x8b":
                 return handle.read()
             with gzip.GzipFile(fileobj=handle) as unzipped:
-                return unzipped.read()
+                data = unzipped.read(MAX_UNPACKED_BYTES + 1)
+            if len(data) > MAX_UNPACKED_BYTES:
+                raise DataError(
+                    f"{path}: unpacks to more than {MAX_UNPACKED_BYTES >> 20} MiB, more than any "
+                    "Fashion-MNIST file; refusing it"
+                )
+            return data
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
     except OSError as exc:

@@ -92,6 +92,24 @@ def test_read_idx_recognises_gzip_by_content_whatever_the_name(tmp_path):
     assert np.array_equal(data.read_idx(path), _images(3))
 
 
+def test_a_gzip_that_unpacks_beyond_the_cap_is_refused_without_unpacking_it_all(tmp_path, monkeypatch):
+    # The real cap is 512 MiB; a small one proves the same code path without allocating that much.
+    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", 10_000)
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes(10_000_000)))  # 10 MB of zeros packs into about 10 kB
+    with pytest.raises(DataError, match=r"bomb-idx3-ubyte\.gz: unpacks to more than") as caught:
+        data.read_idx(path)
+    assert "\n" not in str(caught.value), f"not one line: {caught.value}"
+
+
+def test_a_gzip_exactly_at_the_cap_is_read(tmp_path, monkeypatch):
+    payload = _idx_bytes(_images(3))
+    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", len(payload))
+    path = tmp_path / "images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(payload))
+    assert np.array_equal(data.read_idx(path), _images(3)), "a file of exactly the cap was refused or changed"
+
+
 def test_csv_round_trip_preserves_images_and_labels(tmp_path):
     path = tmp_path / "fashion-mnist_test.csv"
     data.write_csv(path, _images(12), _labels(12))
