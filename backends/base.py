@@ -18,7 +18,7 @@ class Backend:
         raise NotImplementedError
 
     def to_host(self, array) -> np.ndarray:
-        """Copy a device array to a NumPy array (a no-op view on the CPU)."""
+        """Copy a device array to a new NumPy array (a copy on every backend, the CPU included)."""
         raise NotImplementedError
 
     def synchronize(self) -> None:
