@@ -25,7 +25,7 @@ import numpy as np  # host: checkpoints and records are read and written on the 
 from . import __version__
 from .errors import CheckpointError, ConfigError, ResourceError
 from .fileio import atomic_write, stale_temporaries
-from .model import read_archive
+from .modelfile import read_archive
 
 CHECKPOINT = "model.npz"
 METRICS = "metrics.json"
