@@ -1,6 +1,6 @@
 """Run directories, run records (``metrics.json``) and training checkpoints (``model.npz``).
 
-A checkpoint is a model file (see :mod:`cnnx.model`) whose JSON ``meta`` says where training stood: the
+A checkpoint is a model file (see :mod:`cnnx.modelfile`) whose JSON ``meta`` says where training stood: the
 epochs completed, the batches done of the next one with that partial epoch's sums as host numbers, the
 global step, the shuffle generator's state from before the current epoch's permutation, the history and
 the run's settings. The optimizer's state rides along as ``optim/...`` arrays, any layer state (running
