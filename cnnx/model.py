@@ -97,10 +97,23 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
-        return dy
+    def backward(self, dy, input_grad: bool = True):
+        """Backpropagate ``dy`` (the loss gradient of the output), filling every layer's ``grads``;
+        returns the gradient of the input.
+
+        With ``input_grad=False`` (what a training step asks for) no input gradient is made: the first
+        layer with parameters only computes its own gradients, and the parameter-free layers below it
+        (a Flatten, say) are not visited. Returns None then.
+        """
+        trained = [i for i, layer in enumerate(self.layers) if layer.params]
+        first = 0 if input_grad or not trained else trained[0]
+        for i in range(len(self.layers) - 1, first, -1):
+            dy = self.layers[i].backward(dy)
+        if input_grad:
+            return self.layers[0].backward(dy)
+        if trained:
+            self.layers[first].backward_params(dy)
+        return None
 
     def named_parameters(self) -> Iterator[tuple[str, object, object]]:
         """Yield ("<layer index>.<key>", parameter, gradient) over every layer."""

@@ -62,7 +62,7 @@ def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False):
     """
     logits = model.forward(x, train=True)
     loss, dlogits = softmax_cross_entropy(model.xp, logits, labels)
-    model.backward(dlogits)
+    model.backward(dlogits, input_grad=False)  # nobody trains the images: their gradient is skipped
     if skip_nonfinite and not step_is_finite(model, loss):
         return None
     optimizer.step()

@@ -241,3 +241,36 @@ def test_layer_constructors_refuse_sizes_that_are_not_positive_whole_numbers(mak
     with pytest.raises(ConfigError, match=fragment) as info:
         make()
     assert "\n" not in str(info.value), f"message spans lines: {info.value}"
+
+
+@pytest.mark.parametrize("preset", ["seed", "mlp"])
+def test_a_training_backward_without_the_input_gradient_gives_the_same_parameter_gradients(backend, preset):
+    rng = np.random.default_rng(3)
+    x = backend.to_device(rng.random((4, 1, 28, 28)), "float64")
+    dy = backend.to_device(rng.standard_normal((4, 10)), "float64")
+    full, lean = (build_model(preset, backend=backend, dtype="float64", seed=1) for _ in range(2))
+    for model in (full, lean):
+        model.forward(x, train=True)
+    assert full.backward(dy) is not None and lean.backward(dy, input_grad=False) is None
+    for (name, _, g_full), (_, _, g_lean) in zip(
+        full.named_parameters(), lean.named_parameters(), strict=True
+    ):
+        difference = float(np.abs(backend.to_host(g_full) - backend.to_host(g_lean)).max())
+        assert difference == 0.0, f"{name}: gradients differ by {difference:.1e} without the input gradient"
+
+
+def test_a_training_backward_does_not_visit_the_parameter_free_layers_below_the_first_trained_one():
+    visited = []
+
+    class Watch(ReLU):
+        def backward(self, dy):
+            visited.append("watch")
+            return super().backward(dy)
+
+    model = Sequential([Watch(), *build_model("mlp", seed=0).layers])
+    model.forward(np.random.default_rng(0).random((2, 1, 28, 28)).astype("float32"), train=True)
+    model.backward(np.ones((2, 10), "float32"), input_grad=False)
+    assert visited == [], "the layer below the first Dense was asked for a gradient nobody uses"
+    model.forward(np.zeros((2, 1, 28, 28), "float32"), train=True)
+    model.backward(np.ones((2, 10), "float32"))
+    assert visited == ["watch"], "a full backward must still reach the first layer"

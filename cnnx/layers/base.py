@@ -43,6 +43,12 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
+    def backward_params(self, dy) -> None:
+        """Fill ``grads`` from ``dy`` without returning dx, for a layer whose input gradient nobody needs
+        (the first trained layer of a model: the images are not trained). Layers that can skip work for
+        it override this; by default it is a full backward."""
+        self.backward(dy)
+
     def __call__(self, x, train: bool = True):
         return self.forward(x, train)
 

@@ -70,24 +70,31 @@ class Conv2D(Layer):
         return F.to_nchw(y.reshape(n, oh, ow, self.out_channels))
 
     def backward(self, dy):
-        xp = self.xp
-        n, f, oh, ow = dy.shape
-        dy = F.to_nhwc(dy).reshape(n * oh * ow, f)  # free when dy is channels last, as ours is
+        dy = self._param_grads(dy)
         if self._by_tap:
-            dw = xp.matmul(self.cols, dy).T  # (F, K)
-            planes = xp.matmul(self._kernel_matrix().T, dy.T)  # (K, N*OH*OW): one plane per tap, C = 1
+            planes = self.xp.matmul(self._kernel_matrix().T, dy.T)  # (K, N*OH*OW): one plane per tap, C = 1
         else:
-            dw = xp.matmul(dy.T, self.cols)  # (F, K)
             # One product per kernel offset (batched): each plane comes out contiguous, ready to fold back.
-            planes = xp.matmul(dy, F.kernel_planes(self.params["W"]))  # (kh*kw, N*OH*OW, C)
-        self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
-        self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
-        self.cols = None
-        dx = F.col2im_nhwc(xp, planes, self.x_shape, self.kh, self.kw, self.stride)  # (N, H', W', C)
+            planes = self.xp.matmul(dy, F.kernel_planes(self.params["W"]))  # (kh*kw, N*OH*OW, C)
+        dx = F.col2im_nhwc(self.xp, planes, self.x_shape, self.kh, self.kw, self.stride)  # (N, H', W', C)
         p = self.padding
         if p:
             dx = dx[:, p : dx.shape[1] - p, p : dx.shape[2] - p]
         return F.to_nchw(dx)
+
+    def backward_params(self, dy) -> None:
+        self._param_grads(dy)
+
+    def _param_grads(self, dy):
+        """Fill grads from dy (N, F, OH, OW); returns dy as the (N*OH*OW, F) matrix dx is made from."""
+        xp = self.xp
+        n, f, oh, ow = dy.shape
+        dy = F.to_nhwc(dy).reshape(n * oh * ow, f)  # free when dy is channels last, as ours is
+        dw = xp.matmul(self.cols, dy).T if self._by_tap else xp.matmul(dy.T, self.cols)  # (F, K)
+        self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
+        self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
+        self.cols = None
+        return dy
 
     @property
     def _by_tap(self) -> bool:

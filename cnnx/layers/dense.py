@@ -36,11 +36,13 @@ class Dense(Layer):
         return y
 
     def backward(self, dy):
+        self.backward_params(dy)
+        return dy @ self.params["W"].T
+
+    def backward_params(self, dy) -> None:
         self.grads["W"] = self.x.T @ dy
         self.grads["b"] = dy.sum(axis=0)
-        dx = dy @ self.params["W"].T
         self.x = None
-        return dx
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
