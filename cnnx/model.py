@@ -225,36 +225,20 @@ class Sequential:
 # -- presets -------------------------------------------------------------------------------------
 
 
+def _dense_head(make, features: int) -> list:
+    """The original report's classifier, dense 128-64-32-10 with ReLUs, on ``features`` inputs."""
+    return [make(Dense, features, 128), make(ReLU), make(Dense, 128, 64), make(ReLU),
+            make(Dense, 64, 32), make(ReLU), make(Dense, 32, 10)]  # fmt: skip
+
+
 def _seed(make):
-    return [
-        make(Conv2D, 1, 32, 3),
-        make(ReLU),
-        make(MaxPool2D, 2),
-        make(Conv2D, 32, 64, 3),
-        make(ReLU),
-        make(MaxPool2D, 2),
-        make(Flatten),
-        make(Dense, 1600, 128),
-        make(ReLU),
-        make(Dense, 128, 64),
-        make(ReLU),
-        make(Dense, 64, 32),
-        make(ReLU),
-        make(Dense, 32, 10),
-    ]
+    conv_blocks = [make(Conv2D, 1, 32, 3), make(ReLU), make(MaxPool2D, 2),
+                   make(Conv2D, 32, 64, 3), make(ReLU), make(MaxPool2D, 2)]  # fmt: skip
+    return [*conv_blocks, make(Flatten), *_dense_head(make, 64 * 5 * 5)]
 
 
 def _mlp(make):
-    return [
-        make(Flatten),
-        make(Dense, 784, 128),
-        make(ReLU),
-        make(Dense, 128, 64),
-        make(ReLU),
-        make(Dense, 64, 32),
-        make(ReLU),
-        make(Dense, 32, 10),
-    ]
+    return [make(Flatten), *_dense_head(make, 28 * 28)]
 
 
 PRESETS = {
