@@ -25,7 +25,7 @@ import numpy as np  # host: checkpoints and records are read and written on the 
 from . import __version__
 from .errors import CheckpointError, ConfigError, ResourceError
 from .fileio import atomic_write, stale_temporaries
-from .modelfile import read_archive
+from .modelfile import is_whole_number, read_archive
 
 CHECKPOINT = "model.npz"
 METRICS = "metrics.json"
@@ -231,11 +231,15 @@ class Checkpoint:
     buffers: dict[str, np.ndarray]
 
 
+def _count(value) -> bool:
+    return is_whole_number(value) and value >= 0
+
+
 # meta key -> (type check, what it must be): checked before anything from the file is used.
 _META = {
-    "epoch": (lambda v: _count(v), "a whole number >= 0"),
-    "batch": (lambda v: _count(v), "a whole number >= 0"),
-    "step": (lambda v: _count(v), "a whole number >= 0"),
+    "epoch": (_count, "a whole number >= 0"),
+    "batch": (_count, "a whole number >= 0"),
+    "step": (_count, "a whole number >= 0"),
     "rng_state": (lambda v: isinstance(v, dict), "an object"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
     "partial": (lambda v: isinstance(v, dict), "an object"),
@@ -246,10 +250,6 @@ _PARTIAL = {"loss_sum": float, "correct": int, "counted": int, "skipped": int, "
 # A history row's fields: losses may be null (written for NaN, e.g. the test loss of an empty test set).
 _ROW_NUMBERS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
 MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean "train for ever"
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def save_checkpoint(path, model, optimizer, meta: dict) -> Path:

@@ -34,6 +34,7 @@ from .divergence import step_is_finite
 from .errors import ConfigError, DivergenceError, ResourceError
 from .interrupt import TrainingInterrupted
 from .losses import correct_count, softmax_cross_entropy
+from .modelfile import is_whole_number
 from .progress import PROGRESS_MODES, Reporter
 
 __all__ = [
@@ -205,7 +206,7 @@ def _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips,
                         ("checkpoint interval", checkpoint_every), ("max_skips", max_skips)):  # fmt: skip
         if value is None and name == "checkpoint interval":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole_number(value) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
     if progress not in PROGRESS_MODES:
         raise ConfigError(f"unknown progress mode {progress!r}: choose one of {', '.join(PROGRESS_MODES)}")
