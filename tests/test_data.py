@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cnnx import data
+from cnnx.data import readers, sources
 from cnnx.errors import ConfigError, DataError
 
 TRAIN_N, TEST_N = 60, 20
@@ -70,8 +71,8 @@ def places(tmp_path, monkeypatch):
     """Discovery pointed at empty folders under tmp_path; no environment override, fake mirrors."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
-    monkeypatch.setattr(data, "MIRRORS", ("http://mirror-a/", "http://mirror-b/"))
+    monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(sources, "MIRRORS", ("http://mirror-a/", "http://mirror-b/"))
     return {"cache": tmp_path / "xdg" / "cnnx" / "fashion-mnist", "system": tmp_path / "system"}
 
 
@@ -94,7 +95,7 @@ def test_read_idx_recognises_gzip_by_content_whatever_the_name(tmp_path):
 
 def test_a_gzip_that_unpacks_beyond_the_cap_is_refused_without_unpacking_it_all(tmp_path, monkeypatch):
     # The real cap is 512 MiB; a small one proves the same code path without allocating that much.
-    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", 10_000)
+    monkeypatch.setattr(readers, "MAX_UNPACKED_BYTES", 10_000)
     path = tmp_path / "bomb-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(bytes(10_000_000)))  # 10 MB of zeros packs into about 10 kB
     with pytest.raises(DataError, match=r"bomb-idx3-ubyte\.gz: unpacks to more than") as caught:
@@ -104,7 +105,7 @@ def test_a_gzip_that_unpacks_beyond_the_cap_is_refused_without_unpacking_it_all(
 
 def test_a_gzip_exactly_at_the_cap_is_read(tmp_path, monkeypatch):
     payload = _idx_bytes(_images(3))
-    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", len(payload))
+    monkeypatch.setattr(readers, "MAX_UNPACKED_BYTES", len(payload))
     path = tmp_path / "images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(payload))
     assert np.array_equal(data.read_idx(path), _images(3)), "a file of exactly the cap was refused or changed"
@@ -327,7 +328,7 @@ def served(monkeypatch):
     """Gzipped synthetic files as a mirror would serve them, with their payload digests patched in."""
     payloads = {name: _idx_bytes(array) for name, array in _synthetic().items()}
     digests = {name: hashlib.sha256(payload).hexdigest() for name, payload in payloads.items()}
-    monkeypatch.setattr(data, "PAYLOAD_SHA256", digests)
+    monkeypatch.setattr(sources, "PAYLOAD_SHA256", digests)
     return {name: gzip.compress(payload) for name, payload in payloads.items()}
 
 
@@ -380,7 +381,7 @@ def test_download_falls_back_to_the_next_mirror(places, served):
 
 
 def test_wrong_checksum_names_file_and_both_digests(places, served, monkeypatch):
-    monkeypatch.setitem(data.PAYLOAD_SHA256, IDX_NAMES[0], "0" * 64)
+    monkeypatch.setitem(sources.PAYLOAD_SHA256, IDX_NAMES[0], "0" * 64)
     actual = hashlib.sha256(gzip.decompress(served[IDX_NAMES[0]])).hexdigest()
     with pytest.raises(DataError) as info:
         data.load_fashion_mnist(opener=_opener(served))
@@ -388,7 +389,7 @@ def test_wrong_checksum_names_file_and_both_digests(places, served, monkeypatch)
 
 
 def test_wrong_checksum_leaves_no_file_behind(places, served, monkeypatch):
-    monkeypatch.setitem(data.PAYLOAD_SHA256, IDX_NAMES[0], "0" * 64)
+    monkeypatch.setitem(sources.PAYLOAD_SHA256, IDX_NAMES[0], "0" * 64)
     with pytest.raises(DataError):
         data.load_fashion_mnist(opener=_opener(served))
     assert list(places["cache"].iterdir()) == []
@@ -396,7 +397,7 @@ def test_wrong_checksum_leaves_no_file_behind(places, served, monkeypatch):
 
 def test_unreachable_mirrors_are_reported_in_the_not_found_message(places, served):
     with pytest.raises(DataError, match="tried user cache .* download failed .*mirror-b.*unreachable"):
-        data.load_fashion_mnist(opener=_opener(served, down=data.MIRRORS))
+        data.load_fashion_mnist(opener=_opener(served, down=sources.MIRRORS))
 
 
 # ---------------------------------------------------------------- subsets and scaling

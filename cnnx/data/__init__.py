@@ -1,0 +1,69 @@
+"""Fashion-MNIST on the host: IDX and Kaggle-CSV readers, discovery, a verified download, subsets.
+
+Everything here is plain NumPy. Pixels stay uint8 until a batch is scaled with ``scale_pixels``; moving
+a batch to the device is the backend's job. Malformed input raises ``DataError`` with one line that
+names the file and the problem.
+
+The package is split by job: ``readers`` (the file formats and the gzip size cap), ``sources`` (where
+the data set is found on disk, and the verified download) and ``dataset`` (``Dataset``, loading,
+subsets, scaling). Every public name is re-exported here. The constants are read by the submodule that
+defines them, so a test that patches one patches it there (``cnnx.data.sources.MIRRORS``), not here.
+"""
+
+from __future__ import annotations
+
+from .dataset import (
+    CLASS_NAMES,
+    SUBSET_SEED,
+    Dataset,
+    balanced_subset,
+    load_fashion_mnist,
+    scale_pixels,
+)
+from .readers import (
+    IMAGE_SHAPE,
+    MAX_UNPACKED_BYTES,
+    read_csv,
+    read_idx,
+    read_image_file,
+    write_csv,
+    write_idx,
+)
+from .sources import (
+    CSV_FILES,
+    ENV_VAR,
+    IDX_FILES,
+    MIRRORS,
+    PAYLOAD_SHA256,
+    SYSTEM_DIR,
+    cache_dir,
+    candidate_dirs,
+    download_fashion_mnist,
+    find_dataset,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "CSV_FILES",
+    "ENV_VAR",
+    "IDX_FILES",
+    "IMAGE_SHAPE",
+    "MAX_UNPACKED_BYTES",
+    "MIRRORS",
+    "PAYLOAD_SHA256",
+    "SUBSET_SEED",
+    "SYSTEM_DIR",
+    "Dataset",
+    "balanced_subset",
+    "cache_dir",
+    "candidate_dirs",
+    "download_fashion_mnist",
+    "find_dataset",
+    "load_fashion_mnist",
+    "read_csv",
+    "read_idx",
+    "read_image_file",
+    "scale_pixels",
+    "write_csv",
+    "write_idx",
+]

@@ -1,0 +1,134 @@
+"""The loaded data set: the ``Dataset`` arrays, loading with its search order, subsets, pixel scaling."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .readers import read_csv, read_idx
+from .sources import (
+    CSV_FILES,
+    ENV_VAR,
+    IDX_FILES,
+    MIRRORS,
+    _describe,
+    _DownloadUnavailable,
+    _find,
+    _idx_paths,
+    candidate_dirs,
+    download_fashion_mnist,
+)
+
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+SUBSET_SEED = 20170825  # the day Fashion-MNIST was published; any fixed number would do
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == has no single truth value
+class Dataset:
+    """The four Fashion-MNIST arrays (uint8 pixels, uint8 labels) and where they came from."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_dir(directory: Path, layout: str) -> list[np.ndarray]:
+    arrays = []
+    for split in ("train", "test"):
+        if layout == "csv":
+            arrays.extend(read_csv(directory / CSV_FILES[split]))
+            continue
+        paths = _idx_paths(directory)
+        image_path, label_path = (paths[name] for name in IDX_FILES[split])
+        images, labels = read_idx(image_path), read_idx(label_path)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataError(
+                f"{image_path if images.ndim != 3 else label_path}: IDX files swapped or mislabelled"
+            )
+        if len(images) != len(labels):
+            raise DataError(
+                f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels"
+            )
+        if len(images) == 0:  # nothing to train on or to measure with: say so now, not in a metric later
+            raise DataError(f"{image_path}: holds no images")
+        arrays.extend((images, labels))
+    return arrays
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int = SUBSET_SEED) -> np.ndarray:
+    """Sorted indices of ``size`` items: a seeded shuffle, classes taken in turn (balanced where possible)."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[order].astype(np.int64)
+    by_class = np.argsort(shuffled, kind="stable")
+    starts = np.searchsorted(shuffled[by_class], shuffled[by_class])  # first slot of each class run
+    rank = np.empty(len(order), np.int64)
+    rank[by_class] = np.arange(len(order)) - starts  # position of each item within its class
+    round_robin = np.argsort(rank * 256 + shuffled, kind="stable")
+    return np.sort(order[round_robin[:size]])
+
+
+def load_fashion_mnist(
+    data_dir=None, *, download: bool = True, limit: int | None = None, opener=None
+) -> Dataset:
+    """Find (or download) Fashion-MNIST and load it.
+
+    Search order: ``data_dir``, else ``$CNNX_DATA`` (either one is the only place looked at), else the
+    user cache then the system package, then a verified download into the cache when ``download``.
+    ``limit`` keeps a fixed, class-balanced subset: ``limit`` training images and ``ceil(limit / 6)`` test
+    images (the full set's 6:1 ratio); the same limit gives the same subset every time.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive whole number, got {limit!r}")
+    candidates = candidate_dirs(data_dir)
+    found = _find(data_dir)
+    if found:
+        label, directory, layout = found
+    elif candidates[0][0] in ("--data-dir", ENV_VAR):  # an explicit choice never falls through
+        label, directory = candidates[0]
+        raise DataError(
+            f"{label} {directory} has no Fashion-MNIST ({_describe(directory)}): expected the four IDX "
+            f"files (train-images-idx3-ubyte[.gz], ...) or {CSV_FILES['train']} and {CSV_FILES['test']}"
+        )
+    else:
+        tried = [f"{label} {path} ({_describe(path)})" for label, path in candidates]
+        try:
+            if not download:
+                raise _DownloadUnavailable("download disabled")
+            directory, layout, label = download_fashion_mnist(opener=opener), "idx", "downloaded to"
+        except _DownloadUnavailable as exc:
+            raise DataError(
+                f"Fashion-MNIST not found; tried {', '.join(tried)}, {exc}. Fix: pass --data-dir DIR "
+                f"or set {ENV_VAR}=DIR (the IDX files or the Kaggle CSVs), or `apt-get install "
+                f"dataset-fashion-mnist`, or allow the download from {MIRRORS[0]}"
+            ) from None
+    arrays = _read_dir(directory, layout)
+    if limit is not None:
+        for i, size in ((0, limit), (2, math.ceil(limit / 6))):
+            keep = balanced_subset(arrays[i + 1], size)
+            arrays[i], arrays[i + 1] = arrays[i][keep], arrays[i + 1][keep]
+    return Dataset(*arrays, source=f"{label} {directory} ({layout})")
+
+
+def scale_pixels(images_uint8, dtype="float32") -> np.ndarray:
+    """uint8 images (N, H, W) or (N, 1, H, W) -> floats in [0, 1] of ``dtype``, shaped (N, 1, H, W)."""
+    images, dtype = np.asarray(images_uint8), np.dtype(dtype)
+    if images.dtype != np.uint8 or dtype.kind != "f":
+        raise TypeError(f"scale_pixels maps uint8 pixels to floats, got {images.dtype} -> {dtype}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"scale_pixels takes images (N, H, W) or (N, 1, H, W), got shape {images.shape}")
+    if images.ndim == 3:
+        images = images[:, None]
+    scaled = images.astype(dtype)
+    scaled /= 255
+    return scaled
