@@ -14,11 +14,13 @@ class Backend:
     xp: Any = None
 
     def to_device(self, array, dtype=None):
-        """Copy a host (NumPy) array, or anything array-like, to this device, optionally casting it."""
+        """Copy a host (NumPy) array, or anything array-like, to this device, optionally casting it. Always
+        a new array, even for an array already on this device in that dtype."""
         raise NotImplementedError
 
     def to_host(self, array) -> np.ndarray:
-        """Copy a device array to a new NumPy array (a copy on every backend, the CPU included)."""
+        """Copy a device array (or a host one) to a new NumPy array: a copy on every backend, the CPU
+        included, so writing into the result never changes the device array."""
         raise NotImplementedError
 
     def synchronize(self) -> None:
@@ -30,10 +32,6 @@ class Backend:
 
     def release_memory_pool(self) -> None:
         """Give the pool's unused blocks back, so that :meth:`memory_pool_bytes` next shows a fresh peak."""
-
-    def scatter_add(self, target, indices, values) -> None:
-        """In place, ``target[indices] += values`` with repeated indices accumulated, not overwritten."""
-        raise NotImplementedError
 
     def describe(self) -> str:
         """A one-line description of the device, for logs and run records."""

@@ -55,12 +55,14 @@ class CupyBackend(Backend):
 
         self.xp = cupy
 
+    # Both transfers always copy, as Backend promises: cupy.asarray would hand back a device array that
+    # already has the dtype, and a host input would come back from to_host as the same object.
     def to_device(self, array, dtype=None):
-        return self.xp.asarray(array, dtype=dtype)
+        return self.xp.array(array, dtype=dtype, copy=True)
 
     def to_host(self, array) -> np.ndarray:
         if isinstance(array, np.ndarray):
-            return array
+            return array.copy()
         return self.xp.asnumpy(array)
 
     def synchronize(self) -> None:
@@ -74,16 +76,6 @@ class CupyBackend(Backend):
     def release_memory_pool(self) -> None:
         self.synchronize()
         self.xp.get_default_memory_pool().free_all_blocks()
-
-    def scatter_add(self, target, indices, values) -> None:
-        # cupy.add.at exists in recent CuPy; cupyx.scatter_add is the older spelling.
-        add_at = getattr(self.xp.add, "at", None)
-        if add_at is not None:
-            add_at(target, indices, values)
-        else:
-            import cupyx
-
-            cupyx.scatter_add(target, indices, values)
 
     def describe(self) -> str:
         cupy = self.xp

@@ -19,8 +19,5 @@ class NumpyBackend(Backend):
     def to_host(self, array) -> np.ndarray:
         return np.array(array, copy=True)
 
-    def scatter_add(self, target, indices, values) -> None:
-        np.add.at(target, indices, values)
-
     def describe(self) -> str:
         return f"cpu (NumPy {np.__version__})"

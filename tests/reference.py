@@ -148,3 +148,50 @@ class TextbookHeavyBall:
     def step(self, p, g):
         self.v = g if self.v is None else self.beta * self.v + g
         return p - self.lr * self.v
+
+
+# -- the NCHW im2col and its adjoint, written the plain way: references for the NHWC kernels -------------
+
+from cnnx.nn.functional import conv_output_size  # noqa: E402
+
+
+def pad2d(xp, x, padding: int):
+    """Zero-pad the two spatial axes of an NCHW array by ``padding`` on every side."""
+    if padding == 0:
+        return x
+    n, c, h, w = x.shape
+    out = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+    out[:, :, padding : padding + h, padding : padding + w] = x
+    return out
+
+
+def im2col(xp, x, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """Unfold the kh x kw windows of an NCHW array into columns: (N, C*kh*kw, OH*OW).
+
+    Row ``c*kh*kw + i*kw + j`` of a sample's column matrix holds channel c shifted by kernel offset
+    (i, j), which is the order of a weight array of shape (F, C, kh, kw) flattened to (F, C*kh*kw).
+    """
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, kh, stride, padding)
+    ow = conv_output_size(w, kw, stride, padding)
+    x = pad2d(xp, x, padding)
+    cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+    return cols.reshape(n, c * kh * kw, oh * ow)
+
+
+def col2im(xp, cols, x_shape, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """The adjoint of :func:`im2col`: fold columns (N, C*kh*kw, OH*OW) back, summing overlaps."""
+    n, c, h, w = x_shape
+    oh = conv_output_size(h, kh, stride, padding)
+    ow = conv_output_size(w, kw, stride, padding)
+    cols = cols.reshape(n, c, kh, kw, oh, ow)
+    dx = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += cols[:, :, i, j]
+    if padding == 0:
+        return dx
+    return dx[:, :, padding : padding + h, padding : padding + w]

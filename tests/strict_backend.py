@@ -276,13 +276,10 @@ class StrictBackend(Backend):
     def to_host(self, array) -> np.ndarray:
         self.host_reads += 1
         if isinstance(array, np.ndarray):
-            return array
+            return array.copy()
         if not isinstance(array, StrictArray):
             raise TypeError(f"to_host expects a device array, got {type(array).__name__}")
         return array._data.copy()
-
-    def scatter_add(self, target, indices, values) -> None:
-        np.add.at(target._data, unwrap(indices, "scatter_add"), unwrap(values, "scatter_add"))
 
     def describe(self) -> str:
         return f"strict (NumPy {np.__version__}, GPU-like read-back rules)"

@@ -45,14 +45,6 @@ def test_to_device_casts_and_to_host_returns_numpy(backend):
     assert isinstance(host, np.ndarray) and host.tolist() == [1.0, 2.0, 3.0]
 
 
-def test_scatter_add_accumulates_repeated_indices(backend):
-    target = backend.to_device(np.zeros(4), "float64")
-    backend.scatter_add(
-        target, backend.to_device(np.array([1, 1, 3])), backend.to_device(np.array([2.0, 3.0, 1.0]))
-    )
-    assert backend.to_host(target).tolist() == [0.0, 5.0, 0.0, 1.0]
-
-
 def test_transfers_copy_so_writes_on_one_side_never_reach_the_other(backend):
     host = np.arange(6.0)
     device = backend.to_device(host, "float64")

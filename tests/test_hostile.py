@@ -24,7 +24,8 @@ from click.testing import CliRunner
 from cnnx.backends import available_backends
 from cnnx.cli import cli
 from cnnx.data import CSV_FILES, IDX_FILES, write_csv, write_idx
-from cnnx.model import HEADER_KEY, build_model
+from cnnx.nn import build_model
+from cnnx.nn.saving import HEADER_KEY
 
 from helpers import blobs, write_blob_idx
 
@@ -165,7 +166,7 @@ MODEL_CASES = [
     ("unknown-array-name", array("evil", np.zeros(3, np.float32)), "unexpected member"),
     ("unknown-layer-type", edit(lambda a, h: h["architecture"][1].update(type="os.system")), "unknown type"),
     ("layer-type-not-a-string", edit(lambda a, h: h["architecture"][1].update(type=[1])), "unknown type"),
-    ("newer-format-version", header(version=2), "newer"),
+    ("newer-format-version", header(version=3), "newer"),
     ("version-as-string", header(version="1"), "version"),
     ("version-as-bool", header(version=True), "version"),
     ("foreign-format", header(format="keras"), "not a cnnx model"),
@@ -721,12 +722,12 @@ CHECKPOINT_CASES = [
     ("optimizer-not-an-object", meta(lambda m: m.update(optimizer="adam")), "optimizer"),
     ("optimizer-state-nan", array("optim/m/0.W", lambda v: np.full_like(v, np.nan)), "NaN"),
     ("optimizer-state-object", array("optim/steps", np.array([{"x": 1}], dtype=object)), "Python objects"),
-    ("settings-unknown-model", settings(model="resnet"), "unknown model 'resnet'"),
-    ("settings-batch-size-zero", settings(batch_size=0), "batch size"),
-    ("settings-batch-size-a-string", settings(batch_size="32"), "batch size"),
-    ("settings-lr-a-string", settings(lr="fast"), "learning rate"),
+    ("settings-unknown-model", settings(model="resnet"), "model must be a preset (seed, mlp) or a list"),
+    ("settings-batch-size-zero", settings(batch_size=0), "batch_size must be a whole number >= 1"),
+    ("settings-batch-size-a-string", settings(batch_size="32"), "batch_size must be a whole number"),
+    ("settings-lr-a-string", settings(lr="fast"), "lr must be a positive finite number"),
     ("settings-limit-negative", settings(limit=-5), "limit"),
-    ("unknown-optimizer", meta(lambda m: m["optimizer"].update(name="rmsprop")), "unknown optimizer"),
+    ("unknown-optimizer", settings(optimizer="rmsprop"), "optimizer must be one of sgd, momentum, adam"),
     (
         "rng-state-of-another-generator",
         meta(lambda m: m.update(rng_state={"bit_generator": "MT19937"})),
@@ -738,8 +739,8 @@ CHECKPOINT_CASES = [
     ("optimizer-moment-wrong-shape", array("optim/m/0.W", np.zeros((2, 2), np.float32)), "m/0.W"),
     ("optimizer-moment-missing", edit(lambda a, h: a.pop("optim/v/13.b") is None), "v/13.b"),
     ("optimizer-unknown-slot", array("optim/zzz/0.W", np.zeros(3, np.float32)), "unexpected entry"),
-    ("unexpected-layer-buffer", array("buffer/0.mean", np.zeros(3, np.float32)), "buffers"),
-    ("settings-model-not-a-string", settings(model=["seed"]), "unknown model ['seed']"),
+    ("unexpected-layer-buffer", array("buffer/0.mean", np.zeros(3, np.float32)), "unexpected ['0.mean']"),
+    ("settings-model-not-a-layer-list", settings(model=["seed"]), "layer 0 of the architecture is not"),
     ("settings-seed-a-string", settings(seed="x"), "seed must be a whole number"),
 ]
 

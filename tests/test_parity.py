@@ -42,9 +42,9 @@ import pytest
 from cnnx.backends import available_backends
 from cnnx.layers import MaxPool2D, ReLU
 from cnnx.losses import softmax_cross_entropy
-from cnnx.model import build_model
+from cnnx.nn import build_model
 from cnnx.optim import make_optimizer
-from cnnx.train import train_step
+from cnnx.training import train_step
 
 from helpers import backend_or_skip, rel_error
 

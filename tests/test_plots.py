@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cnnx import plots
+from cnnx.training import plots
 
 from helpers import blobs
 
@@ -65,7 +65,7 @@ def test_drawing_does_not_import_pyplot(tmp_path):
     # In a fresh interpreter: another test in this process may have imported pyplot for its own reasons.
     code = (
         "import sys, numpy as np\n"
-        "from cnnx import plots\n"
+        "from cnnx.training import plots\n"
         "images = np.zeros((3, 28, 28), np.uint8); labels = np.arange(3)\n"
         "plots.plot_samples(images, labels, labels, [str(i) for i in range(10)], sys.argv[1])\n"
         "print('matplotlib.pyplot' in sys.modules)\n"

@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 
-import cnnx.train as train_module
+import cnnx.training.loop as loop_module
 from cnnx.backends import NumpyBackend
 from cnnx.data import CLASS_NAMES, Dataset, scale_pixels
 from cnnx.errors import ConfigError, DivergenceError
+from cnnx.io import load_model
+from cnnx.io.checkpoint import load_checkpoint
 from cnnx.losses import softmax_cross_entropy
-from cnnx.model import build_model, load_model
+from cnnx.nn import build_model
 from cnnx.optim import make_optimizer
-from cnnx.train import evaluate, fit, read_checkpoint, shuffle_rng, train_step
+from cnnx.training import evaluate, fit, shuffle_rng, train_step
 
 from helpers import blobs
 
@@ -136,7 +138,7 @@ def test_metrics_json_records_config_history_and_per_class_results(recorded):
                 "dtype": "float32", "limit": 200, "data_source": "synthetic blobs"}  # fmt: skip
     wrong = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
     assert not wrong, f"config entries (recorded, expected): {wrong}"
-    assert config["optimizer"]["name"] == "adam" and set(config["versions"]) >= {"cnnx", "numpy", "cupy"}
+    assert config["optimizer"] == "adam" and set(config["versions"]) >= {"cnnx", "numpy", "cupy"}
     assert record["history"] == history, "metrics.json history differs from the returned history"
     assert record["test_accuracy"] == history[-1]["test_accuracy"], "final accuracy is not the last epoch's"
     matrix = np.array(record["confusion_matrix"])
@@ -154,7 +156,7 @@ def test_checkpoint_holds_the_trained_weights(recorded):
 
 def test_checkpoint_holds_optimizer_state_that_restores_exactly(recorded):
     _, optimizer, _, out = recorded
-    _, state = read_checkpoint(out / "model.npz")
+    state = load_checkpoint(out / "model.npz").optimizer_state
     _, restored = mlp_and_adam()
     restored.load_state_dict(state, np.asarray)
     live, back = optimizer.state_dict(np.asarray), restored.state_dict(np.asarray)
@@ -164,14 +166,14 @@ def test_checkpoint_holds_optimizer_state_that_restores_exactly(recorded):
 
 
 def test_checkpoint_meta_records_the_epoch_and_the_optimizer(recorded):
-    meta, _ = read_checkpoint(recorded[3] / "model.npz")
+    meta = load_checkpoint(recorded[3] / "model.npz").meta
     settings = meta["settings"]
     got = (meta["epoch"], meta["optimizer"]["name"], settings["batch_size"], settings["seed"])
     assert got == (2, "adam", 32, 7), f"meta (epoch, optimizer, batch size, seed) {got} != (2, adam, 32, 7)"
 
 
 def test_checkpoint_rng_state_continues_the_batch_order(recorded):
-    meta, _ = read_checkpoint(recorded[3] / "model.npz")
+    meta = load_checkpoint(recorded[3] / "model.npz").meta
     resumed = np.random.default_rng()
     resumed.bit_generator.state = meta["rng_state"]
     fresh = shuffle_rng(7)
@@ -187,14 +189,14 @@ def test_fit_refuses_a_run_directory_that_holds_files(tmp_path):
 
 def _nan_from_call(monkeypatch, bad_call: int) -> None:
     """Make the ``bad_call``-th train_step (1-based) report a NaN loss, as a diverged step would."""
-    real, calls = train_module.train_step, {"n": 0}
+    real, calls = loop_module.train_step, {"n": 0}
 
     def step(model, optimizer, x, labels, **options):
         calls["n"] += 1
         loss, correct = real(model, optimizer, x, labels, **options)
         return (loss * np.nan if calls["n"] == bad_call else loss), correct
 
-    monkeypatch.setattr(train_module, "train_step", step)
+    monkeypatch.setattr(loop_module, "train_step", step)
 
 
 def test_a_nan_loss_names_the_epoch_and_batch(monkeypatch):
@@ -207,7 +209,7 @@ def test_divergence_keeps_the_last_good_checkpoint_loadable(monkeypatch, tmp_pat
     _nan_from_call(monkeypatch, bad_call=7 + 3)
     with pytest.raises(DivergenceError, match="last good checkpoint"):
         train_blobs(epochs=3, out_dir=tmp_path)
-    meta, _ = read_checkpoint(tmp_path / "model.npz")
+    meta = load_checkpoint(tmp_path / "model.npz").meta
     load_model(tmp_path / "model.npz")  # raises if the file holds NaN or is not a model
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert meta["epoch"] == 1, f"checkpoint is from epoch {meta['epoch']}, expected the last good one, 1"

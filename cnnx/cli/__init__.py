@@ -1,0 +1,63 @@
+"""The ``cnnx`` command line (click): one small module per command, each a thin layer over the packages
+below (training, io, data, bench).
+
+A problem the user can fix (a :class:`~cnnx.errors.CnnxError`, or the operating system refusing a file)
+ends the command with one line, ``cnnx: error: <message>``, on stderr and exit status 1; click's own
+usage errors keep click's message and exit status 2. Anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cnnx.errors import CnnxError
+from cnnx.version import __version__
+
+from .bench import bench
+from .evaluate import evaluate
+from .info import info
+from .predict import predict
+from .train import train
+
+
+class UserError(click.ClickException):
+    """A CnnxError on its way out: one line on stderr, exit status 1."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        click.echo(f"cnnx: error: {self.message}", err=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+class CnnxGroup(click.Group):
+    """A click group that turns user-fixable errors into :class:`UserError`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (CnnxError, OSError) as exc:
+            raise UserError(_one_line(exc)) from None
+
+
+@click.group(cls=CnnxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnnx")
+def cli() -> None:
+    """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
+
+
+for _command in (train, evaluate, predict, info, bench):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Entry point of the ``cnnx`` console script and ``python -m cnnx``."""
+    cli(prog_name="cnnx")

@@ -1,0 +1,42 @@
+"""``cnnx evaluate``: a saved model's test-set loss, accuracy, confusion matrix and per-class report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import data_dir_option, device_option, load_image_model
+
+
+@click.command(short_help="Evaluate a saved model on the test set.")
+@click.argument("model_path", metavar="MODEL.npz", type=click.Path(path_type=Path))
+@data_dir_option()
+@device_option()
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate on the fixed class-balanced test subset that train --limit N uses (ceil(N/6) images).",
+)
+def evaluate(model_path, data_dir, device, limit):
+    """Test-set loss, accuracy, confusion matrix and per-class report of a saved model."""
+    from cnnx.data import CLASS_NAMES, load_fashion_mnist
+    from cnnx.training import evaluate as evaluate_model
+    from cnnx.training.metrics import (
+        confusion_matrix,
+        format_confusion_matrix,
+        format_report,
+        per_class_report,
+    )
+
+    model = load_image_model(model_path, device)
+    dataset = load_fashion_mnist(data_dir, limit=limit)
+    labels = dataset.test_labels.astype("int64")
+    loss, accuracy, predictions = evaluate_model(model, dataset.test_images, labels)
+    click.echo(f"{model_path}: {model.name} on {len(labels):,} test images from {dataset.source}")
+    click.echo(f"accuracy {accuracy:.4f}  loss {loss:.4f}\n")
+    click.echo("confusion matrix (rows: true class, columns: predicted)")
+    click.echo(format_confusion_matrix(confusion_matrix(labels, predictions, len(CLASS_NAMES)), CLASS_NAMES))
+    click.echo("")
+    click.echo(format_report(per_class_report(labels, predictions, CLASS_NAMES)))

@@ -1,0 +1,218 @@
+"""``cnnx train``: a thin layer over :func:`cnnx.training.run_training`. Options (or a TOML file of the
+same fields, ``--config``) make a RunConfig; ``--resume`` rebuilds the run's own."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from cnnx.optim import OPTIMIZERS
+from cnnx.training.config import DIVERGENCE_MODES, DTYPES, MAX_EPOCHS, RunConfig
+
+from .options import data_dir_option, device_option, model_option
+
+DEFAULTS = RunConfig()
+# click parameter name -> RunConfig field, for the options that are run settings
+FIELDS = {
+    "device": "device",
+    "model_name": "model",
+    "optimizer_name": "optimizer",
+    "lr": "lr",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "data_dir": "data_dir",
+    "limit": "limit",
+    "dtype": "dtype",
+    "checkpoint_every": "checkpoint_every",
+    "on_divergence": "on_divergence",
+}
+DEFAULT_LRS = ", ".join(
+    f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
+)
+
+
+def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive finite number, got {value}")
+    return value
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN.toml",
+    help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
+    "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
+    "checkpoint_every, on_divergence); options given here override the file.",
+)
+@device_option(DEFAULTS.device)
+@model_option(DEFAULTS.model)
+@click.option(
+    "--optimizer",
+    "optimizer_name",
+    type=click.Choice(list(OPTIMIZERS)),
+    default=DEFAULTS.optimizer,
+    show_default=True,
+    help="Update rule (momentum is the report's moving-average form, see cnnx.optim.Momentum).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    callback=_positive_finite,
+    show_default=f"the optimizer's own: {DEFAULT_LRS}",
+    help="Learning rate (may change when resuming).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1, max=MAX_EPOCHS),
+    default=DEFAULTS.epochs,
+    show_default=True,
+    help="Passes over the training set.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True,
+    help="Images per step.",
+)  # fmt: skip
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULTS.seed,
+    show_default=True,
+    help="Seeds the initial weights, the layers' random streams and the batch order.",
+)
+@data_dir_option()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_default="runs/<timestamp>-<model>-<optimizer>",
+    help="Run directory; must be new or empty.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train on a fixed class-balanced subset of N training images (and ceil(N/6) test images).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default=DEFAULTS.dtype,
+    show_default=True,
+    help="Floating-point type of weights and activations.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Also write the checkpoint every N steps (default: at the end of every epoch only).",
+)
+@click.option(
+    "--on-divergence",
+    type=click.Choice(DIVERGENCE_MODES),
+    default=DEFAULTS.on_divergence,
+    show_default=True,
+    help="On a NaN or infinite loss or gradient: stop (naming the epoch, batch and layer; the last good "
+    "checkpoint stays), or skip that step and count it (costs one device read-back per step).",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings (--epochs may "
+    "extend it; --lr, --device, --data-dir, --checkpoint-every and --on-divergence may change).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) -> None:
+    """Train a model on Fashion-MNIST and write a run directory.
+
+    The run directory receives model.npz (the checkpoint: weights, optimizer state, random streams,
+    batch order and history, rewritten after every epoch and every --checkpoint-every steps),
+    metrics.json (configuration, status, per-epoch history, confusion matrix, per-class report),
+    curves.png, confusion_matrix.png and samples.png. Ctrl-C or SIGTERM finishes the current step,
+    writes a checkpoint and exits with status 130 or 143; `cnnx train --resume RUN_DIR` continues the
+    run, with the same result as if it had never stopped. A second Ctrl-C stops at once.
+    """
+    from cnnx.training import RunConfig, resume_config
+
+    given = {
+        FIELDS[name]: str(value) if isinstance(value, Path) else value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    }
+    if resume_dir is not None:
+        if config_path is not None:
+            raise click.UsageError(
+                "--config cannot be combined with --resume (the run keeps its own settings)"
+            )
+        config = resume_config(resume_dir, given | ({"out": out} if out is not None else {}))
+    elif config_path is not None:
+        config = RunConfig.from_file(config_path, overrides=given)
+    else:
+        config = RunConfig.from_dict(given)
+    run = _run_until_stopped(ctx, config, resume_dir or out, resume=resume_dir is not None, quiet=quiet)
+    if not quiet:
+        click.echo(
+            f"test accuracy {run.history[-1]['test_accuracy']:.4f} after {len(run.history)} epochs; "
+            f"outputs in {run.out}"
+        )
+
+
+def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: bool, quiet: bool):
+    """``run_training`` with SIGINT/SIGTERM handlers installed around it: a stop writes a checkpoint and
+    exits with 130 or 143 after saying how to resume; a second signal exits at once."""
+    from cnnx.training import run_training
+    from cnnx.training.interrupt import EXIT_STATUS, StopFlag, StopNow, TrainingInterrupted, stop_on_signals
+    from cnnx.training.rundir import CHECKPOINT
+
+    def notify(name: str) -> None:
+        click.echo(
+            f"\ncnnx: {name} received: finishing this step and writing a checkpoint "
+            "(send it again to stop at once)",
+            err=True,
+        )
+
+    started = {"out": out}
+    try:
+        with stop_on_signals(StopFlag(), notify) as flag:
+            return run_training(
+                config,
+                out,
+                runs_root="runs",
+                resume=resume,
+                stop=flag,
+                progress="none" if quiet else "auto",
+                echo=None if quiet else click.echo,
+                on_start=lambda run: started.update(out=run.out),
+            )
+    except TrainingInterrupted as exc:
+        click.echo(
+            f"cnnx: stopped by {exc.reason} at epoch {exc.epoch}, batch {exc.batch}; "
+            f"checkpoint written to {exc.checkpoint}",
+            err=True,
+        )
+        click.echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+        ctx.exit(EXIT_STATUS.get(exc.reason, 130))
+    except StopNow as exc:
+        last = None if started["out"] is None else started["out"] / CHECKPOINT
+        if last is not None and last.exists():
+            kept = f"the last good checkpoint is {last}"
+        else:
+            kept = "no checkpoint was written yet"
+        click.echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
+        if last is not None and last.exists():
+            click.echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+        ctx.exit(EXIT_STATUS.get(exc.signal_name, 130))

@@ -1,0 +1,102 @@
+"""Training checkpoints: a model file (see :mod:`cnnx.nn.saving`) that also holds the optimizer's state
+and, in its header's ``meta``, where training stood.
+
+``meta`` holds the epochs completed, the batches done of the next one with that partial epoch's sums as
+host numbers, the global step, the batch-order generator's state from before the current epoch's
+permutation, the history, the run's settings and the optimizer's settings. The model's own state
+(weights, layer buffers, the layers' random streams) is the model file's; the optimizer's moments ride
+along as ``optim/...`` arrays. The file is written to a temporary name and renamed, so a kill at any
+moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np  # host: checkpoints are read and written on the host
+
+from cnnx.checks import is_whole_number
+from cnnx.errors import CheckpointError
+from cnnx.nn.saving import OPTIM_PREFIX
+
+from .modelfile import model_state, read_archive, split_arrays
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read from disk: the model file's header, the model's state (parameters, buffers
+    and streams, in ``load_state_dict`` form), the training position (``meta``) and the optimizer state
+    in ``Optimizer.load_state_dict`` form."""
+
+    path: Path
+    header: dict
+    meta: dict
+    model_state: dict[str, np.ndarray]
+    optimizer_state: dict[str, np.ndarray]
+
+
+def _count(value) -> bool:
+    return is_whole_number(value) and value >= 0
+
+
+# meta key -> (type check, what it must be): checked before anything from the file is used.
+_META = {
+    "epoch": (_count, "a whole number >= 0"),
+    "batch": (_count, "a whole number >= 0"),
+    "step": (_count, "a whole number >= 0"),
+    "rng_state": (lambda v: isinstance(v, dict), "an object"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
+    "partial": (lambda v: isinstance(v, dict), "an object"),
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+    "optimizer": (lambda v: isinstance(v, dict), "an object"),
+}
+_PARTIAL = {"loss_sum": float, "correct": int, "counted": int, "skipped": int, "seconds": float}
+# A history row's fields: losses may be null (written for NaN, e.g. the test loss of an empty test set).
+_ROW_NUMBERS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
+
+
+def save_checkpoint(path, model, optimizer, meta: dict) -> Path:
+    """Save the model with its optimizer's state; ``meta`` (JSON) says where training stood. The caller
+    checks first that the weights are finite: a checkpoint is always a good state to resume from."""
+    state = optimizer.state_dict(model.backend.to_host)
+    extra = {OPTIM_PREFIX + key: np.asarray(value) for key, value in state.items()}
+    return model.save(path, extra=extra, meta={"kind": "checkpoint", **meta})
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read and check a checkpoint written by :func:`save_checkpoint`; CheckpointError on any defect."""
+    header, arrays = read_archive(path)
+    meta = header.get("meta")
+    if not isinstance(meta, dict) or meta.get("kind") != "checkpoint":
+        raise CheckpointError(f"{path}: a model file, but not a training checkpoint")
+    for key, (ok, what) in _META.items():
+        if key not in meta or not ok(meta[key]):
+            raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}")
+    _check_history(path, meta["history"])
+    partial = meta["partial"]
+    for key, kind in _PARTIAL.items():
+        value = partial.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise CheckpointError(f"{path}: checkpoint field partial.{key} must be a number")
+        if not math.isfinite(value) or value < 0:
+            raise CheckpointError(f"{path}: checkpoint field partial.{key} must be finite and >= 0")
+    optimizer_state = split_arrays(arrays)[OPTIM_PREFIX]
+    return Checkpoint(Path(path), header, meta, model_state(arrays), optimizer_state)
+
+
+def _check_history(path, history: list[dict]) -> None:
+    """Each row: epoch n (1, 2, ...), finite numbers or null for the measures, skipped a count."""
+    for n, row in enumerate(history, start=1):
+        where = f"{path}: checkpoint history row {n}"
+        if set(row) != {"epoch", "skipped", *_ROW_NUMBERS}:
+            raise CheckpointError(f"{where} has fields {sorted(row)}, not those of a cnnx history row")
+        if row["epoch"] != n or isinstance(row["epoch"], bool) or not _count(row["skipped"]):
+            raise CheckpointError(f"{where}: epoch must be {n} and skipped a whole number >= 0")
+        for key in _ROW_NUMBERS:
+            value = row[key]
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CheckpointError(f"{where}: {key} must be a finite number or null, not {value!r}")

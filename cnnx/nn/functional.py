@@ -1,0 +1,195 @@
+"""Pure array kernels shared by the layers and the loss, written once against an array module ``xp``.
+
+Every function takes ``xp`` (NumPy or CuPy) as its first argument and never leaves the device. The
+window helpers loop over the kernel offsets (kh x kw strided slices, each a large vectorised copy)
+instead of scattering, so they need no ``add.at`` and give the same, deterministic result on both
+libraries.
+"""
+
+from __future__ import annotations
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution or pooling along one axis (floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_windows(xp, x, k: int, stride: int):
+    """Stack the k x k windows of an NCHW array along a new first axis: (k*k, N, C, OH, OW)."""
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, k, stride, 0)
+    ow = conv_output_size(w, k, stride, 0)
+    windows = xp.empty((k * k, n, c, oh, ow), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            windows[i * k + j] = x[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+    return windows
+
+
+def unpool_argmax(xp, dy, argmax, x_shape, k: int, stride: int):
+    """Route each window's gradient ``dy`` to the input position ``argmax`` picked (0 .. k*k-1)."""
+    n, c, oh, ow = dy.shape
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    zero = xp.zeros((), dtype=dy.dtype)
+    for i in range(k):
+        for j in range(k):
+            routed = xp.where(argmax == i * k + j, dy, zero)
+            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += routed
+    return dx
+
+
+# -- NHWC kernels: the layers' internal layout --------------------------------------------------------
+#
+# The layers keep their activations in NHWC memory (channels last) and hand them on as NCHW-shaped
+# transposed views, so the layer boundary stays NCHW. Channels last makes each im2col row a run of
+# kw*C contiguous numbers, makes the convolution one (N*OH*OW, K) x (K, F) matrix product whose result
+# is already NHWC, and makes the two rows of a 2x2 pooling window whole contiguous image rows.
+
+
+def to_nhwc(x):
+    """The NHWC view of an NCHW-shaped array (no copy): contiguous when its memory is channels last."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def to_nchw(x):
+    """The NCHW view of an NHWC array (no copy): what a layer hands on."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def pad_nhwc(xp, x, padding: int):
+    """Zero-pad the two spatial axes of an NHWC array by ``padding`` on every side (a new array)."""
+    if padding == 0:
+        return x
+    n, h, w, c = x.shape
+    out = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
+    out[:, padding : padding + h, padding : padding + w] = x
+    return out
+
+
+def im2col_nhwc(xp, x, kh: int, kw: int, stride: int = 1, out=None):
+    """Unfold the windows of an (already padded) NHWC array into rows: (N*OH*OW, kh*kw*C).
+
+    Row ``(n*OH + oh)*OW + ow`` holds the window at (oh, ow) in (i, j, c) order, the order of a weight
+    (F, kh, kw, C) flattened to (F, kh*kw*C). The windows are read through a strided view and written in
+    one copy, into ``out`` (shape (N, OH, OW, kh, kw, C)) when given: no intermediate array.
+    """
+    n, h, w, c = x.shape
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    windows = xp.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, kh, kw)
+    windows = windows[:, ::stride, ::stride].transpose(0, 1, 2, 4, 5, 3)  # (N, OH, OW, kh, kw, C)
+    if out is None:
+        out = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    out[...] = windows
+    return out.reshape(n * oh * ow, kh * kw * c)
+
+
+def im2col_taps(xp, x, kh: int, kw: int, stride: int = 1, out=None):
+    """Unfold a single-channel (already padded) NHWC array tap by tap: (kh*kw, N*OH*OW).
+
+    Row ``i*kw + j`` is the image shifted by kernel offset (i, j): the transpose of :func:`im2col_nhwc`'s
+    result when C == 1, built from kh*kw strided copies of whole image rows (into ``out``, shape
+    (kh, kw, N, OH, OW), when given).
+    """
+    n, h, w, c = x.shape
+    if c != 1:
+        raise ValueError(f"im2col_taps unfolds single-channel images, got {c} channels")
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    if out is None:
+        out = xp.empty((kh, kw, n, oh, ow), dtype=x.dtype)
+    image = x.reshape(n, h, w)
+    for i in range(kh):
+        for j in range(kw):
+            out[i, j] = image[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
+    return out.reshape(kh * kw, n * oh * ow)
+
+
+def kernel_planes(w):
+    """A weight (F, C, kh, kw) as one (F, C) matrix per kernel offset: (kh*kw, F, C), a view."""
+    f, c, kh, kw = w.shape
+    return w.transpose(2, 3, 0, 1).reshape(kh * kw, f, c)
+
+
+def col2im_nhwc(xp, planes, x_shape, kh: int, kw: int, stride: int = 1):
+    """The adjoint of :func:`im2col_nhwc`, from the columns grouped by kernel offset.
+
+    ``planes`` is (kh*kw, N*OH*OW, C): plane ``i*kw + j`` holds what the (i, j) tap of every window sends
+    back to its input pixel (one batched product ``dy @ kernel_planes(W)`` makes them). Each plane is
+    contiguous, so folding it back into the NHWC ``x_shape`` is one strided-slice addition of whole
+    image rows; the kh*kw additions sum the overlaps without a scatter.
+    """
+    n, h, w, c = x_shape
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    planes = planes.reshape(kh, kw, n, oh, ow, c)
+    dx = xp.zeros((n, h, w, c), dtype=planes.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride] += planes[i, j]
+    return dx
+
+
+def bias_add_rows(xp, y, b, rows_per_image: int):
+    """In place, add ``b`` (F,) to every row of ``y`` (N*Q, F); Q = ``rows_per_image``.
+
+    ``y += b`` would loop over N*Q short rows of F numbers; adding ``b`` tiled Q times to each image's
+    (Q*F,) row is the same sum in N long, vectorised rows.
+    """
+    f = b.shape[0]
+    rows = y.reshape(-1, rows_per_image * f)
+    rows += xp.tile(b, rows_per_image)
+    return y
+
+
+def bias_grad_rows(dy, rows_per_image: int):
+    """The column sums of dy (N*Q, F), computed as N long rows first (see :func:`bias_add_rows`)."""
+    f = dy.shape[1]
+    return dy.reshape(-1, rows_per_image * f).sum(axis=0).reshape(rows_per_image, f).sum(axis=0)
+
+
+def maxpool2x2_nhwc(xp, x, masks: bool = True):
+    """2x2 max pooling with stride 2 of an NHWC array (floor mode): (y, right, down) for the backward.
+
+    The two columns of each window are compared first, then the two row maxima, so ties go to the first
+    maximum in row-major order (the left column within a row, then the top row), as in the general
+    path. ``right`` (N, 2*OH, OW, C) says the right column won within a row, ``down`` (N, OH, OW, C)
+    that the bottom row won. The columns are first copied out contiguously: elementwise operations on
+    the interleaved views are several times slower than the copies. Without ``masks`` (inference) the
+    masks are (None, None).
+    """
+    n, h, w, c = x.shape
+    oh, ow = h // 2, w // 2
+    x = x[:, : 2 * oh, : 2 * ow]
+    left, right_values = x[:, :, 0::2].copy(), x[:, :, 1::2].copy()  # (N, 2*OH, OW, C) each
+    right = (right_values > left) if masks else None
+    rows = xp.maximum(left, right_values)  # the maximum of each row pair
+    top, bottom = rows[:, 0::2], rows[:, 1::2]  # whole image rows: cheap views
+    down = (bottom > top) if masks else None
+    return xp.maximum(top, bottom), right, down
+
+
+def maxpool2x2_nhwc_backward(xp, dy, right, down, x_shape):
+    """Route dy (N, OH, OW, C) to the inputs :func:`maxpool2x2_nhwc` picked: dx of NHWC ``x_shape``."""
+    n, h, w, c = x_shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    drows = xp.empty((n, 2 * oh, ow, c), dtype=dy.dtype)  # the gradient of each row maximum
+    xp.multiply(dy, down, out=drows[:, 1::2])
+    xp.multiply(dy, ~down, out=drows[:, 0::2])
+    edge = h != 2 * oh or w != 2 * ow  # a dropped partial window gets zeros
+    dx = xp.zeros(x_shape, dtype=dy.dtype) if edge else xp.empty(x_shape, dtype=dy.dtype)
+    dx[:, : 2 * oh, 1 : 2 * ow : 2] = drows * right
+    dx[:, : 2 * oh, 0 : 2 * ow : 2] = drows * ~right
+    return dx
+
+
+def log_softmax(xp, z, axis: int = -1):
+    """log(softmax(z)) computed through the log-sum-exp shift, finite for any finite z."""
+    shifted = z - z.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(xp, z, axis: int = -1):
+    """Class probabilities from logits; rows sum to one."""
+    e = xp.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)

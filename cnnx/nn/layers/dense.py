@@ -1,0 +1,61 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+from cnnx.checks import whole_number
+from cnnx.errors import ConfigError
+
+from ..registry import INIT, Size, register_layer
+from .base import Layer
+
+
+@register_layer(
+    fields={"in_features": Size(), "out_features": Size(), "init": INIT},
+    parameters=lambda c: (c["in_features"] + 1) * c["out_features"],
+)
+class Dense(Layer):
+    """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init: str = "xavier",
+        rng=None,
+        backend=None,
+        dtype="float32",
+    ):
+        super().__init__(backend=backend, dtype=dtype)
+        self.in_features = whole_number("Dense", "in_features", in_features)
+        self.out_features = whole_number("Dense", "out_features", out_features)
+        self.init = init  # an unknown scheme is refused by initial_weight below
+        self.params["W"] = self._new_weight((self.in_features, self.out_features), init, rng)
+        self.params["b"] = self._zeros((self.out_features,))
+
+    def forward(self, x, train=True):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"Dense expects inputs (N, {self.in_features}), got {tuple(x.shape)}")
+        self.x = x if train else None
+        y = x @ self.params["W"]
+        y += self.params["b"]  # in place: one temporary fewer
+        return y
+
+    def backward(self, dy):
+        self.backward_params(dy)
+        return dy @ self.params["W"].T
+
+    def backward_params(self, dy) -> None:
+        self.grads["W"] = self.x.T @ dy
+        self.grads["b"] = dy.sum(axis=0)
+        self.x = None
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ConfigError(
+                f"Dense expects {self.in_features} features per sample, got shape {input_shape}"
+            )
+        return (self.out_features,)
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init}

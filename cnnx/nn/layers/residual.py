@@ -1,0 +1,58 @@
+"""A residual connection: the sum of a body of layers and a shortcut."""
+
+from __future__ import annotations
+
+from cnnx.errors import ConfigError
+
+from ..registry import SubLayer, register_layer
+from .base import Layer
+
+
+@register_layer(fields={"body": SubLayer(), "shortcut": SubLayer(optional=True)})
+class Residual(Layer):
+    """y = body(x) + shortcut(x), the shortcut being the identity when None (He et al., 2016).
+
+    ``body`` and ``shortcut`` are layers (a Sequential for several); both see the same input and must
+    give outputs of one shape. The gradient of the sum flows unchanged into both branches, and the
+    input gradient is the sum of theirs.
+    """
+
+    def __init__(self, body: Layer, shortcut: Layer | None = None, *, backend=None, dtype=None):
+        backend = body.backend if backend is None else backend
+        super().__init__(backend=backend, dtype=body.dtype if dtype is None else dtype)
+        for part in (body, shortcut):
+            if part is not None and (part.backend is not self.backend or part.dtype != self.dtype):
+                raise ConfigError("a Residual's body and shortcut must share its backend and dtype")
+        self.body, self.shortcut = body, shortcut
+
+    def children(self):
+        parts = {"body": self.body}
+        if self.shortcut is not None:
+            parts["shortcut"] = self.shortcut
+        return parts
+
+    def forward(self, x, train=True):
+        y = self.body.forward(x, train)
+        return y + (x if self.shortcut is None else self.shortcut.forward(x, train))
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))
+
+    def output_shape(self, input_shape):
+        body = self.body.output_shape(input_shape)
+        other = tuple(input_shape) if self.shortcut is None else self.shortcut.output_shape(input_shape)
+        if body != other:
+            raise ConfigError(f"Residual: the body gives {body} per sample but the shortcut {other}")
+        return body
+
+    def trace_shapes(self, input_shape, prefix=""):
+        for name, part in self.children().items():
+            yield prefix + name, part, part.output_shape(input_shape)
+            yield from part.trace_shapes(input_shape, f"{prefix}{name}.")
+
+    def config(self):
+        return {
+            "body": self.body.describe(),
+            "shortcut": None if self.shortcut is None else self.shortcut.describe(),
+        }

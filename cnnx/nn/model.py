@@ -1,0 +1,175 @@
+"""Sequential: layers applied in order. It is a layer (a container that nests inside others) and, at the
+top, the model: input shape, name, summary, predictions, copies across devices and dtypes, saving; and
+:func:`build_from_architecture`, which builds one from a checked description."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np  # host: predictions are returned as host arrays
+
+from cnnx.backends import get_backend
+from cnnx.errors import CheckpointError, ConfigError
+
+from .functional import softmax
+from .init import make_rng
+from .layers.base import Layer
+from .registry import MAX_ACTIVATION, SubLayers, build_layer, check_architecture, register_layer
+from .saving import write_model
+
+IMAGE_SHAPE = (1, 28, 28)  # a Fashion-MNIST image, what a model takes unless told otherwise
+
+
+@register_layer(fields={"layers": SubLayers()}, not_config=("input_shape", "name"))
+class Sequential(Layer):
+    """Layers applied in order; they share one backend and one dtype.
+
+    ``input_shape`` is the per-sample input shape of a whole model (default Fashion-MNIST's 1x28x28).
+    Given explicitly, the layers are checked to fit together now, with a clear message; a Sequential
+    used inside another layer leaves it out and is checked by the model that holds it. Children are
+    named by their index, so parameter names read ``"3.W"`` and, nested, ``"4.body.0.W"``.
+    """
+
+    def __init__(
+        self, layers: list[Layer], *, input_shape=None, name: str = "custom", backend=None, dtype=None
+    ):
+        if not layers:
+            raise ConfigError("a Sequential model needs at least one layer")
+        first = layers[0]
+        super().__init__(backend=first.backend if backend is None else backend,
+                         dtype=first.dtype if dtype is None else dtype)  # fmt: skip
+        for layer in layers:
+            if layer.backend is not self.backend or layer.dtype != self.dtype:
+                raise ConfigError("all layers of a model must share one backend and one dtype")
+        self.layers = list(layers)
+        self.input_shape = IMAGE_SHAPE if input_shape is None else tuple(input_shape)
+        self.name = name
+        if input_shape is not None:
+            self.output_shapes()  # fail now, with a clear message, if the layers do not fit together
+
+    def children(self):
+        return {str(i): layer for i, layer in enumerate(self.layers)}
+
+    def forward(self, x, train: bool = True):
+        for layer in self.layers:
+            x = layer.forward(x, train)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy, input_grad: bool = True):
+        """Backpropagate ``dy`` (the loss gradient of the output), filling every layer's ``grads``;
+        returns the gradient of the input.
+
+        With ``input_grad=False`` (what a training step asks for) no input gradient is made: the first
+        layer with parameters only computes its own gradients, and the parameter-free layers below it
+        (a Flatten, say) are not visited. Returns None then.
+        """
+        trained = [i for i, layer in enumerate(self.layers) if layer.has_parameters()]
+        first = 0 if input_grad or not trained else trained[0]
+        for i in range(len(self.layers) - 1, first, -1):
+            dy = self.layers[i].backward(dy)
+        if input_grad:
+            return self.layers[0].backward(dy)
+        if trained:
+            self.layers[first].backward_params(dy)
+        return None
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return tuple(input_shape)
+
+    def trace_shapes(self, input_shape, prefix=""):
+        shape = tuple(input_shape)
+        for name, layer in self.children().items():
+            out = layer.output_shape(shape)
+            yield prefix + name, layer, out
+            yield from layer.trace_shapes(shape, f"{prefix}{name}.")
+            shape = out
+
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        """The per-sample output shape after each layer, for ``input_shape``."""
+        return [shape for path, _, shape in self.trace_shapes(self.input_shape) if "." not in path]
+
+    def config(self):
+        return {"layers": self.architecture()}
+
+    def architecture(self) -> list[dict]:
+        """The layers' descriptions, nested ones included: what the model is rebuilt from."""
+        return [layer.describe() for layer in self.layers]
+
+    def summary(self) -> str:
+        """A table of layers (nested ones indented under their container), output shapes and parameter
+        counts."""
+        rows = [("layer", "output shape", "params")]
+        for path, layer, shape in self.trace_shapes(self.input_shape):
+            depth = path.count(".")
+            label = (
+                f"{'  ' * depth}{path.rsplit('.', 1)[-1]:>{2 if depth == 0 else 1}} {type(layer).__name__}"
+            )
+            own = sum(int(p.size) for p in layer.params.values())
+            count = layer.parameter_count() if layer.children() else own
+            rows.append((label, "x".join(map(str, shape)), f"{count:,}"))
+        widths = [max(len(row[c]) for row in rows) for c in range(3)]
+        lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(
+            f"{self.name}: {self.parameter_count():,} parameters, input {self.input_shape}, "
+            f"{self.dtype}, {self.backend.describe()}"
+        )
+        return "\n".join(lines)
+
+    def to(self, device=None, dtype=None) -> Sequential:
+        """A copy of this model on another backend and/or dtype: the same weights, buffers and random
+        streams."""
+        copy = build_from_architecture(
+            self.architecture(),
+            backend=device or self.backend,
+            dtype=dtype or self.dtype,
+            input_shape=self.input_shape,
+            name=self.name,
+        )
+        copy.load_state_dict(self.state_dict())
+        return copy
+
+    def predict_proba(self, x, batch_size: int = 1000) -> np.ndarray:
+        """Class probabilities for host inputs (N, *input_shape) in [0, 1], as a host array."""
+        out = []
+        for start in range(0, len(x), batch_size):
+            batch = self.backend.to_device(x[start : start + batch_size], self.dtype)
+            out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
+        return np.concatenate(out) if out else np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)
+
+    def save(self, path, extra: dict | None = None, meta: dict | None = None):
+        """Write the model to one ``.npz`` file atomically (see :mod:`cnnx.nn.saving`); ``extra`` arrays
+        and ``meta`` JSON ride along. Returns the path."""
+        return write_model(self, path, extra=extra, meta=meta)
+
+
+def build_from_architecture(
+    architecture, *, backend=None, dtype="float32", input_shape=IMAGE_SHAPE, name="custom", rng=None
+) -> Sequential:
+    """Build a model from its JSON architecture description: a list of layer descriptions
+    ``{"type": ..., "config": {...}}`` (containers nest theirs), as :meth:`Sequential.architecture`
+    gives and model files store.
+
+    The description is checked against the layer registry first (known types, allowed keys, value
+    types, size caps), so nothing unexpected reaches a layer's constructor; then every layer's output
+    shape, at any depth, is checked against the activation cap before any weight is drawn. Trained
+    layers draw their initial weights from ``rng`` (a seed or Generator) in description order.
+    """
+    check_architecture(architecture)
+    backend, rng = get_backend(backend), make_rng(rng)
+    layers = [build_layer(entry, backend=backend, dtype=dtype, rng=rng, path=str(i))
+              for i, entry in enumerate(architecture)]  # fmt: skip
+    model = Sequential(layers, name=name)
+    model.input_shape = tuple(input_shape)
+    try:
+        for path, _, shape in model.trace_shapes(model.input_shape):  # in order: the first misfit
+            if math.prod(shape) > MAX_ACTIVATION:
+                raise CheckpointError(f"layer {path} outputs {math.prod(shape):,} values per image "
+                                      f"(the cap is {MAX_ACTIVATION:,})")  # fmt: skip
+    except (ValueError, ConfigError) as exc:
+        raise CheckpointError(f"the architecture does not fit together: {exc}") from None
+    return model

@@ -1,0 +1,59 @@
+"""The architecture presets, as layer descriptions, and :func:`build_model`, which builds a preset or
+any description list with weights and random streams drawn from one seed."""
+
+from __future__ import annotations
+
+from cnnx.checks import is_whole_number, short_repr
+from cnnx.errors import ConfigError
+
+from .model import IMAGE_SHAPE, Sequential, build_from_architecture
+
+
+def layer(kind: str, **config) -> dict:
+    """A layer description: ``layer("Dense", in_features=784, out_features=10)``."""
+    return {"type": kind, "config": config}
+
+
+def _dense_head(features: int) -> list[dict]:
+    """The original report's classifier, dense 128-64-32-10 with ReLUs, on ``features`` inputs."""
+    sizes = (features, 128, 64, 32, 10)
+    head = []
+    for n_in, n_out in zip(sizes, sizes[1:], strict=False):
+        head += [layer("Dense", in_features=n_in, out_features=n_out), layer("ReLU")]
+    return head[:-1]  # no ReLU on the logits
+
+
+def _conv_block(n_in: int, n_out: int) -> list[dict]:
+    """The report's conv block: a 3x3 convolution, ReLU, 2x2 max pooling."""
+    conv = layer("Conv2D", in_channels=n_in, out_channels=n_out, kernel_size=3)
+    return [conv, layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
+
+
+SEED = [*_conv_block(1, 32), *_conv_block(32, 64), layer("Flatten"), *_dense_head(64 * 5 * 5)]
+MLP = [layer("Flatten"), *_dense_head(28 * 28)]
+
+PRESETS = {
+    "seed": (SEED, "the original report's CNN: two 3x3 conv blocks (32, 64) and dense 128-64-32-10"),
+    "mlp": (MLP, "the original report's dense-only network 784-128-64-32-10"),
+}
+
+
+def build_model(
+    model="seed", *, backend=None, dtype="float32", seed=0, input_shape=IMAGE_SHAPE, name: str | None = None
+) -> Sequential:
+    """Build a preset by name, or a model from a list of layer descriptions (checked first, as a file's
+    would be), with initial weights and random streams drawn from ``seed``: the same seed gives the
+    same model on every backend."""
+    if isinstance(model, str) and model in PRESETS:
+        architecture, name = PRESETS[model][0], name or model
+    elif isinstance(model, list):
+        architecture, name = model, name or "custom"
+    else:  # a name from a file may be any JSON value
+        raise ConfigError(f"unknown model {short_repr(model)}: choose one of {', '.join(PRESETS)}")
+    if not is_whole_number(seed) or seed < 0:  # NumPy's seeding refuses these with a TypeError or ValueError
+        raise ConfigError(f"the seed must be a whole number >= 0, got {short_repr(seed)}")
+    built = build_from_architecture(
+        architecture, backend=backend, dtype=dtype, input_shape=input_shape, name=name, rng=seed
+    )
+    built.seed_streams(seed)
+    return built

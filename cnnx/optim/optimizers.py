@@ -1,0 +1,224 @@
+"""Optimizers: SGD, Momentum and Adam, updating parameters in place on their device.
+
+An optimizer walks ``target.named_parameters()`` (a model or a single layer) at every step, so it sees
+the gradients the last backward pass wrote. Step sizes are host floats: nothing here reads a device
+value back. ``state_dict()`` / ``load_state_dict()`` expose the state (step count and moments) as host
+arrays for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+from cnnx.errors import CheckpointError, ConfigError
+
+
+class Optimizer:
+    """Base class: holds the target, the learning rate and per-parameter state keyed by parameter name."""
+
+    name = "optimizer"
+    slots: tuple[str, ...] = ()  # the per-parameter state this optimizer keeps ("m", "v", ...)
+
+    def __init__(self, target, lr: float):
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"the learning rate must be a positive finite number, got {lr!r}")
+        self.target = target
+        self.xp = target.xp
+        self.lr = float(lr)
+        self.steps = 0
+        self.state: dict[str, dict] = {}  # slot name ("m", "v", ...) -> parameter name -> device array
+        self._work: dict = {}  # dtype -> one flat scratch array, reused by every update (not state)
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        self.steps += 1
+        for name, param, grad in self.target.named_parameters():
+            if grad is not None:
+                self.update(name, param, grad)
+
+    def update(self, name: str, param, grad) -> None:
+        raise NotImplementedError
+
+    def _slot(self, slot: str, name: str, like):
+        table = self.state.setdefault(slot, {})
+        if name not in table:
+            table[name] = self.xp.zeros_like(like)
+        return table[name]
+
+    def _scratch(self, like):
+        """A scratch array shaped like ``like``, a view of one buffer shared by all parameters: the
+        updates below write their intermediate results there instead of allocating temporaries."""
+        work = self._work.get(like.dtype)
+        if work is None or work.size < like.size:
+            work = self._work[like.dtype] = self.xp.empty((like.size,), dtype=like.dtype)
+        return work[: like.size].reshape(like.shape)
+
+    def config(self) -> dict:
+        """Hyper-parameters that rebuild this optimizer (JSON-friendly)."""
+        return {"name": self.name, "lr": self.lr}
+
+    def state_dict(self, to_host) -> dict:
+        """A snapshot of the step count and every moment as host arrays: ``{"steps": n, "m/0.W": ...}``.
+
+        The arrays are copies: later steps do not change a snapshot (on the CPU ``to_host`` alone would
+        alias).
+        """
+        flat = {"steps": self.steps}
+        for slot, table in self.state.items():
+            for name, value in table.items():
+                flat[f"{slot}/{name}"] = to_host(value).copy()
+        return flat
+
+    def load_state_dict(self, flat: dict, to_device) -> None:
+        """Restore what :meth:`state_dict` returned, moving arrays with ``to_device``.
+
+        The state is checked first, since it may come from a file: the step count is a whole number
+        >= 0, every other key is "<slot>/<parameter>" for a slot this optimizer keeps and a parameter
+        of its target, with that parameter's shape and (once moved) dtype and only finite values. A
+        trained state (steps > 0) holds every slot of every parameter. CheckpointError names the first
+        problem; nothing is changed then.
+        """
+        steps = flat.get("steps")
+        if hasattr(steps, "dtype") and getattr(steps, "shape", None) == () and steps.dtype.kind in "iu":
+            steps = int(steps)  # host: a 0-d integer array from a checkpoint
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise CheckpointError(
+                f"optimizer state: the step count must be a whole number >= 0, got {steps!r}"
+            )
+        params = {name: param for name, param, _ in self.target.named_parameters()}
+        state: dict[str, dict] = {}
+        for key, value in flat.items():
+            if key == "steps":
+                continue
+            slot, _, name = key.partition("/")
+            if slot not in self.slots or name not in params:
+                raise CheckpointError(f"optimizer state: unexpected entry {key!r} for {self.name}")
+            param = params[name]
+            if tuple(value.shape) != tuple(param.shape) or value.dtype.kind != "f":
+                raise CheckpointError(
+                    f"optimizer state: {key} is {value.dtype}{list(value.shape)}, the parameter is "
+                    f"{param.dtype}{list(param.shape)}"
+                )
+            if not (abs(value).max(initial=0) < math.inf):  # host: a NaN compares False too
+                raise CheckpointError(f"optimizer state: {key} holds NaN or infinite values")
+            state.setdefault(slot, {})[name] = value
+        missing = [
+            f"{slot}/{name}" for slot in self.slots for name in params if name not in state.get(slot, {})
+        ]
+        if steps > 0 and missing:
+            raise CheckpointError(f"optimizer state after {steps} steps lacks {missing[0]}")
+        # Own it: never alias the source. ``to_device`` may cast (a parity test moves float64 moments
+        # into a float32 run); what arrives must then have the parameter's dtype.
+        moved = {
+            slot: {name: to_device(value).copy() for name, value in table.items()}
+            for slot, table in state.items()
+        }
+        for slot, table in moved.items():
+            for name, value in table.items():
+                if value.dtype != params[name].dtype:
+                    wanted = params[name].dtype
+                    raise CheckpointError(
+                        f"optimizer state: {slot}/{name} is {value.dtype}, the parameter is {wanted}"
+                    )
+        self.steps, self.state = steps, moved
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: p <- p - lr * g."""
+
+    name = "sgd"
+
+    def __init__(self, target, lr: float = 0.01):
+        super().__init__(target, lr)
+
+    def update(self, name, param, grad):
+        step = self._scratch(param)
+        self.xp.multiply(grad, self.lr, out=step)
+        param -= step
+
+
+class Momentum(Optimizer):
+    """Gradient descent with an exponential moving average of the gradients (the original report's form):
+
+        m_t = beta * m_{t-1} + (1 - beta) * g_t;   p <- p - lr * m_t
+
+    The classical (heavy-ball) form v_t = beta * v_{t-1} + g_t, p <- p - lr * v_t gives the same path
+    with its learning rate multiplied by (1 - beta): m_t = (1 - beta) * v_t. So lr 0.1 here matches
+    classical momentum 0.9 with lr 0.01.
+    """
+
+    name = "momentum"
+    slots = ("m",)
+
+    def __init__(self, target, lr: float = 0.01, beta: float = 0.9):
+        super().__init__(target, lr)
+        if not 0 <= beta < 1:
+            raise ConfigError(f"momentum beta must be in [0, 1), got {beta!r}")
+        self.beta = float(beta)
+
+    def update(self, name, param, grad):
+        m, work = self._slot("m", name, param), self._scratch(param)
+        m *= self.beta
+        self.xp.multiply(grad, 1 - self.beta, out=work)
+        m += work
+        self.xp.multiply(m, self.lr, out=work)
+        param -= work
+
+    def config(self):
+        return {**super().config(), "beta": self.beta}
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma & Ba, 2015):
+
+    m_t = b1 m + (1 - b1) g;   v_t = b2 v + (1 - b2) g^2
+    p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m_t / (1 - b1^t),  v_hat = v_t / (1 - b2^t)
+    """
+
+    name = "adam"
+    slots = ("m", "v")
+
+    def __init__(self, target, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(target, lr)
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0):
+            raise ConfigError(f"Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got {beta1}, {beta2}, {eps}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def update(self, name, param, grad):
+        xp = self.xp
+        m, v, work = self._slot("m", name, param), self._slot("v", name, param), self._scratch(param)
+        # In place, through one scratch array: no temporaries the size of the parameter.
+        m *= self.beta1
+        xp.multiply(grad, 1 - self.beta1, out=work)
+        m += work
+        v *= self.beta2
+        xp.multiply(grad, grad, out=work)
+        work *= 1 - self.beta2
+        v += work
+        # The bias corrections are host scalars. With c1 = 1 - b1^t and s2 = sqrt(1 - b2^t),
+        # lr * (m / c1) / (sqrt(v) / s2 + eps) == (lr * s2 / c1) * m / (sqrt(v) + eps * s2): exact algebra
+        # that leaves two scalar passes out.
+        t = self.steps
+        s2 = math.sqrt(1 - self.beta2**t)
+        xp.sqrt(v, out=work)
+        work += self.eps * s2
+        xp.divide(m, work, out=work)
+        work *= self.lr * s2 / (1 - self.beta1**t)
+        param -= work
+
+    def config(self):
+        return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, Adam)}
+
+
+def make_optimizer(name: str, target, lr: float | None = None, **kwargs) -> Optimizer:
+    """Build an optimizer by name ("sgd", "momentum", "adam"); ``lr=None`` keeps its default."""
+    try:
+        cls = OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}") from None
+    if lr is not None:
+        kwargs["lr"] = lr
+    return cls(target, **kwargs)

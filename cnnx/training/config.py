@@ -1,0 +1,164 @@
+"""RunConfig: one typed, validated description of a training run, from Python, a TOML file or the
+command line.
+
+Every way of training goes through it: ``cnnx train`` (its options and ``--config run.toml``), the
+Python API (:func:`cnnx.training.run_training`), and the experiment grid and estimator built on them.
+A run's config is recorded in its ``metrics.json`` and checkpoint, and a resumed run is rebuilt from
+it: the fields in :data:`IDENTITY` say which run it is and never change; the others (:data:`CHANGEABLE`)
+may be given anew on resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import sys
+from pathlib import Path
+
+from cnnx.backends import DEVICES
+from cnnx.checks import is_whole_number, short_repr
+from cnnx.errors import CnnxError, ConfigError
+from cnnx.nn.presets import PRESETS
+from cnnx.nn.registry import check_architecture
+from cnnx.optim import OPTIMIZERS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML through the tomli backport (a dependency there)
+    import tomli as tomllib
+
+DIVERGENCE_MODES = ("stop", "skip")
+DTYPES = ("float32", "float64")
+MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean "train for ever"
+# What identifies a run: resuming with another value of any of these is a different run.
+IDENTITY = ("model", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit")
+# What may change when a run is resumed.
+CHANGEABLE = ("epochs", "lr", "device", "data_dir", "checkpoint_every", "on_divergence")
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _whole(minimum: int, maximum: int | None = None):
+    return lambda v: is_whole_number(v) and v >= minimum and (maximum is None or v <= maximum)
+
+
+def _positive_number(value) -> bool:
+    return (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    )
+
+
+def _model(value) -> bool:
+    return (isinstance(value, str) and value in PRESETS) or (isinstance(value, list) and len(value) > 0)
+
+
+# field -> (check, what it must be)
+_CHECKS = {
+    "model": (_model, f"a preset ({', '.join(PRESETS)}) or a list of layer descriptions"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "lr": (_optional(_positive_number), "a positive finite number"),
+    "optimizer_options": (lambda v: isinstance(v, dict), "a table of the optimizer's settings"),
+    "epochs": (_whole(1, MAX_EPOCHS), f"a whole number from 1 to {MAX_EPOCHS:,}"),
+    "batch_size": (_whole(1), "a whole number >= 1"),
+    "seed": (_whole(0), "a whole number >= 0"),
+    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "data_dir": (_optional(lambda v: isinstance(v, str) and v != ""), "a directory path"),
+    "limit": (_optional(_whole(1)), "a whole number >= 1"),
+    "checkpoint_every": (_optional(_whole(1)), "a whole number >= 1"),
+    "on_divergence": (lambda v: v in DIVERGENCE_MODES, f"one of {', '.join(DIVERGENCE_MODES)}"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A training run. Every field is checked on construction; a bad one is a ConfigError naming it.
+
+    - ``model``: a preset name, or a list of layer descriptions (``{"type": ..., "config": ...}``,
+      checked against the layer registry like a model file's);
+    - ``optimizer``, ``lr`` (None: the optimizer's default) and ``optimizer_options`` (its other
+      settings, e.g. ``{"beta1": 0.9}`` for Adam);
+    - ``epochs``, ``batch_size``, ``seed`` (initial weights, random streams and batch order);
+    - ``device`` (cpu, gpu or auto) and ``dtype``;
+    - ``data_dir`` (None: search, then download) and ``limit`` (a class-balanced subset of N images);
+    - ``checkpoint_every`` (steps; None: at epoch ends only) and ``on_divergence`` (stop or skip).
+    """
+
+    model: str | list = "seed"
+    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer_options: dict = dataclasses.field(default_factory=dict)
+    epochs: int = 5
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    data_dir: str | None = None
+    limit: int | None = None
+    checkpoint_every: int | None = None
+    on_divergence: str = "stop"
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            ok, what = _CHECKS[field.name]
+            if not ok(value):
+                raise ConfigError(f"{field.name} must be {what}, got {short_repr(value)}")
+        if isinstance(self.model, list):
+            try:
+                check_architecture(self.model)
+            except CnnxError as exc:
+                raise ConfigError(f"model: {exc}") from None
+        allowed = [p for p in inspect.signature(OPTIMIZERS[self.optimizer].__init__).parameters
+                   if p not in ("self", "target", "lr")]  # fmt: skip
+        for key, value in self.optimizer_options.items():
+            if key not in allowed:
+                raise ConfigError(f"optimizer_options: {self.optimizer} has no setting {key!r} "
+                                  f"(it has {', '.join(allowed) or 'none'})")  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(
+                    f"optimizer_options: {key} must be a finite number, got {short_repr(value)}"
+                )
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str | None = None) -> RunConfig:
+        """A RunConfig from a mapping of field names (missing ones keep their defaults). A key that is
+        not a field, or a bad value, is a ConfigError that names ``source`` (a file) and the key."""
+        where = f"{source}: " if source else ""
+        unknown = sorted(str(key) for key in values if key not in cls.fields())
+        if unknown:
+            raise ConfigError(f"{where}unknown key {unknown[0]!r} (known: {', '.join(cls.fields())})")
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
+
+    @classmethod
+    def from_file(cls, path, overrides: dict | None = None) -> RunConfig:
+        """Read a TOML file whose top-level keys are RunConfig fields; ``overrides`` (options given on
+        the command line) win over the file. A relative ``data_dir`` is relative to the file."""
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the run config ({exc.strerror or exc})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML ({' '.join(str(exc).split())})") from None
+        data_dir = values.get("data_dir")
+        if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
+            values["data_dir"] = str(path.parent / data_dir)
+        return cls.from_dict({**values, **(overrides or {})}, source=str(path))
+
+    def to_dict(self) -> dict:
+        """The fields as JSON-friendly values (what run records store)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,223 @@
+"""The training loop: seeded mini-batch epochs, evaluation, checkpoints, resume, stopping and the
+divergence guard.
+
+The dataset stays on the host as uint8; each batch is scaled and sent to the device on its own. Loss and
+accuracy sums stay on the device and are read back every ``check_every`` batches, at checkpoints and at
+the end of each epoch; those read-backs are where finiteness is checked, so a NaN costs no extra
+synchronisation (except in skip mode, see :mod:`cnnx.training.divergence`). With a run directory, a
+complete checkpoint (:mod:`cnnx.io.checkpoint`) is written at every epoch end, every ``checkpoint_every``
+steps and when a stop is requested, and ``fit(..., resume=True)`` continues from it with the same result
+as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np  # host: batch order, read-back values and run records live on the host
+
+from cnnx.checks import is_whole_number
+from cnnx.data import CLASS_NAMES
+from cnnx.errors import ConfigError, DivergenceError, ResourceError
+from cnnx.io.checkpoint import load_checkpoint
+from cnnx.nn.random import derive_rng
+
+from .config import DIVERGENCE_MODES
+from .interrupt import TrainingInterrupted
+from .loop import Run
+from .progress import PROGRESS_MODES, Reporter
+from .records import read_record, run_record
+from .rundir import (
+    CHECKPOINT,
+    METRICS,
+    check_run_dir,
+    estimate_run_bytes,
+    prepare_run_dir,
+    remove_stale_temporaries,
+)
+
+MAX_SKIPS = 20  # consecutive skipped steps after which skip mode gives up: the run is not coming back
+
+
+def fit(
+    model,
+    optimizer,
+    dataset,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    out_dir=None,
+    progress: str = "auto",
+    check_every: int = 50,
+    checkpoint_every: int | None = None,
+    on_divergence: str = "stop",
+    max_skips: int = MAX_SKIPS,
+    stop=None,
+    resume: bool = False,
+    config: dict | None = None,
+) -> list[dict]:
+    """Train ``model`` for ``epochs`` epochs on ``dataset`` and return the per-epoch history.
+
+    :func:`train_run` takes the same arguments and returns the finished :class:`~cnnx.training.loop.Run`
+    (its ``out`` is the run directory actually used).
+
+    Batches come in an order drawn from a host generator seeded with ``seed``, so every backend sees
+    the same batches. Each history row holds ``epoch, train_loss, train_accuracy, test_loss,
+    test_accuracy, skipped, seconds`` (the epoch's wall time, evaluation included).
+
+    With ``out_dir``, ``metrics.json`` (whose ``status`` is running, completed, interrupted, diverged or
+    failed) and the checkpoint ``model.npz`` are rewritten after every epoch, every ``checkpoint_every``
+    steps and when stopping; the figures after the last epoch. ``resume=True`` continues the run in
+    ``out_dir`` from its checkpoint: model and optimizer must be built as they were, ``batch_size`` and
+    ``seed`` must match, and ``epochs`` may be raised. ``config`` entries (``limit``, ``device``, ...)
+    are added to the recorded configuration. ``progress`` is "auto" (a bar on a terminal, else one line
+    per epoch), "bar", "lines" or "none".
+
+    ``stop`` is polled once per step (any object with a ``requested`` attribute, see
+    :class:`cnnx.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is written and
+    :class:`TrainingInterrupted` is raised. A non-finite loss or gradient raises DivergenceError naming
+    the epoch, batch and layer, keeping the last good checkpoint (``on_divergence="stop"``), or skips
+    the step and counts it (``"skip"``, until ``max_skips`` steps in a row were skipped). Running out
+    of memory raises :class:`ResourceError` naming the batch size.
+    """
+    return train_run(
+        model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, out_dir=out_dir,
+        progress=progress, check_every=check_every, checkpoint_every=checkpoint_every,
+        on_divergence=on_divergence, max_skips=max_skips, stop=stop, resume=resume, config=config,
+    ).history  # fmt: skip
+
+
+def train_run(
+    model,
+    optimizer,
+    dataset,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    out_dir=None,
+    unique_dir: bool = False,
+    progress: str = "auto",
+    check_every: int = 50,
+    checkpoint_every: int | None = None,
+    on_divergence: str = "stop",
+    max_skips: int = MAX_SKIPS,
+    stop=None,
+    resume: bool = False,
+    config: dict | None = None,
+    on_start=None,
+) -> Run:
+    """:func:`fit`, returning the finished run. With ``unique_dir`` (a generated ``out_dir`` name), a
+    directory another run took first gets a numeric suffix instead of being an error. ``on_start(run)``
+    is called once the run directory is claimed and the record written, before the first step."""
+    _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips, progress, on_divergence)
+    run = Run(model, optimizer, dataset, batch_size, check_every, checkpoint_every, on_divergence, max_skips)
+    run.stop = stop
+    if batch_size > len(run.images):
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the training set ({len(run.images)} images)"
+        )
+    extra = {"check_every": check_every, "checkpoint_every": checkpoint_every, "on_divergence": on_divergence}
+    extra.update(config or {})
+    record = run_record(
+        model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, extra=extra
+    )
+    need = estimate_run_bytes(model, optimizer)
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resuming needs the run directory (out_dir) that holds the checkpoint")
+        run.out = check_run_dir(out_dir, need_bytes=need, resume=True)
+        remove_stale_temporaries(run.out)
+        run.restore(load_checkpoint(run.out / CHECKPOINT), epochs, seed)
+        previous = read_record(run.out / METRICS) or record
+        for key in ("error", "stopped_at"):
+            previous.pop(key, None)
+        # The recorded settings stay; what may change on resuming (epochs, device, learning rate,
+        # intervals) is updated.
+        changeable = ("epochs", "lr", "device", "backend", "device_description", *extra)
+        previous["config"].update({k: record["config"][k] for k in changeable})
+        previous["resumes"] = previous.get("resumes", 0) + 1
+        record = previous
+    else:
+        run.out = None if out_dir is None else prepare_run_dir(out_dir, need_bytes=need, unique=unique_dir)
+        run.rng = shuffle_rng(seed)
+    record["status"] = "running"
+    run.record = record
+    run.write_record()
+    if on_start is not None:
+        on_start(run)
+    reporter = Reporter(progress, epochs, run.batches)
+    # NumPy's overflow warnings would only repeat, less clearly, what the divergence guard reports.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            predictions = run.train(epochs, reporter)
+        except TrainingInterrupted as exc:
+            run.finish(
+                "interrupted", stopped_at={"epoch": exc.epoch, "batch": exc.batch, "reason": exc.reason}
+            )
+            raise
+        except (DivergenceError, ResourceError) as exc:
+            run.finish("diverged" if isinstance(exc, DivergenceError) else "failed", error=str(exc))
+            raise
+        except KeyboardInterrupt:
+            run.finish("interrupted", error="stopped at once, without a new checkpoint")
+            raise
+        except _out_of_memory() as exc:
+            message = (
+                f"out of memory training with batch size {batch_size} on {model.backend.describe()} "
+                f"({type(exc).__name__}): try a smaller one, e.g. --batch-size {max(1, batch_size // 2)}"
+            )
+            run.finish("failed", error=message)
+            raise ResourceError(message) from None
+        except BaseException as exc:
+            run.finish("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            reporter.close()
+    if run.out is not None:
+        run.write(run.out / "curves.png", lambda: write_plots(run.out, run.history, dataset.test_images,
+                                                              run.test_labels, predictions))  # fmt: skip
+        run.finish("completed")
+    return run
+
+
+def _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips, progress, on_divergence):
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("check interval", check_every),
+                        ("checkpoint interval", checkpoint_every), ("max_skips", max_skips)):  # fmt: skip
+        if value is None and name == "checkpoint interval":
+            continue
+        if not is_whole_number(value) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if progress not in PROGRESS_MODES:
+        raise ConfigError(f"unknown progress mode {progress!r}: choose one of {', '.join(PROGRESS_MODES)}")
+    if on_divergence not in DIVERGENCE_MODES:
+        raise ConfigError(
+            f"on_divergence must be one of {', '.join(DIVERGENCE_MODES)}, got {on_divergence!r}"
+        )
+
+
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    """NumPy's MemoryError, and CuPy's OutOfMemoryError if CuPy is loaded (if not, it raised nothing)."""
+    cupy = sys.modules.get("cupy")
+    oom = getattr(getattr(getattr(cupy, "cuda", None), "memory", None), "OutOfMemoryError", None)
+    return (MemoryError, oom) if isinstance(oom, type) else (MemoryError,)
+
+
+def shuffle_rng(seed: int) -> np.random.Generator:
+    """The host generator that orders the batches (the run's "shuffle" stream); its state goes into
+    checkpoints."""
+    return derive_rng(seed, "shuffle")
+
+
+def write_plots(out, history, images, labels, predictions) -> None:
+    """curves.png, confusion_matrix.png and samples.png for a finished run."""
+    from . import plots  # matplotlib is imported only when figures are drawn
+    from .metrics import confusion_matrix
+
+    names = list(CLASS_NAMES)
+    plots.plot_curves(history, out / "curves.png")
+    plots.plot_confusion_matrix(
+        confusion_matrix(labels, predictions, len(names)), names, out / "confusion_matrix.png"
+    )
+    plots.plot_samples(images, labels, predictions, names, out / "samples.png")

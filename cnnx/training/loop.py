@@ -1,0 +1,289 @@
+"""One training run's state and epoch loop, behind :func:`cnnx.training.fit`: where the run stands (epochs,
+batches, steps, the partial epoch's sums), resuming from a checkpoint, writing checkpoints and records,
+stopping on request, and the divergence guard's replay and skip bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np  # host: batch order, read-back values and run records live on the host
+
+from cnnx.data import scale_pixels
+from cnnx.errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError, ResourceError
+from cnnx.io.checkpoint import save_checkpoint
+
+from .divergence import Snapshot, check_weights, checked_step
+from .interrupt import TrainingInterrupted
+from .progress import Reporter
+from .records import results, write_json
+from .rundir import CHECKPOINT, METRICS
+from .step import evaluate, train_step
+
+
+def fresh_partial() -> dict:
+    """The host sums of an epoch's finished batches, as a checkpoint stores them."""
+    return {"loss_sum": 0.0, "correct": 0, "counted": 0, "skipped": 0, "seconds": 0.0}
+
+
+class Run:
+    """The state of one training run: model, optimizer, host data, where it stands, where it writes."""
+
+    def __init__(self, model, optimizer, dataset, batch_size, check_every, checkpoint_every, mode, max_skips):
+        self.model, self.optimizer = model, optimizer
+        self.backend, self.xp = model.backend, model.xp
+        self.batch_size, self.check_every, self.checkpoint_every = batch_size, check_every, checkpoint_every
+        self.skip, self.max_skips = mode == "skip", max_skips
+        self.images, self.test_images = dataset.train_images, dataset.test_images
+        self.labels = np.asarray(dataset.train_labels, np.int64)
+        self.test_labels = np.asarray(dataset.test_labels, np.int64)
+        self.num_classes = model.output_shapes()[-1][0]
+        for name, values in (("training", self.labels), ("test", self.test_labels)):
+            if len(values) and (values.min() < 0 or values.max() >= self.num_classes):
+                raise DataError(f"{name} labels must lie in [0, {self.num_classes}), found "
+                                f"{values.min()}..{values.max()}")  # fmt: skip
+        if len(self.images) == 0:
+            raise DataError("the training set is empty")
+        self.batches = -(-len(self.images) // batch_size)
+        # Where the run stands: epochs completed, batches done of the next one (with their host sums),
+        # steps taken, the history, and the shuffle generator before the next epoch's permutation.
+        self.epoch_done, self.batch_done, self.step, self.history = 0, 0, 0, []
+        self.partial = fresh_partial()
+        self.rng = None
+        self.consecutive_skips = 0
+        self.snapshot = None if self.skip else Snapshot(model, optimizer)  # skip mode never updates badly
+        self.stop, self.stopping, self.out, self.record = None, None, None, None
+        self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
+
+    # -- resuming -------------------------------------------------------------------------------
+
+    def restore(self, checkpoint, epochs: int, seed: int) -> None:
+        """Load the checkpoint's weights, optimizer state, layer buffers and position, after checking
+        that it belongs to a run like this one."""
+        meta, settings, path = checkpoint.meta, checkpoint.meta["settings"], checkpoint.path
+        mine = {"batch_size": self.batch_size, "seed": seed, "train_size": len(self.images),
+                "test_size": len(self.test_images), "dtype": str(self.model.dtype)}  # fmt: skip
+        for key, value in mine.items():
+            if settings.get(key) != value:
+                raise ConfigError(f"cannot resume {path}: its {key} is {settings.get(key)!r}, not {value!r}")
+        # The learning rate may change on resuming (a schedule, or a hand-lowered rate); nothing else may.
+        fixed = {key: value for key, value in self.optimizer.config().items() if key != "lr"}
+        if {key: value for key, value in meta["optimizer"].items() if key != "lr"} != fixed:
+            raise ConfigError(f"cannot resume {path}: its optimizer is {meta['optimizer']}, not "
+                              f"{self.optimizer.config()}")  # fmt: skip
+        if checkpoint.header["architecture"] != self.model.architecture():
+            raise ConfigError(f"cannot resume {path}: the model's architecture differs from the checkpoint's")
+        done, batch = meta["epoch"], meta["batch"]
+        if batch > self.batches or len(meta["history"]) != done:
+            raise ConfigError(
+                f"cannot resume {path}: it stands at batch {batch} of epoch {done + 1} with "
+                f"{len(meta['history'])} history rows, which does not fit this run"
+            )
+        if done >= epochs and batch == 0:
+            raise ConfigError(
+                f"the run in {path.parent} already completed its {done} epochs: ask for more than {done} "
+                "epochs to train further"
+            )
+        if done + (batch > 0) > epochs:
+            raise ConfigError(
+                f"{epochs} epochs is fewer than the {done + 1} the run in {path.parent} has begun"
+            )
+        try:
+            self.model.load_state_dict(checkpoint.model_state)  # weights, buffers and random streams
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        self.optimizer.load_state_dict(checkpoint.optimizer_state, self.backend.to_device)
+        self.rng = np.random.default_rng()
+        try:
+            self.rng.bit_generator.state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: the shuffle generator state is unusable ({exc})") from None
+        self.epoch_done, self.batch_done, self.step = done, batch, meta["step"]
+        self.history, self.partial = list(meta["history"]), dict(meta["partial"])
+
+    # -- training -------------------------------------------------------------------------------
+
+    def train(self, epochs: int, reporter: Reporter) -> np.ndarray | None:
+        """Train the remaining epochs; returns the last epoch's test predictions."""
+        predictions = None
+        for epoch in range(self.epoch_done + 1, epochs + 1):
+            row, predictions = self.epoch(epoch, reporter)
+            self.history.append(row)
+            self.epoch_done, self.batch_done, self.partial = epoch, 0, fresh_partial()
+            reporter.end(row)
+            if self.out is not None:
+                self.save(self.rng.bit_generator.state)
+                self.record.update(results(self.history, self.test_labels, predictions, self.num_classes))
+                self.write_record()
+            if self.stopping and epoch < epochs:
+                raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch + 1, 0)
+        return predictions
+
+    def epoch(self, epoch: int, reporter: Reporter) -> tuple[dict, np.ndarray]:
+        """Train on the epoch's batches (those not done yet, when resumed), then evaluate: (history row,
+        test predictions)."""
+        backend, xp, model = self.backend, self.xp, self.model
+        started = time.perf_counter()
+        rng_before = self.rng.bit_generator.state
+        order = self.rng.permutation(len(self.images))
+        done, p = self.batch_done, self.partial
+        base_step = self.step - done  # the global step number of this epoch's batch 0
+        loss_sum = backend.to_device(np.array(p["loss_sum"], np.float64), "float64")
+        correct = backend.to_device(np.array(p["correct"], np.int64), "int64")
+        counted, skipped = p["counted"], p["skipped"]
+        first_bad = xp.zeros((), dtype="int64")  # 1-based index of the first non-finite batch; 0: none
+        if self.snapshot is not None:
+            self.snapshot.take(done)
+        self.current = (epoch, order, base_step)
+        reporter.start(epoch, done)
+        for batch in range(done + 1, self.batches + 1):
+            x, y = self.batch(order, batch)
+            if self.skip:
+                outcome = train_step(model, self.optimizer, x, y, skip_nonfinite=True)
+            else:
+                outcome = train_step(model, self.optimizer, x, y)
+            self.step += 1
+            if outcome is None:
+                skipped += 1
+                self.skipped_step(epoch, batch, base_step + batch, x, y, reporter)
+            else:
+                self.consecutive_skips = 0
+                loss_sum += outcome[0]
+                correct += outcome[1]
+                counted += len(x)
+                first_bad += (~xp.isfinite(outcome[0]) & (first_bad == 0)) * batch  # stays on the device
+            text = None
+            if batch % self.check_every == 0 and batch < self.batches:
+                running = float(backend.to_host(loss_sum)) / max(counted, 1)
+                self.check_finite(running, first_bad, epoch, order, base_step, batch)
+                if self.snapshot is not None:
+                    self.snapshot.take(batch)
+                text = f"loss {running:.4f}"
+            reporter.advance(text)
+            self.stopping = self.stop.requested if self.stop is not None else None
+            periodic = self.checkpoint_every is not None and self.step % self.checkpoint_every == 0
+            if batch < self.batches and (self.stopping or (periodic and self.out is not None)):
+                total = float(backend.to_host(loss_sum))
+                self.check_finite(total, first_bad, epoch, order, base_step, batch)
+                self.batch_done = batch
+                self.partial = {
+                    "loss_sum": total,
+                    "correct": int(backend.to_host(correct)),
+                    "counted": counted,
+                    "skipped": skipped,
+                    "seconds": p["seconds"] + time.perf_counter() - started,
+                }
+                if self.out is not None:
+                    self.save(rng_before)
+                if self.stopping:
+                    raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch, batch)
+        if counted == 0:
+            raise DivergenceError(
+                f"training diverged: every step of epoch {epoch} was skipped; {self.last_good()}"
+            )
+        train_loss = float(backend.to_host(loss_sum)) / counted
+        self.check_finite(train_loss, first_bad, epoch, order, base_step, self.batches)
+        train_accuracy = int(backend.to_host(correct)) / counted
+        test_loss, test_accuracy, predictions = evaluate(
+            model, self.test_images, self.test_labels, self.batch_size
+        )
+        if len(self.test_labels) and not math.isfinite(test_loss):
+            raise DivergenceError(f"the test loss is not finite after epoch {epoch}; {self.last_good()}")
+        backend.synchronize()
+        seconds = p["seconds"] + time.perf_counter() - started
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+               "test_loss": test_loss, "test_accuracy": test_accuracy, "skipped": skipped,
+               "seconds": seconds}  # fmt: skip
+        return row, predictions
+
+    def batch(self, order: np.ndarray, batch: int):
+        """The device arrays of the 1-based ``batch`` of an epoch ordered by ``order``."""
+        index = order[(batch - 1) * self.batch_size : batch * self.batch_size]
+        x = self.backend.to_device(scale_pixels(self.images[index], self.model.dtype), self.model.dtype)
+        return x, self.backend.to_device(self.labels[index], "int64")
+
+    # -- divergence -----------------------------------------------------------------------------
+
+    def check_finite(self, value: float, first_bad, epoch: int, order, base_step: int, upto: int) -> None:
+        """Raise DivergenceError, naming where it started, if the read-back ``value`` is not finite."""
+        if math.isfinite(value):
+            return
+        found = None
+        if self.snapshot is not None and self.snapshot.batch is not None:
+            # Replay from the last state known good, checking every value, to find the first bad one.
+            self.snapshot.restore()
+            for batch in range(self.snapshot.batch + 1, upto + 1):
+                where = checked_step(self.model, self.optimizer, *self.batch(order, batch))
+                if where is not None:
+                    found = (batch, where)
+                    break
+        if found is None:
+            bad = int(self.backend.to_host(first_bad))
+            found = (bad, "the loss (a replay of the batch stayed finite)") if bad else None
+        at = f"epoch {epoch}"
+        if found is not None:
+            at += f", batch {found[0]} (step {base_step + found[0]}): non-finite values first in {found[1]}"
+        raise DivergenceError(
+            f"training diverged at {at} (learning rate {self.optimizer.lr:g}); {self.last_good()}"
+        )
+
+    def skipped_step(self, epoch: int, batch: int, step: int, x, y, reporter: Reporter) -> None:
+        """Report a skipped step (naming the layer) and give up after ``max_skips`` in a row."""
+        self.consecutive_skips += 1
+        where = checked_step(self.model, self.optimizer, x, y, update=False) or "a value (not on a replay)"
+        at = f"epoch {epoch}, batch {batch} (step {step}): non-finite values first in {where}"
+        if self.consecutive_skips >= self.max_skips:
+            raise DivergenceError(
+                f"training diverged: {self.consecutive_skips} steps in a row skipped, the last at {at}; "
+                f"{self.last_good()}"
+            )
+        reporter.note(f"skipped {at}")
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def checkpoint_path(self):
+        return None if self.out is None else self.out / CHECKPOINT
+
+    def last_good(self) -> str:
+        if self.out is None:
+            return "no checkpoint is being written"
+        path = self.out / CHECKPOINT
+        return f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written yet"
+
+    def save(self, rng_state: dict) -> None:
+        """Write the checkpoint for the current position (its weights checked finite first)."""
+        meta = {"epoch": self.epoch_done, "batch": self.batch_done, "step": self.step, "rng_state": rng_state,
+                "history": self.history, "partial": self.partial, "settings": self.record["config"],
+                "optimizer": self.optimizer.config()}  # fmt: skip
+        try:
+            check_weights(self.model)
+            self.write(self.out / CHECKPOINT, lambda: save_checkpoint(self.out / CHECKPOINT, self.model,
+                                                                      self.optimizer, meta))  # fmt: skip
+        except DivergenceError:
+            # A gradient went bad while the loss stayed finite: find the step and layer, then report.
+            epoch, order, base_step = self.current
+            no_bad_loss = self.xp.zeros((), dtype="int64")
+            self.check_finite(math.nan, no_bad_loss, epoch, order, base_step, self.batch_done or self.batches)
+            raise
+
+    def write(self, path, action) -> None:
+        """Run a file-writing ``action``; an OSError (a full disk) becomes a one-line ResourceError."""
+        try:
+            action()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ResourceError(f"could not write {path} ({reason}); {self.last_good()}") from None
+
+    def write_record(self) -> None:
+        if self.out is not None:
+            self.write(self.out / METRICS, lambda: write_json(self.out / METRICS, self.record))
+
+    def finish(self, status: str, **fields) -> None:
+        """Record how the run ended; a record that cannot be written must not hide the real error."""
+        if self.out is None:
+            return
+        self.record.update(status=status, **fields)
+        with contextlib.suppress(OSError, CnnxError):
+            write_json(self.out / METRICS, self.record)

@@ -1,0 +1,113 @@
+"""Run figures: learning curves, the confusion matrix and a grid of test samples, as PNG files.
+
+matplotlib is imported lazily (``import cnnx`` stays quick and works without a display) and drives the
+Agg canvas directly through ``matplotlib.figure.Figure`` instead of pyplot: pyplot's global backend and
+figure registry would leak figures in a long-lived process and, switched to Agg from a library call,
+would hijack the backend of a notebook that imported cnnx. Each PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cnnx.fileio import atomic_write
+
+
+def _figure(width: float, height: float, layout: str | None = "constrained"):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
+    FigureCanvasAgg(figure)  # attaches itself: savefig renders with Agg whatever backend is configured
+    return figure
+
+
+def _save(figure, path) -> Path:
+    path = Path(path)
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png")
+    return path
+
+
+def plot_curves(history: Sequence[dict], path) -> Path:
+    """Loss and accuracy per epoch, train and test side by side, from a ``fit`` history."""
+    epochs = [row["epoch"] for row in history]
+    figure = _figure(10, 4)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for axes, key, title in (
+        (loss_axes, "loss", "cross-entropy loss"),
+        (accuracy_axes, "accuracy", "accuracy"),
+    ):
+        for split, style in (("train", "o-"), ("test", "s--")):
+            axes.plot(epochs, [row[f"{split}_{key}"] for row in history], style, label=split)
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_xticks(epochs)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path) -> Path:
+    """The confusion matrix as a heat map with counts in each cell (rows = true class)."""
+    matrix = np.asarray(matrix)
+    n = len(class_names)
+    figure = _figure(8, 7)
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    axes.set_xticks(range(n), class_names, rotation=45, ha="right")
+    axes.set_yticks(range(n), class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    # Dark text on light cells, light on dark, so every count stays readable.
+    threshold = matrix.max(initial=0) / 2
+    for i in range(n):
+        for j in range(n):
+            colour = "white" if matrix[i, j] > threshold else "black"
+            axes.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8, color=colour)
+    return _save(figure, path)
+
+
+def plot_samples(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    class_names: Sequence[str],
+    path,
+    count: int = 25,
+) -> Path:
+    """A grid of the first ``count`` images titled "true / predicted"; wrong predictions are in red."""
+    count = min(count, len(images))
+    columns = max(1, min(5, count))
+    rows = max(1, -(-count // columns))
+    # One mosaic in one axes, not a subplot per image: a 5x5 grid draws in a fifth of the time, and
+    # training runs and the tests draw it at the end of every run. Each cell leaves room for its title.
+    size, gap_x, gap_y = 28, 6, 16
+    mosaic = np.full((rows * (size + gap_y) + 2, columns * (size + gap_x)), np.nan)
+    figure = _figure(2 * columns, 2.2 * rows, layout=None)  # one axes filling the figure: nothing to lay out
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.axis("off")
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * (size + gap_y) + gap_y, column * (size + gap_x) + gap_x // 2
+        mosaic[top : top + size, left : left + size] = np.asarray(images[index]).reshape(size, size)
+        true, guess = int(labels[index]), int(predictions[index])
+        wrong = true != guess
+        axes.text(
+            left + size / 2,
+            top - 1,
+            f"{class_names[true]}\n→ {class_names[guess]}{' ✗' if wrong else ''}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="red" if wrong else "black",
+        )
+    from matplotlib import colormaps
+
+    colours = colormaps["gray_r"].with_extremes(bad="white")  # NaN gaps stay white
+    axes.imshow(mosaic, cmap=colours, vmin=0, vmax=255, interpolation="nearest")
+    return _save(figure, path)

@@ -1,0 +1,83 @@
+"""``run_training(config)``: everything ``cnnx train`` does, for any caller (the CLI, a TOML file, the
+experiment grid, the scikit-learn estimator): build the model and optimizer, check the run directory,
+load the data, train, and write the run's files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnx.backends import get_backend
+from cnnx.data import load_fashion_mnist
+from cnnx.nn.presets import build_model
+from cnnx.optim import make_optimizer
+
+from .config import RunConfig
+from .fit import train_run
+from .loop import Run
+from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
+
+
+def run_training(
+    config: RunConfig,
+    out_dir=None,
+    *,
+    runs_root=None,
+    resume: bool = False,
+    dataset=None,
+    stop=None,
+    progress: str = "auto",
+    echo: Callable[[str], None] | None = None,
+    on_start: Callable[[Run], None] | None = None,
+) -> Run:
+    """Train as ``config`` says; returns the finished :class:`~cnnx.training.loop.Run` (its ``history``,
+    ``model``, ``optimizer`` and ``out``, the run directory or None).
+
+    Files go to ``out_dir`` (new or empty; with ``resume=True``, the run to continue, whose checkpoint
+    must match ``config``: see :func:`cnnx.training.resume.resume_config`), or, with ``runs_root`` and
+    no ``out_dir``, to a new ``<runs_root>/<timestamp>-<model>-<optimizer>`` that no other run shares;
+    with neither, nothing is written. ``dataset`` (a :class:`cnnx.data.Dataset`) replaces loading
+    Fashion-MNIST from ``config.data_dir``. ``stop``, ``progress``: as for :func:`cnnx.training.fit`.
+    ``echo`` receives a few lines saying what is about to be trained, on what, and where;
+    ``on_start(run)`` is called when the run directory is claimed, before the first step.
+    """
+    backend = get_backend(config.device)  # "gpu" without a usable GPU stops here with the reason
+    model = build_model(config.model, backend=backend, dtype=config.dtype, seed=config.seed)
+    optimizer = make_optimizer(config.optimizer, model, config.lr, **config.optimizer_options)
+    out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
+    if out is None and runs_root is not None:
+        out, unique = default_run_dir(model.name, optimizer.name, root=runs_root), True
+    if out is not None and not unique:
+        # Before the minutes of loading and training: writable, enough space, new or resumable.
+        check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
+    if dataset is None:
+        dataset = load_fashion_mnist(config.data_dir, limit=config.limit)
+
+    def started(run: Run) -> None:
+        if echo is not None:
+            verb = f"resuming {run.out}:" if resume else "training"
+            echo(f"{verb} {model.name} ({model.parameter_count():,} parameters, {config.dtype}) with "
+                 f"{optimizer.name} lr {optimizer.lr:g} on {backend.describe()}")  # fmt: skip
+            where = f"writing {run.out}" if run.out is not None else "writing no files"
+            echo(f"data: {len(dataset.train_images):,} train / {len(dataset.test_images):,} test images "
+                 f"from {dataset.source}; {where}")  # fmt: skip
+        if on_start is not None:
+            on_start(run)
+
+    return train_run(
+        model,
+        optimizer,
+        dataset,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        out_dir=out,
+        unique_dir=unique,
+        progress=progress,
+        checkpoint_every=config.checkpoint_every,
+        on_divergence=config.on_divergence,
+        stop=stop,
+        resume=resume,
+        config={**config.to_dict(), "lr": optimizer.lr, "backend": backend.name},
+        on_start=started,
+    )

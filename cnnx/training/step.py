@@ -1,0 +1,51 @@
+"""One training step and the evaluation of a model on host data: the two things every epoch does."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np  # host: predictions and read-back values are returned on the host
+
+from cnnx.data import scale_pixels
+from cnnx.nn.losses import correct_count, softmax_cross_entropy
+
+from .divergence import step_is_finite
+
+
+def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False):
+    """One forward / loss / backward / update on device arrays; returns (loss summed over the batch,
+    number correct) as 0-d device arrays, without reading anything back to the host.
+
+    With ``skip_nonfinite``, the loss and gradients are checked first (one read-back) and a step where
+    any is not finite is not applied: the weights and optimizer state stay as they were and None is
+    returned.
+    """
+    logits = model.forward(x, train=True)
+    loss, dlogits = softmax_cross_entropy(model.xp, logits, labels)
+    model.backward(dlogits, input_grad=False)  # nobody trains the images: their gradient is skipped
+    if skip_nonfinite and not step_is_finite(model, loss):
+        return None
+    optimizer.step()
+    return loss * x.shape[0], correct_count(logits, labels)
+
+
+def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256):
+    """Mean loss, accuracy and predicted classes of ``model`` on host uint8 ``images`` (N, 28, 28).
+
+    Returns ``(loss, accuracy, predictions)`` as host values: a float, a float and an int64 vector.
+    """
+    backend, xp = model.backend, model.xp
+    loss_sum = xp.zeros((), dtype="float64")
+    predictions = []
+    for start in range(0, len(images), batch_size):
+        x = backend.to_device(scale_pixels(images[start : start + batch_size], model.dtype), model.dtype)
+        y = backend.to_device(labels[start : start + batch_size], "int64")
+        logits = model.forward(x, train=False)
+        loss, _ = softmax_cross_entropy(xp, logits, y)
+        loss_sum += loss * x.shape[0]
+        predictions.append(logits.argmax(axis=1))
+    if not predictions:
+        return math.nan, 0.0, np.zeros(0, np.int64)
+    predicted = backend.to_host(xp.concatenate(predictions)).astype(np.int64)
+    n = len(images)
+    return float(backend.to_host(loss_sum)) / n, float((predicted == labels).mean()), predicted
