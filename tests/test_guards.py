@@ -19,9 +19,10 @@ import pytest
 import cnnx
 from cnnx.backends import get_backend
 from cnnx.data import Dataset
-from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Residual
 from cnnx.losses import softmax_cross_entropy
 from cnnx.nn import Sequential
+from cnnx.nn.registry import REGISTRY
 from cnnx.optim import OPTIMIZERS, make_optimizer
 from cnnx.training import fit, train_step
 
@@ -171,14 +172,22 @@ def test_the_numpy_scanner_flags_every_spelling_and_spares_host_lines():
 
 
 def every_layer_model(backend, dtype="float32", seed=0) -> Sequential:
-    """Conv2D with stride 2 / padding 1 and with padding 2, MaxPool2D 2 and 3 (stride 2), ReLU, Flatten,
-    Dense: 1x28x28 -> 4x14x14 -> 4x7x7 -> 6x9x9 -> 6x4x4 -> 96 -> 10."""
+    """Conv2D with stride 2 / padding 1 and with padding 2, MaxPool2D 2 and 3 (stride 2), ReLU, a Residual
+    around a nested Sequential, Flatten, Dense: 1x28x28 -> 4x14x14 -> 4x7x7 -> 6x9x9 -> 6x4x4 -> 96 -> 10."""
     rng = np.random.default_rng(seed)
     kw = {"backend": backend, "dtype": dtype}
-    layers = [Conv2D(1, 4, 3, stride=2, padding=1, rng=rng, **kw), ReLU(**kw), MaxPool2D(2, **kw),
+    block = Residual(Sequential([Conv2D(4, 4, 3, padding=1, rng=rng, **kw), ReLU(**kw)]))
+    layers = [Conv2D(1, 4, 3, stride=2, padding=1, rng=rng, **kw), ReLU(**kw), MaxPool2D(2, **kw), block,
               Conv2D(4, 6, 3, padding=2, rng=rng, **kw), ReLU(**kw), MaxPool2D(3, 2, **kw),
               Flatten(**kw), Dense(96, 10, rng=rng, **kw)]  # fmt: skip
-    return Sequential(layers, name="every-layer")
+    return Sequential(layers, name="every-layer", input_shape=(1, 28, 28))
+
+
+def test_the_guard_model_holds_every_registered_layer_type(strict_backend):
+    model = every_layer_model(strict_backend)
+    used = {layer.layer_type for _, layer in model.named_layers()} | {model.layer_type}
+    missing = {name for name, spec in REGISTRY.items() if spec.cls.__module__.startswith("cnnx.")} - used
+    assert not missing, f"add {sorted(missing)} to every_layer_model so the guards step through them"
 
 
 def batch(backend, size=6, seed=1):

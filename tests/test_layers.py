@@ -109,6 +109,23 @@ def test_dense_gradients_match_finite_differences(backend, rng):
     assert max(errors.values()) < 1e-6, errors
 
 
+def test_flatten_backward_puts_each_gradient_back_where_its_input_was(backend, rng):
+    layer = Flatten(backend=backend, dtype="float64")
+    x = rng.standard_normal((2, 3, 4, 5))
+    y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
+    assert np.array_equal(y, x.reshape(2, 60)), "Flatten does not keep each sample's C, H, W order"
+    dy = rng.standard_normal((2, 60))
+    dx = backend.to_host(layer.backward(backend.to_device(dy, "float64")))
+    assert dx.shape == x.shape and np.array_equal(dx.reshape(2, 60), dy)
+
+
+def test_flatten_gradients_match_finite_differences(backend, rng):
+    errors = check_gradients(
+        Flatten(backend=backend, dtype="float64"), rng.standard_normal((2, 3, 2, 2)), rng
+    )
+    assert errors["x"] < 1e-6, errors
+
+
 def test_relu_gradients_match_finite_differences(backend, rng):
     x = rng.standard_normal((3, 4)) + np.sign(rng.standard_normal((3, 4))) * 0.1  # no value near the kink
     errors = check_gradients(ReLU(backend=backend, dtype="float64"), x, rng)
