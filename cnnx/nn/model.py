@@ -106,7 +106,7 @@ class Sequential(Layer):
         for path, layer, shape in self.trace_shapes(self.input_shape):
             depth = path.count(".")
             label = (
-                f"{'  ' * depth}{path.rsplit('.', 1)[-1]:>{2 if depth == 0 else 1}} {type(layer).__name__}"
+                f"{'  ' * depth}{path.rsplit('.', 1)[-1]:>{2 if depth == 0 else 1}} {layer.layer_type}"
             )
             own = sum(int(p.size) for p in layer.params.values())
             count = layer.parameter_count() if layer.children() else own
