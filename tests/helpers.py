@@ -69,3 +69,15 @@ def write_blob_idx(directory, train: int = 160, test: int = 40):
         write_idx(directory / image_name, images)
         write_idx(directory / label_name, labels)
     return directory
+
+
+class StopAtStep:
+    """A stop flag that asks to stop when polled for the ``step``-th time (fit polls once per step)."""
+
+    def __init__(self, step: int):
+        self.step, self.polls = step, 0
+
+    @property
+    def requested(self):
+        self.polls += 1
+        return "test" if self.polls >= self.step else None

@@ -24,7 +24,7 @@ from cnnx.optim import make_optimizer
 from cnnx.training import RunConfig, TrainingInterrupted, fit, run_training
 
 from gradcheck import check_gradients
-from helpers import backend_or_skip, blobs, rel_error
+from helpers import StopAtStep, backend_or_skip, blobs, rel_error
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -178,17 +178,10 @@ def test_the_safe_loader_refuses_a_tampered_config_of_the_new_layer(tmp_path, co
 def test_a_resumed_run_with_the_new_layer_matches_the_uninterrupted_run_bit_for_bit(tmp_path):
     config = RunConfig(model=ARCHITECTURE, epochs=3, batch_size=32, seed=5, lr=3e-3)
     straight = run_training(config, tmp_path / "straight", dataset=blob_dataset(), progress="none")
-
-    class StopAtStep:  # polled once per step: asks to stop at step 7 (epoch 2, batch 2)
-        polls = 0
-
-        @property
-        def requested(self):
-            self.polls += 1
-            return "test" if self.polls >= 7 else None
-
-    with pytest.raises(TrainingInterrupted):
-        run_training(config, tmp_path / "resumed", dataset=blob_dataset(), stop=StopAtStep(), progress="none")
+    with pytest.raises(TrainingInterrupted):  # at step 7: epoch 2, batch 2
+        run_training(
+            config, tmp_path / "resumed", dataset=blob_dataset(), stop=StopAtStep(7), progress="none"
+        )
     resumed = run_training(config, tmp_path / "resumed", resume=True, dataset=blob_dataset(), progress="none")
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     differ = [k for k in a if not np.array_equal(a[k], b[k])]
@@ -196,6 +189,26 @@ def test_a_resumed_run_with_the_new_layer_matches_the_uninterrupted_run_bit_for_
     assert float(b["2.seen"]) == 15, "5 batches an epoch for 3 epochs: the buffer counts 15"
     drop = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
     assert drop(straight.history) == drop(resumed.history)
+
+
+def test_two_stochastic_layers_of_a_hand_built_model_draw_different_numbers():
+    model = Sequential([NoisyScale(4), NoisyScale(4)], input_shape=(4,))
+    first, second = (layer.rng.standard_normal(3) for layer in model.layers)
+    assert not np.array_equal(first, second), "two layers share one random stream"
+    again = Sequential([NoisyScale(4), NoisyScale(4)], input_shape=(4,))
+    assert np.array_equal(again.layers[0].rng.standard_normal(3), first), (
+        "a hand-built model is not repeatable"
+    )
+
+
+def test_the_run_seed_reseeds_every_stream():
+    a, b, c = (
+        build_model(ARCHITECTURE, seed=1),
+        build_model(ARCHITECTURE, seed=1),
+        build_model(ARCHITECTURE, seed=2),
+    )
+    draw = lambda model: model.layers[2].rng.standard_normal(3)  # noqa: E731
+    assert np.array_equal(draw(a), draw(b)) and not np.array_equal(draw(a), draw(c))
 
 
 def test_the_divergence_snapshot_restores_the_layers_streams_and_buffers():

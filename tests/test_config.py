@@ -17,7 +17,7 @@ from cnnx.errors import ConfigError
 from cnnx.training import RunConfig, TrainingInterrupted, resume_config, run_training
 from cnnx.training.rundir import METRICS, prepare_run_dir
 
-from helpers import blobs, write_blob_idx
+from helpers import StopAtStep, blobs, write_blob_idx
 
 
 def blob_dataset() -> Dataset:
@@ -139,16 +139,6 @@ def test_config_and_resume_together_are_refused(tmp_path):
 
 
 # -- resuming: what identifies a run and what may change ------------------------------------------------
-
-
-class StopAtStep:
-    def __init__(self, step: int):
-        self.step, self.polls = step, 0
-
-    @property
-    def requested(self):
-        self.polls += 1
-        return "test" if self.polls >= self.step else None
 
 
 @pytest.fixture

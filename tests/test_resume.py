@@ -25,7 +25,7 @@ from cnnx.optim import make_optimizer
 from cnnx.training import fit, shuffle_rng
 from cnnx.training.interrupt import StopFlag, StopNow, TrainingInterrupted, stop_on_signals
 
-from helpers import blobs
+from helpers import StopAtStep, blobs
 
 SETTINGS = {"epochs": 3, "batch_size": 32, "seed": 0, "progress": "none"}  # 200 images: 7 batches an epoch
 
@@ -44,18 +44,6 @@ def mlp_and_adam():
 
 def without_seconds(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
-
-class StopAtStep:
-    """A stop flag that asks to stop when polled for the ``step``-th time (fit polls once per step)."""
-
-    def __init__(self, step: int):
-        self.step, self.polls = step, 0
-
-    @property
-    def requested(self):
-        self.polls += 1
-        return "test" if self.polls >= self.step else None
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,9 @@ class Sequential(Layer):
         self.layers = list(layers)
         self.input_shape = IMAGE_SHAPE if input_shape is None else tuple(input_shape)
         self.name = name
+        # Layers built by hand get distinct, repeatable streams (their names differ); build_model reseeds
+        # them from the run's seed, and a model that holds this one reseeds them under its own names.
+        self.seed_streams(0)
         if input_shape is not None:
             self.output_shapes()  # fail now, with a clear message, if the layers do not fit together
 
@@ -105,9 +108,7 @@ class Sequential(Layer):
         rows = [("layer", "output shape", "params")]
         for path, layer, shape in self.trace_shapes(self.input_shape):
             depth = path.count(".")
-            label = (
-                f"{'  ' * depth}{path.rsplit('.', 1)[-1]:>{2 if depth == 0 else 1}} {layer.layer_type}"
-            )
+            label = f"{'  ' * depth}{path.rsplit('.', 1)[-1]:>{2 if depth == 0 else 1}} {layer.layer_type}"
             own = sum(int(p.size) for p in layer.params.values())
             count = layer.parameter_count() if layer.children() else own
             rows.append((label, "x".join(map(str, shape)), f"{count:,}"))

@@ -39,53 +39,10 @@ from .rundir import (
 MAX_SKIPS = 20  # consecutive skipped steps after which skip mode gives up: the run is not coming back
 
 
-def fit(
-    model,
-    optimizer,
-    dataset,
-    *,
-    epochs: int,
-    batch_size: int = 128,
-    seed: int = 0,
-    out_dir=None,
-    progress: str = "auto",
-    check_every: int = 50,
-    checkpoint_every: int | None = None,
-    on_divergence: str = "stop",
-    max_skips: int = MAX_SKIPS,
-    stop=None,
-    resume: bool = False,
-    config: dict | None = None,
-) -> list[dict]:
-    """Train ``model`` for ``epochs`` epochs on ``dataset`` and return the per-epoch history.
-
-    :func:`train_run` takes the same arguments and returns the finished :class:`~cnnx.training.loop.Run`
-    (its ``out`` is the run directory actually used).
-
-    Batches come in an order drawn from a host generator seeded with ``seed``, so every backend sees
-    the same batches. Each history row holds ``epoch, train_loss, train_accuracy, test_loss,
-    test_accuracy, skipped, seconds`` (the epoch's wall time, evaluation included).
-
-    With ``out_dir``, ``metrics.json`` (whose ``status`` is running, completed, interrupted, diverged or
-    failed) and the checkpoint ``model.npz`` are rewritten after every epoch, every ``checkpoint_every``
-    steps and when stopping; the figures after the last epoch. ``resume=True`` continues the run in
-    ``out_dir`` from its checkpoint: model and optimizer must be built as they were, ``batch_size`` and
-    ``seed`` must match, and ``epochs`` may be raised. ``config`` entries (``limit``, ``device``, ...)
-    are added to the recorded configuration. ``progress`` is "auto" (a bar on a terminal, else one line
-    per epoch), "bar", "lines" or "none".
-
-    ``stop`` is polled once per step (any object with a ``requested`` attribute, see
-    :class:`cnnx.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is written and
-    :class:`TrainingInterrupted` is raised. A non-finite loss or gradient raises DivergenceError naming
-    the epoch, batch and layer, keeping the last good checkpoint (``on_divergence="stop"``), or skips
-    the step and counts it (``"skip"``, until ``max_skips`` steps in a row were skipped). Running out
-    of memory raises :class:`ResourceError` naming the batch size.
-    """
-    return train_run(
-        model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, out_dir=out_dir,
-        progress=progress, check_every=check_every, checkpoint_every=checkpoint_every,
-        on_divergence=on_divergence, max_skips=max_skips, stop=stop, resume=resume, config=config,
-    ).history  # fmt: skip
+def fit(model, optimizer, dataset, **options) -> list[dict]:
+    """Train ``model`` on ``dataset`` and return the per-epoch history: :func:`train_run` with the same
+    arguments, returning only the history."""
+    return train_run(model, optimizer, dataset, **options).history
 
 
 def train_run(
@@ -108,9 +65,30 @@ def train_run(
     config: dict | None = None,
     on_start=None,
 ) -> Run:
-    """:func:`fit`, returning the finished run. With ``unique_dir`` (a generated ``out_dir`` name), a
-    directory another run took first gets a numeric suffix instead of being an error. ``on_start(run)``
-    is called once the run directory is claimed and the record written, before the first step."""
+    """Train ``model`` for ``epochs`` epochs on ``dataset``; returns the finished
+    :class:`~cnnx.training.loop.Run` (its ``history``, and ``out``, the run directory actually used).
+
+    Batches come in an order drawn from a host generator seeded with ``seed``, so every backend sees
+    the same batches. Each history row holds ``epoch, train_loss, train_accuracy, test_loss,
+    test_accuracy, skipped, seconds`` (the epoch's wall time, evaluation included).
+
+    With ``out_dir``, ``metrics.json`` (whose ``status`` is running, completed, interrupted, diverged or
+    failed) and the checkpoint ``model.npz`` are rewritten after every epoch, every ``checkpoint_every``
+    steps and when stopping; the figures after the last epoch. ``resume=True`` continues the run in
+    ``out_dir`` from its checkpoint: model and optimizer must be built as they were, ``batch_size`` and
+    ``seed`` must match, and ``epochs`` may be raised. ``config`` entries (``limit``, ``device``, ...)
+    are added to the recorded configuration. ``progress`` is "auto" (a bar on a terminal, else one line
+    per epoch), "bar", "lines" or "none". With ``unique_dir`` (a generated ``out_dir`` name), a directory
+    another run took first gets a numeric suffix instead of being an error. ``on_start(run)`` is called
+    once the run directory is claimed and the record written, before the first step.
+
+    ``stop`` is polled once per step (any object with a ``requested`` attribute, see
+    :class:`cnnx.training.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is
+    written and :class:`TrainingInterrupted` is raised. A non-finite loss or gradient raises
+    DivergenceError naming the epoch, batch and layer, keeping the last good checkpoint
+    (``on_divergence="stop"``), or skips the step and counts it (``"skip"``, until ``max_skips`` steps
+    in a row were skipped). Running out of memory raises :class:`ResourceError` naming the batch size.
+    """
     _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips, progress, on_divergence)
     run = Run(model, optimizer, dataset, batch_size, check_every, checkpoint_every, on_divergence, max_skips)
     run.stop = stop
