@@ -4,7 +4,8 @@ Everything here is plain NumPy. Pixels stay uint8 until a batch is scaled with `
 a batch to the device is the backend's job. Malformed input raises ``DataError`` with one line that
 names the file and the problem.
 
-The package is split by job: ``readers`` (the file formats and the gzip size cap), ``sources`` (where
+The package is split by job: ``readers`` (the file formats and the gzip size cap), ``images`` (a
+user's own pictures, read through Pillow and prepared as the data set's images were made), ``sources`` (where
 the data set is found on disk, and the verified download) and ``dataset`` (``Dataset``, loading,
 subsets, scaling). Every public name is re-exported here. The constants are read by the submodule that
 defines them, so a test that patches one patches it there (``cnnx.data.sources.MIRRORS``), not here.
@@ -20,6 +21,7 @@ from .dataset import (
     load_fashion_mnist,
     scale_pixels,
 )
+from .images import IMAGE_SUFFIXES, image_files, prepare_image, read_photo, to_grey
 from .readers import (
     IMAGE_SHAPE,
     MAX_UNPACKED_BYTES,
@@ -63,6 +65,11 @@ __all__ = [
     "read_csv",
     "read_idx",
     "read_image_file",
+    "IMAGE_SUFFIXES",
+    "image_files",
+    "prepare_image",
+    "read_photo",
+    "to_grey",
     "scale_pixels",
     "write_csv",
     "write_idx",

@@ -79,17 +79,25 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int = SUBSET_SEED) -> n
 
 
 def load_fashion_mnist(
-    data_dir=None, *, download: bool = True, limit: int | None = None, opener=None
+    data_dir=None,
+    *,
+    download: bool = True,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    opener=None,
 ) -> Dataset:
     """Find (or download) Fashion-MNIST and load it.
 
     Search order: ``data_dir``, else ``$CNNX_DATA`` (either one is the only place looked at), else the
     user cache then the system package, then a verified download into the cache when ``download``.
     ``limit`` keeps a fixed, class-balanced subset: ``limit`` training images and ``ceil(limit / 6)`` test
-    images (the full set's 6:1 ratio); the same limit gives the same subset every time.
+    images (the full set's 6:1 ratio); the same limit gives the same subset every time. ``test_limit``
+    sets the number of test images on its own (a class-balanced subset of that many; all of them when
+    it is at least the test set's size).
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive whole number, got {limit!r}")
+    for name, value in (("limit", limit), ("test_limit", test_limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
     candidates = candidate_dirs(data_dir)
     found = _find(data_dir)
     if found:
@@ -113,8 +121,9 @@ def load_fashion_mnist(
                 f"dataset-fashion-mnist`, or allow the download from {MIRRORS[0]}"
             ) from None
     arrays = _read_dir(directory, layout)
-    if limit is not None:
-        for i, size in ((0, limit), (2, math.ceil(limit / 6))):
+    sizes = [(0, limit), (2, test_limit if test_limit is not None else limit and math.ceil(limit / 6))]
+    for i, size in sizes:
+        if size is not None and size < len(arrays[i]):
             keep = balanced_subset(arrays[i + 1], size)
             arrays[i], arrays[i + 1] = arrays[i][keep], arrays[i + 1][keep]
     return Dataset(*arrays, source=f"{label} {directory} ({layout})")

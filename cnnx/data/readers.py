@@ -144,12 +144,15 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_image_file(path) -> np.ndarray:
-    """Images to classify, uint8 (N, 28, 28): a 28x28 PNG, an IDX images file or a Kaggle CSV."""
+    """Images to classify, uint8 (N, H, W): a picture (PNG, JPEG, WebP, BMP, GIF; N = 1, any size, grey
+    with transparency over white), an IDX images file or a Kaggle CSV (N items of 28x28)."""
+    from .images import IMAGE_SUFFIXES, read_photo  # Pillow is imported only for pictures
+
     path = Path(path)
     if path.suffix.lower() == ".csv":
         return _parse_csv(path, check_labels=False)[0]
-    if path.suffix.lower() == ".png":
-        return _read_png(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_photo(path)[None]
     if path.suffix in (".gz", "") or "idx" in path.name or "ubyte" in path.name:
         images = read_idx(path)
         if images.ndim != 3:
@@ -157,28 +160,10 @@ def read_image_file(path) -> np.ndarray:
         if len(images) == 0:
             raise DataError(f"{path}: holds no images")
         return images
-    raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .png, .csv or an IDX file")
-
-
-def _read_png(path: Path) -> np.ndarray:
-    import matplotlib.image  # lazy: only `cnnx predict` needs it
-
-    try:
-        pixels = np.asarray(matplotlib.image.imread(path))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot read the PNG ({exc})") from exc
-    if pixels.ndim not in (2, 3) or pixels.shape[:2] != IMAGE_SHAPE:
-        height, width = (pixels.shape + (0, 0))[:2]
-        raise DataError(f"{path}: image is {width} pixels wide and {height} high, expected 28x28")
-    if np.issubdtype(pixels.dtype, np.integer):
-        pixels = pixels / np.iinfo(pixels.dtype).max
-    if pixels.ndim == 3:
-        channels = pixels.shape[2]
-        grey = pixels[..., 0] if channels < 3 else pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
-        if channels in (2, 4):  # composite over black, the dataset's background
-            grey = grey * pixels[..., -1]
-        pixels = grey
-    return np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)[None]
+    raise DataError(
+        f"{path}: unsupported file type {path.suffix!r}; expected a picture "
+        f"({', '.join(IMAGE_SUFFIXES)}), a .csv or an IDX file"
+    )
 
 
 # ---------------------------------------------------------------- writers
