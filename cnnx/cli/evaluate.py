@@ -17,7 +17,9 @@ from .options import data_dir_option, device_option, load_image_model
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="Evaluate on the fixed class-balanced test subset that train --limit N uses (ceil(N/6) images).",
+    metavar="N",
+    help="Evaluate N test images: a fixed, class-balanced subset of the test set (all of it by default). "
+    "Unlike train --limit, N counts test images.",
 )
 def evaluate(model_path, data_dir, device, limit):
     """Test-set loss, accuracy, confusion matrix and per-class report of a saved model."""
@@ -31,7 +33,7 @@ def evaluate(model_path, data_dir, device, limit):
     )
 
     model = load_image_model(model_path, device)
-    dataset = load_fashion_mnist(data_dir, limit=limit)
+    dataset = load_fashion_mnist(data_dir, test_limit=limit)
     labels = dataset.test_labels.astype("int64")
     loss, accuracy, predictions = evaluate_model(model, dataset.test_images, labels)
     click.echo(f"{model_path}: {model.name} on {len(labels):,} test images from {dataset.source}")

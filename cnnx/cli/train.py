@@ -101,7 +101,9 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="Train on a fixed class-balanced subset of N training images (and ceil(N/6) test images).",
+    metavar="N",
+    help="Train on a fixed, class-balanced subset of N training images, and evaluate each epoch on "
+    "ceil(N/6) test images (the full set's 6:1 ratio).",
 )
 @click.option(
     "--dtype",

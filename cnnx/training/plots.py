@@ -1,4 +1,5 @@
-"""Run figures: learning curves, the confusion matrix and a grid of test samples, as PNG files.
+"""Figures as PNG files: learning curves, the confusion matrix, a grid of test samples, and the preview
+of `cnnx predict`.
 
 matplotlib is imported lazily (``import cnnx`` stays quick and works without a display) and drives the
 Agg canvas directly through ``matplotlib.figure.Figure`` instead of pyplot: pyplot's global backend and
@@ -110,4 +111,27 @@ def plot_samples(
 
     colours = colormaps["gray_r"].with_extremes(bad="white")  # NaN gaps stay white
     axes.imshow(mosaic, cmap=colours, vmin=0, vmax=255, interpolation="nearest")
+    return _save(figure, path)
+
+
+PREVIEW_ROWS = 32  # inputs drawn at most; a preview of hundreds of files would be unreadable
+
+
+def plot_preview(items: Sequence[tuple], path) -> Path:
+    """For ``cnnx predict --preview``: each input as it was read (grey) beside what the model saw (the
+    prepared 28x28, light on black), with the predicted class. ``items`` are (original, prepared,
+    record) with a record of ``cnnx predict``'s JSON output; the first :data:`PREVIEW_ROWS` are drawn."""
+    items = list(items)[:PREVIEW_ROWS]
+    figure = _figure(6, 1.8 * len(items))
+    grid = figure.subplots(len(items), 2, squeeze=False)
+    for (original, prepared, record), (left, right) in zip(items, grid, strict=True):
+        left.imshow(original, cmap="gray", vmin=0, vmax=255)
+        right.imshow(prepared, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        name = Path(record["path"]).name + ("" if record["index"] is None else f"[{record['index']}]")
+        best = record["top"][0]
+        left.set_title(f"{name} ({'x'.join(map(str, record['preprocessing']['source_size']))})", fontsize=8)
+        right.set_title(f"model sees → {best['class']} {best['probability']:.2f}", fontsize=8)
+        for axes in (left, right):
+            axes.set_xticks([])
+            axes.set_yticks([])
     return _save(figure, path)
