@@ -192,12 +192,11 @@ def test_read_image_file_reads_a_grey_png_exactly(tmp_path):
     assert np.array_equal(data.read_image_file(tmp_path / "shirt.png"), image[None])
 
 
-def test_read_image_file_rejects_a_png_that_is_not_28x28(tmp_path):
+def test_read_image_file_reads_a_picture_of_any_size_as_it_is(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.imsave(tmp_path / "big.png", np.zeros((32, 40, 3), np.uint8))
-    message = _assert_one_line_error_naming(tmp_path / "big.png", data.read_image_file)
-    assert "40 pixels wide and 32 high" in message
+    assert data.read_image_file(tmp_path / "big.png").shape == (1, 32, 40)
 
 
 def test_read_image_file_ignores_the_csv_label_column(tmp_path):
@@ -216,9 +215,13 @@ def test_read_image_file_rejects_an_idx_labels_file(tmp_path):
     _assert_one_line_error_naming(tmp_path / "t10k-labels-idx1-ubyte.gz", data.read_image_file)
 
 
-def test_read_image_file_rejects_an_unknown_file_type(tmp_path):
+def test_read_image_file_rejects_an_unknown_file_type_and_a_broken_picture(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8")
     _assert_one_line_error_naming(tmp_path / "photo.jpg", data.read_image_file)
+    (tmp_path / "notes.docx").write_bytes(b"PK")
+    assert "unsupported file type '.docx'" in _assert_one_line_error_naming(
+        tmp_path / "notes.docx", data.read_image_file
+    )
 
 
 # ---------------------------------------------------------------- discovery

@@ -499,11 +499,11 @@ def _csv_text(rows) -> bytes:
 
 
 PREDICT_CASES = [
-    ("png-32x32", _file("big.png", _png((32, 32))), "expected 28x28"),
-    ("png-28x1", _file("thin.png", _png((28, 1))), "expected 28x28"),
-    ("png-garbage", _file("noise.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "cannot read the PNG"),
-    ("png-truncated", _file("cut.png", _valid_png_prefix), "cannot read the PNG"),
-    ("png-empty", _file("empty.png", b""), "cannot read the PNG"),
+    ("png-4x4", _file("tiny.png", _png((4, 4))), "too small"),
+    ("png-28x1", _file("thin.png", _png((28, 1))), "too small"),
+    ("png-garbage", _file("noise.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "not an image"),
+    ("png-truncated", _file("cut.png", _valid_png_prefix), "truncated"),
+    ("png-empty", _file("empty.png", b""), "not an image"),
     ("csv-missing-column", _file("rows.csv", _csv_text([",".join(["0"] * 784)])), "784 fields"),
     ("csv-extra-column", _file("rows.csv", _csv_text([",".join(["0"] * 786)])), "786 fields"),
     ("csv-text-in-a-pixel", _file("rows.csv", _csv_text(["0,abc" + ",0" * 783])), "pixel1 = 'abc'"),
@@ -519,7 +519,7 @@ PREDICT_CASES = [
     ),
     ("unknown-file-type", _file("notes.txt", b"a shirt"), "unsupported file type"),
     ("no-such-file", lambda directory: directory / "absent.png", "absent.png"),
-    ("a-directory", lambda directory: directory, "cannot read"),
+    ("a-directory-of-no-pictures", lambda directory: directory, "no pictures"),
 ]
 
 
