@@ -19,6 +19,7 @@ from .dataset import (
     Dataset,
     balanced_subset,
     load_fashion_mnist,
+    model_inputs,
     scale_pixels,
 )
 from .images import IMAGE_SUFFIXES, image_files, prepare_image, read_photo, to_grey
@@ -70,6 +71,7 @@ __all__ = [
     "prepare_image",
     "read_photo",
     "to_grey",
+    "model_inputs",
     "scale_pixels",
     "write_csv",
     "write_idx",

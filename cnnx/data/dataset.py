@@ -141,3 +141,16 @@ def scale_pixels(images_uint8, dtype="float32") -> np.ndarray:
     scaled = images.astype(dtype)
     scaled /= 255
     return scaled
+
+
+def model_inputs(images, dtype, input_shape) -> np.ndarray:
+    """A host batch as a model takes it, shaped (N, *input_shape) in ``dtype``: uint8 pixels are scaled to
+    [0, 1] exactly as :func:`scale_pixels` does; any other numbers (features, already scaled images) are
+    cast as they are."""
+    images, dtype = np.asarray(images), np.dtype(dtype)
+    if images.dtype == np.uint8:
+        x = images.astype(dtype)
+        x /= 255
+    else:
+        x = images.astype(dtype, copy=False)
+    return x.reshape(len(x), *input_shape)

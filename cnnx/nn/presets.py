@@ -3,6 +3,9 @@ any description list with weights and random streams drawn from one seed."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 from cnnx.checks import is_whole_number, short_repr
 from cnnx.errors import ConfigError
 
@@ -38,6 +41,23 @@ PRESETS = {
 }
 
 
+def preset_architecture(name: str, input_shape=IMAGE_SHAPE, classes: int = 10) -> list[dict]:
+    """The description of preset ``name`` for other inputs or another number of classes: the first dense
+    layer takes what the layers before it give for ``input_shape``, the last one gives ``classes``
+    outputs. For Fashion-MNIST's (1, 28, 28) and 10 classes it is the preset itself."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"unknown model {short_repr(name)}: choose one of {', '.join(PRESETS)}")
+    architecture = copy.deepcopy(PRESETS[name][0])
+    dense = [i for i, entry in enumerate(architecture) if entry["type"] == "Dense"]
+    features = math.prod(input_shape)
+    if dense[0] > 0:  # what the convolutions (or the Flatten) before the head give per sample
+        front = build_from_architecture(architecture[: dense[0]], input_shape=tuple(input_shape))
+        features = math.prod(front.output_shape(tuple(input_shape)))
+    architecture[dense[0]]["config"]["in_features"] = features
+    architecture[dense[-1]]["config"]["out_features"] = int(classes)
+    return architecture
+
+
 def build_model(
     model="seed", *, backend=None, dtype="float32", seed=0, input_shape=IMAGE_SHAPE, name: str | None = None
 ) -> Sequential:
@@ -45,7 +65,7 @@ def build_model(
     would be), with initial weights and random streams drawn from ``seed``: the same seed gives the
     same model on every backend."""
     if isinstance(model, str) and model in PRESETS:
-        architecture, name = PRESETS[model][0], name or model
+        architecture, name = preset_architecture(model, input_shape), name or model
     elif isinstance(model, list):
         architecture, name = model, name or "custom"
     else:  # a name from a file may be any JSON value

@@ -32,7 +32,7 @@ DIVERGENCE_MODES = ("stop", "skip")
 DTYPES = ("float32", "float64")
 MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean "train for ever"
 # What identifies a run: resuming with another value of any of these is a different run.
-IDENTITY = ("model", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit")
+IDENTITY = ("model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit")
 # What may change when a run is resumed.
 CHANGEABLE = ("epochs", "lr", "device", "data_dir", "checkpoint_every", "on_divergence")
 
@@ -58,6 +58,10 @@ def _model(value) -> bool:
 # field -> (check, what it must be)
 _CHECKS = {
     "model": (_model, f"a preset ({', '.join(PRESETS)}) or a list of layer descriptions"),
+    "input_shape": (
+        lambda v: isinstance(v, (list, tuple)) and 1 <= len(v) <= 3 and all(_whole(1, 1 << 16)(s) for s in v),
+        "a list of 1 to 3 whole numbers (channels, height, width)",
+    ),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "lr": (_optional(_positive_number), "a positive finite number"),
     "optimizer_options": (lambda v: isinstance(v, dict), "a table of the optimizer's settings"),
@@ -78,7 +82,8 @@ class RunConfig:
     """A training run. Every field is checked on construction; a bad one is a ConfigError naming it.
 
     - ``model``: a preset name, or a list of layer descriptions (``{"type": ..., "config": ...}``,
-      checked against the layer registry like a model file's);
+      checked against the layer registry like a model file's), and ``input_shape``, the per-sample
+      shape it takes (Fashion-MNIST's 1x28x28 by default);
     - ``optimizer``, ``lr`` (None: the optimizer's default) and ``optimizer_options`` (its other
       settings, e.g. ``{"beta1": 0.9}`` for Adam);
     - ``epochs``, ``batch_size``, ``seed`` (initial weights, random streams and batch order);
@@ -88,6 +93,7 @@ class RunConfig:
     """
 
     model: str | list = "seed"
+    input_shape: tuple = (1, 28, 28)
     optimizer: str = "adam"
     lr: float | None = None
     optimizer_options: dict = dataclasses.field(default_factory=dict)
@@ -102,6 +108,8 @@ class RunConfig:
     on_divergence: str = "stop"
 
     def __post_init__(self):
+        if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             ok, what = _CHECKS[field.name]

@@ -11,7 +11,7 @@ import time
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
-from cnnx.data import scale_pixels
+from cnnx.data import model_inputs
 from cnnx.errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import save_checkpoint
 
@@ -201,7 +201,9 @@ class Run:
     def batch(self, order: np.ndarray, batch: int):
         """The device arrays of the 1-based ``batch`` of an epoch ordered by ``order``."""
         index = order[(batch - 1) * self.batch_size : batch * self.batch_size]
-        x = self.backend.to_device(scale_pixels(self.images[index], self.model.dtype), self.model.dtype)
+        x = self.backend.to_device(
+            model_inputs(self.images[index], self.model.dtype, self.model.input_shape), self.model.dtype
+        )
         return x, self.backend.to_device(self.labels[index], "int64")
 
     # -- divergence -----------------------------------------------------------------------------

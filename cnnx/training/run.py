@@ -29,6 +29,8 @@ def run_training(
     progress: str = "auto",
     echo: Callable[[str], None] | None = None,
     on_start: Callable[[Run], None] | None = None,
+    model=None,
+    optimizer=None,
 ) -> Run:
     """Train as ``config`` says; returns the finished :class:`~cnnx.training.loop.Run` (its ``history``,
     ``model``, ``optimizer`` and ``out``, the run directory or None).
@@ -39,11 +41,22 @@ def run_training(
     with neither, nothing is written. ``dataset`` (a :class:`cnnx.data.Dataset`) replaces loading
     Fashion-MNIST from ``config.data_dir``. ``stop``, ``progress``: as for :func:`cnnx.training.fit`.
     ``echo`` receives a few lines saying what is about to be trained, on what, and where;
-    ``on_start(run)`` is called when the run directory is claimed, before the first step.
+    ``on_start(run)`` is called when the run directory is claimed, before the first step. ``model`` and
+    ``optimizer``, when given, are trained on instead of fresh ones built from ``config`` (a warm start:
+    the scikit-learn estimator's ``warm_start`` and ``partial_fit``); ``config`` still sets everything else.
     """
     backend = get_backend(config.device)  # "gpu" without a usable GPU stops here with the reason
-    model = build_model(config.model, backend=backend, dtype=config.dtype, seed=config.seed)
-    optimizer = make_optimizer(config.optimizer, model, config.lr, **config.optimizer_options)
+    if model is None:
+        model = build_model(
+            config.model,
+            backend=backend,
+            dtype=config.dtype,
+            seed=config.seed,
+            input_shape=config.input_shape,
+        )
+    if optimizer is None:
+        optimizer = make_optimizer(config.optimizer, model, config.lr, **config.optimizer_options)
+    backend = model.backend
     out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
     if out is None and runs_root is not None:
         out, unique = default_run_dir(model.name, optimizer.name, root=runs_root), True

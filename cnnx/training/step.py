@@ -6,7 +6,7 @@ import math
 
 import numpy as np  # host: predictions and read-back values are returned on the host
 
-from cnnx.data import scale_pixels
+from cnnx.data import model_inputs
 from cnnx.nn.losses import correct_count, softmax_cross_entropy
 
 from .divergence import step_is_finite
@@ -30,7 +30,8 @@ def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False):
 
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256):
-    """Mean loss, accuracy and predicted classes of ``model`` on host uint8 ``images`` (N, 28, 28).
+    """Mean loss, accuracy and predicted classes of ``model`` on host ``images``: uint8 pixels or other
+    numbers (see :func:`cnnx.data.model_inputs`), (N, *input_shape) or flat per sample.
 
     Returns ``(loss, accuracy, predictions)`` as host values: a float, a float and an int64 vector.
     """
@@ -38,14 +39,16 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     loss_sum = xp.zeros((), dtype="float64")
     predictions = []
     for start in range(0, len(images), batch_size):
-        x = backend.to_device(scale_pixels(images[start : start + batch_size], model.dtype), model.dtype)
+        x = backend.to_device(
+            model_inputs(images[start : start + batch_size], model.dtype, model.input_shape), model.dtype
+        )
         y = backend.to_device(labels[start : start + batch_size], "int64")
         logits = model.forward(x, train=False)
         loss, _ = softmax_cross_entropy(xp, logits, y)
         loss_sum += loss * x.shape[0]
         predictions.append(logits.argmax(axis=1))
     if not predictions:
-        return math.nan, 0.0, np.zeros(0, np.int64)
+        return math.nan, math.nan, np.zeros(0, np.int64)  # nothing to measure: no number, not a zero
     predicted = backend.to_host(xp.concatenate(predictions)).astype(np.int64)
     n = len(images)
     return float(backend.to_host(loss_sum)) / n, float((predicted == labels).mean()), predicted
