@@ -5,13 +5,19 @@ skipped with the reason. Test ids name what ran: ``test_x[cpu-float32]``, ``test
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from cnnx.backends import available_backends
+# scikit-learn's estimator checks include one that turns array-API dispatch on and checks that NumPy inputs
+# give the same results; SciPy reads this switch once, at import, so it is set before anything imports it.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-from helpers import backend_or_skip
-from strict_backend import StrictBackend
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from cnnx.backends import available_backends  # noqa: E402
+
+from helpers import backend_or_skip  # noqa: E402
+from strict_backend import StrictBackend  # noqa: E402
 
 BACKENDS = ("cpu", "gpu")
 DTYPES = ("float32", "float64")

@@ -1,6 +1,6 @@
-"""The house's architecture, checked from the source: imports point one way (cli over bench over training
-over io, data and optim, over nn, over backends), no module imports itself back through others, and no
-module grows past ~400 lines. Imports inside functions count as much as those at the top."""
+"""The house's architecture, checked from the source: imports point one way (cli over bench and sklearn
+over training over io, data and optim, over nn, over backends), no module imports itself back through
+others, and no module grows past ~400 lines. Imports inside functions count as much as those at the top."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 # Package -> rank: a module may import from lower ranks, its own package and the leaf modules only.
-RANKS = {"backends": 0, "nn": 1, "optim": 2, "data": 2, "io": 2, "training": 3, "bench": 4, "cli": 5}
+RANKS = {
+    "backends": 0,
+    "nn": 1,
+    "optim": 2,
+    "data": 2,
+    "io": 2,
+    "training": 3,
+    "bench": 4,
+    "sklearn": 4,
+    "cli": 5,
+}
 LEAVES = {"cnnx.errors", "cnnx.checks", "cnnx.fileio", "cnnx.version"}
 
 
