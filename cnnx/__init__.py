@@ -39,9 +39,13 @@ from .optim import SGD, Adam, Momentum, make_optimizer  # noqa: E402
 from .training import RunConfig, fit, run_training  # noqa: E402
 from .version import __version__  # noqa: E402, F401  (cnnx.__version__)
 
-# ``import cnnx.layers`` (and the others) as well as ``cnnx.layers``: the short names of nn's modules.
+# ``import cnnx.layers`` (and the others) as well as ``cnnx.layers``: the short names of nn's modules, and of
+# the layer files (``cnnx.layers.conv``), so that no second copy of a module is ever imported under them.
 for _name in ("functional", "init", "layers", "losses"):
     _sys.modules[f"{__name__}.{_name}"] = getattr(nn, _name)
+for _name, _module in list(_sys.modules.items()):
+    if _name.startswith("cnnx.nn.layers."):
+        _sys.modules["cnnx.layers." + _name.removeprefix("cnnx.nn.layers.")] = _module
 
 __all__ = [
     *nn.layers.__all__,

@@ -121,3 +121,16 @@ def test_no_module_imports_itself_back_through_others():
 def test_no_module_is_over_400_lines(name):
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[name].relative_to(ROOT)} has {lines} lines"
+
+
+def test_the_short_import_paths_name_the_same_objects_as_the_package_paths():
+    import importlib
+
+    import cnnx.nn
+
+    pairs = [("cnnx.layers", "cnnx.nn.layers"), ("cnnx.layers.conv", "cnnx.nn.layers.conv"),
+             ("cnnx.layers.base", "cnnx.nn.layers.base"), ("cnnx.functional", "cnnx.nn.functional"),
+             ("cnnx.losses", "cnnx.nn.losses"), ("cnnx.init", "cnnx.nn.init")]  # fmt: skip
+    for short, full in pairs:
+        assert importlib.import_module(short) is importlib.import_module(full), f"{short} is a second copy"
+    assert cnnx.nn.REGISTRY["Conv2D"].cls is importlib.import_module("cnnx.layers.conv").Conv2D
