@@ -181,3 +181,48 @@ def test_bench_command_turns_a_bad_option_into_a_cnnx_error():
     out = CliRunner().invoke(bench, ["--batch-size", "abc"])
     assert isinstance(out.exception, CnnxError), f"got {out.exception!r} (exit {out.exit_code})"
     assert "\n" not in str(out.exception), f"a multi-line message: {out.exception}"
+
+
+# -- whole epochs -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def epoch_data(tmp_path_factory):
+    from helpers import write_blob_idx
+
+    return write_blob_idx(tmp_path_factory.mktemp("epoch"), train=96, test=24)
+
+
+def test_epoch_mode_times_training_evaluation_and_the_host_pipeline_apart(epoch_data):
+    args = [
+        "--epoch",
+        "--model",
+        "mlp",
+        "--batch-size",
+        "32",
+        "--repeats",
+        "2",
+        "--data-dir",
+        str(epoch_data),
+    ]
+    out = CliRunner().invoke(bench, [*args, "--json"])
+    assert out.exit_code == 0, f"exit {out.exit_code}: {out.output}{out.exception!r}"
+    result = json.loads(out.output)
+    assert result["mode"] == "epoch" and len(result["runs"]["cnnx"]) == 2 and "torch" not in result
+    cnnx = result["cnnx"]
+    assert cnnx["train"] > 0 and cnnx["eval"] > 0 and 0 < cnnx["pipeline_share"] < 1, cnnx
+    assert "96 training and 24 test images" in result["data"]
+
+
+def test_epoch_mode_against_torch_trains_the_same_model_on_the_same_batches(epoch_data):
+    pytest.importorskip("torch", reason="PyTorch is the yardstick here; it is not installed")
+    from cnnx.bench.epoch import run_epoch_benchmark
+    from cnnx.data import load_fashion_mnist
+
+    result = run_epoch_benchmark(
+        load_fashion_mnist(epoch_data), model="mlp", batch_size=32, repeats=1, compare="torch"
+    )
+    # Same weights, same batch order, same conversion, same Adam: one epoch ends at the same test accuracy,
+    # give or take a test image whose two best classes lie within float32 rounding of each other.
+    assert abs(result["cnnx"]["accuracy"] - result["torch"]["accuracy"]) <= 1 / 24, result
+    assert set(result["ratio"]) == {"train", "eval"}

@@ -16,7 +16,7 @@ from cnnx.bench.benchmark import (
     run_benchmark,
 )
 
-from .options import device_option, model_option
+from .options import data_dir_option, device_option, model_option
 
 
 @click.command("bench")
@@ -51,13 +51,58 @@ from .options import device_option, model_option
     is_flag=True,
     help="Also time each layer's forward and backward and the optimizer (cnnx only; best of --repeats runs).",
 )
+@click.option(
+    "--epoch",
+    is_flag=True,
+    help="Time whole epochs of training on the real data set instead (run_training, every batch gathered, "
+    "scaled and sent as in cnnx train), with evaluation and the host pipeline reported apart; against a "
+    "PyTorch loop doing the same work with --compare torch.",
+)
+@data_dir_option()
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --epoch: a class-balanced subset of N training images (and ceil(N/6) test images).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(device, model_name, batch_sizes, dtype, steps, warmup, repeats, compare, profile, as_json) -> None:
-    """Training and inference throughput of a model preset on synthetic data, optionally against PyTorch.
+def bench(
+    device,
+    model_name,
+    batch_sizes,
+    dtype,
+    steps,
+    warmup,
+    repeats,
+    compare,
+    profile,
+    epoch,
+    data_dir,
+    limit,
+    as_json,
+) -> None:
+    """Training and inference throughput of a model preset, optionally against PyTorch.
 
-    Seconds per epoch are extrapolated to 60,000 images from the timed steps.
+    By default on synthetic data, with seconds per epoch extrapolated to 60,000 images from the timed
+    steps; with --epoch, whole epochs on the real data set, as a user runs them.
     """
     sizes = parse_batch_sizes(batch_sizes)
+    if epoch:
+        from cnnx.bench.epoch import format_epoch_report, run_epoch_benchmark
+        from cnnx.data import load_fashion_mnist
+
+        dataset = load_fashion_mnist(data_dir, limit=limit)
+        results = [
+            run_epoch_benchmark(dataset, model=model_name, batch_size=size, device=device, dtype=dtype,
+                                repeats=repeats, compare=compare)
+            for size in sizes
+        ]  # fmt: skip
+        if as_json:
+            click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        else:
+            click.echo("\n\n".join(format_epoch_report(result) for result in results))
+        return
     result = run_benchmark(
         model_name,
         sizes,
