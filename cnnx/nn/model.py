@@ -134,7 +134,7 @@ class Sequential(Layer):
         copy.load_state_dict(self.state_dict())
         return copy
 
-    def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:
+    def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:  # host
         """Class probabilities (N, classes) on the host for host images of any batch size: uint8 pixels
         (0-255) or floats in [0, 1], shaped (N, *input_shape) or flat per sample, e.g. (N, 28, 28) or
         (N, 784) for a 1x28x28 model. Computed in batches of ``batch_size``."""
@@ -142,21 +142,23 @@ class Sequential(Layer):
         out = []
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            if chunk.dtype == np.uint8:
+            if chunk.dtype == np.uint8:  # host
                 chunk = chunk.astype(self.dtype) / np.asarray(255, self.dtype)  # host: scale as training does
             batch = self.backend.to_device(chunk, self.dtype)
             out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
-        return np.concatenate(out) if out else np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)
+        if not out:
+            return np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)  # host
+        return np.concatenate(out)  # host
 
-    def predict(self, images, batch_size: int = 1000) -> np.ndarray:
+    def predict(self, images, batch_size: int = 1000) -> np.ndarray:  # host
         """The most probable class of each image, as host int64 (N,); inputs as :meth:`predict_proba`."""
-        return self.predict_proba(images, batch_size).argmax(axis=1).astype(np.int64)
+        return self.predict_proba(images, batch_size).argmax(axis=1).astype(np.int64)  # host
 
-    def _as_inputs(self, images) -> np.ndarray:
+    def _as_inputs(self, images) -> np.ndarray:  # host
         x = np.asarray(images)  # host: the caller's images
-        if x.dtype != np.uint8 and x.dtype.kind not in "fiu":
+        if x.dtype != np.uint8 and x.dtype.kind not in "fiu":  # host
             raise ValueError(f"images must be uint8 pixels or floats in [0, 1], not {x.dtype}")
-        if x.dtype != np.uint8 and x.dtype.kind in "iu":
+        if x.dtype != np.uint8 and x.dtype.kind in "iu":  # host
             raise ValueError(f"integer images must be uint8 (0-255), not {x.dtype}")
         per_sample = math.prod(self.input_shape)
         if x.ndim == 0 or (x.ndim >= 1 and x.shape[0] and math.prod(x.shape[1:]) != per_sample):

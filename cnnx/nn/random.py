@@ -26,12 +26,12 @@ def stream_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
-def derive_rng(seed: int, name: str) -> np.random.Generator:
+def derive_rng(seed: int, name: str) -> np.random.Generator:  # host
     """The generator of stream ``name`` for run seed ``seed``."""
-    return np.random.default_rng([int(seed), stream_key(name)])
+    return np.random.default_rng([int(seed), stream_key(name)])  # host
 
 
-def pack_state(rng: np.random.Generator) -> np.ndarray:
+def pack_state(rng: np.random.Generator) -> np.ndarray:  # host
     """The generator's state as a uint64 array of :data:`STATE_SIZE` numbers (a copy)."""
     state = rng.bit_generator.state
     if state.get("bit_generator") != "PCG64":
@@ -39,20 +39,20 @@ def pack_state(rng: np.random.Generator) -> np.ndarray:
     inner = state["state"]
     words = [inner["state"] >> 64, inner["state"] & _MASK, inner["inc"] >> 64, inner["inc"] & _MASK,
              state["has_uint32"], state["uinteger"]]  # fmt: skip
-    return np.array(words, dtype=np.uint64)
+    return np.array(words, dtype=np.uint64)  # host
 
 
-def generator_from_state(packed) -> np.random.Generator:
+def generator_from_state(packed) -> np.random.Generator:  # host
     """A new generator in the state :func:`pack_state` packed; ValueError if the array cannot be one."""
-    words = np.asarray(packed)
-    if words.shape != (STATE_SIZE,) or words.dtype != np.uint64:
+    words = np.asarray(packed)  # host
+    if words.shape != (STATE_SIZE,) or words.dtype != np.uint64:  # host
         raise ValueError(
             f"a stream state is {STATE_SIZE} uint64 numbers, got {words.dtype}{list(words.shape)}"
         )
     hi, lo, inc_hi, inc_lo, has_uint32, uinteger = (int(w) for w in words)
     if has_uint32 not in (0, 1) or uinteger >> 32 or not inc_lo & 1:
         raise ValueError("the numbers are not a PCG64 state")
-    rng = np.random.default_rng()
+    rng = np.random.default_rng()  # host
     rng.bit_generator.state = {
         "bit_generator": "PCG64",
         "state": {"state": hi << 64 | lo, "inc": inc_hi << 64 | inc_lo},

@@ -45,7 +45,7 @@ def header(model) -> dict:
     }
 
 
-def model_arrays(model) -> dict[str, np.ndarray]:
+def model_arrays(model) -> dict[str, np.ndarray]:  # host
     """Every parameter, buffer and stream of ``model`` as host arrays under their member names."""
     to_host = model.backend.to_host
     arrays = {PARAM_PREFIX + name: to_host(param) for name, param, _ in model.named_parameters()}
@@ -60,7 +60,7 @@ def write_model(model, path, extra: dict | None = None, meta: dict | None = None
     path = Path(path)
     arrays = model_arrays(model)
     arrays.update(extra or {})
-    arrays[HEADER_KEY] = np.array(json.dumps(header(model) | ({"meta": meta} if meta else {})))
+    arrays[HEADER_KEY] = np.array(json.dumps(header(model) | ({"meta": meta} if meta else {})))  # host
     with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # host
     return path
