@@ -274,3 +274,22 @@ def test_a_training_backward_does_not_visit_the_parameter_free_layers_below_the_
     model.forward(np.zeros((2, 1, 28, 28), "float32"), train=True)
     model.backward(np.ones((2, 10), "float32"))
     assert visited == ["watch"], "a full backward must still reach the first layer"
+
+
+def test_pooling_before_the_relu_gives_the_declared_order_s_numbers_to_the_bit(rng):
+    model = build_model("seed", dtype="float64", seed=3)
+    order = [layer.layer_type for layer in model.running_order()]
+    assert order[:6] == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D", "MaxPool2D", "ReLU"], order
+    x = model.backend.to_device(rng.random((4, 1, 28, 28)) - 0.3, "float64")  # negative maxima too
+    g = rng.standard_normal((4, 10))
+    fused_y, fused_dx = model.forward(x), model.backward(g)
+    fused = {name: grad.copy() for name, _, grad in model.named_parameters()}
+    y = x
+    for layer in model.layers:  # the declared order, one layer after the other
+        y = layer.forward(y, True)
+    dy = g
+    for layer in reversed(model.layers):
+        dy = layer.backward(dy)
+    assert np.array_equal(fused_y, y) and np.array_equal(fused_dx, dy)
+    differ = [name for name, _, grad in model.named_parameters() if not np.array_equal(grad, fused[name])]
+    assert not differ, f"gradients differ in {differ}"
