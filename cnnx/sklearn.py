@@ -32,6 +32,12 @@ from cnnx.training import RunConfig, run_training
 IMAGE_SHAPE = (1, 28, 28)
 
 
+def _numbers(X: np.ndarray) -> np.ndarray:
+    """Validated rows of features as numbers: uint8 (pixels) and other numeric dtypes stay, anything else
+    that scikit-learn's checks let through (objects holding numbers) becomes float64."""
+    return X if X.dtype.kind in "biuf" else X.astype(np.float64)
+
+
 def _flat(X):
     """Images (n, 28, 28) or (n, 1, 28, 28) as rows of features (n, 784), before scikit-learn's checks
     see them, so that ``n_features_in_`` counts pixels; anything else goes to the checks as it is."""
@@ -140,10 +146,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _validate(self, X, y, reset: bool):
         X, y = validate_data(self, _flat(X), y, reset=reset, dtype=None, ensure_all_finite=True)
-        if X.dtype.kind not in "biuf":
-            X = X.astype(np.float64)
         check_classification_targets(y)
-        return X.reshape(len(X), -1), y
+        return _numbers(X), y
 
     def _encode(self, y) -> np.ndarray:
         known = np.searchsorted(self.classes_, y)
@@ -248,10 +252,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (n, classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "model_")
-        X = validate_data(self, _flat(X), reset=False, dtype=None, ensure_all_finite=True)
-        if X.dtype.kind not in "biuf":
-            X = X.astype(np.float64)
-        X = X.reshape(len(X), -1)
+        X = _numbers(validate_data(self, _flat(X), reset=False, dtype=None, ensure_all_finite=True))
         if X.dtype != np.uint8:
             X = X.astype(self.model_.dtype)
         return self.model_.predict_proba(X).astype(np.float64)

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from cnnx.errors import CnnxError
+from cnnx.training.plots import PREVIEW_ROWS
 
 from .options import device_option, load_image_model
 
@@ -95,7 +96,7 @@ def predict(model_path, files, top, output_format, invert, preview, device):
                     "preprocessing": steps,
                 }
                 records.append(record)
-                if preview is not None:
+                if preview is not None and len(shown) < PREVIEW_ROWS:  # the preview draws no more
                     shown.append((images[i], image, record))
                 if output_format == "human":
                     where = str(path) if record["index"] is None else f"{path}[{i}]"
