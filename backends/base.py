@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,25 @@ class Backend:
         """Copy a device array (or a host one) to a new NumPy array: a copy on every backend, the CPU
         included, so writing into the result never changes the device array."""
         raise NotImplementedError
+
+    def split_batch(self, fn, n: int, work: int = 0) -> None:
+        """Call ``fn(part)`` for slices ``part`` that together cover ``range(n)``, once each.
+
+        This is how a layer runs a kernel over a batch (or over any axis it can cut: the columns of a
+        weight gradient, say). ``fn`` reads its ``part`` of the inputs and writes only its ``part`` of
+        outputs allocated beforehand, so the parts may run at the same time, and it must give the same
+        numbers however the range is cut. ``work`` is the number of elements the whole call touches; a
+        backend may run small calls in one piece. Here, and on a GPU (whose kernels are parallel
+        already), it is one call over the whole range; the CPU backend spreads large calls over threads.
+        """
+        fn(slice(0, n))
+
+    @contextmanager
+    def parallel_region(self):
+        """A block of work (a training run, an evaluation) in which :meth:`split_batch` has the machine
+        to itself. Nothing to arrange here or on a GPU; the CPU backend hands the cores from the BLAS
+        library's threads to its own (see ``NumpyBackend``). Blocks nest."""
+        yield
 
     def synchronize(self) -> None:
         """Wait until all queued device work is done (before reading a clock)."""

@@ -45,6 +45,7 @@ class CountingBackend(NumpyBackend):
     """The CPU backend, counting device-to-host reads (each one a synchronisation on a GPU)."""
 
     def __init__(self):
+        super().__init__()
         self.reads = 0
 
     def to_host(self, array):

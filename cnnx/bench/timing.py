@@ -164,13 +164,14 @@ class CnnxRunner(Runner):
 
     def _steps(self, batches, count: int, train: bool) -> None:
         backend, model = self.backend, self.model
-        for i in range(count):
-            x, labels = batches[i % len(batches)]
-            x = backend.to_device(x, self.dtype)
-            if train:
-                train_step(model, self.optimizer, x, backend.to_device(labels))
-            else:
-                model.forward(x, train=False)
+        with backend.parallel_region():  # as cnnx train's epochs run (see NumpyBackend)
+            for i in range(count):
+                x, labels = batches[i % len(batches)]
+                x = backend.to_device(x, self.dtype)
+                if train:
+                    train_step(model, self.optimizer, x, backend.to_device(labels))
+                else:
+                    model.forward(x, train=False)
 
     def synchronize(self) -> None:
         self.backend.synchronize()

@@ -66,43 +66,55 @@ def pad_nhwc(xp, x, padding: int):
     return out
 
 
+def fill_windows(xp, x, kh: int, kw: int, stride: int, out):
+    """Write the windows of an (already padded) NHWC array into ``out`` (N, OH, OW, kh, kw, C): the
+    window at (oh, ow) in (i, j, c) order, read through a strided view and written in one copy."""
+    windows = xp.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, kh, kw)
+    out[...] = windows[:, ::stride, ::stride].transpose(0, 1, 2, 4, 5, 3)
+    return out
+
+
 def im2col_nhwc(xp, x, kh: int, kw: int, stride: int = 1, out=None):
     """Unfold the windows of an (already padded) NHWC array into rows: (N*OH*OW, kh*kw*C).
 
     Row ``(n*OH + oh)*OW + ow`` holds the window at (oh, ow) in (i, j, c) order, the order of a weight
-    (F, kh, kw, C) flattened to (F, kh*kw*C). The windows are read through a strided view and written in
-    one copy, into ``out`` (shape (N, OH, OW, kh, kw, C)) when given: no intermediate array.
+    (F, kh, kw, C) flattened to (F, kh*kw*C). Written into ``out`` (shape (N, OH, OW, kh, kw, C)) when
+    given (see :func:`fill_windows`): no intermediate array.
     """
     n, h, w, c = x.shape
     oh = conv_output_size(h, kh, stride, 0)
     ow = conv_output_size(w, kw, stride, 0)
-    windows = xp.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, kh, kw)
-    windows = windows[:, ::stride, ::stride].transpose(0, 1, 2, 4, 5, 3)  # (N, OH, OW, kh, kw, C)
     if out is None:
         out = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    out[...] = windows
-    return out.reshape(n * oh * ow, kh * kw * c)
+    return fill_windows(xp, x, kh, kw, stride, out).reshape(n * oh * ow, kh * kw * c)
+
+
+def fill_taps(xp, x, kh: int, kw: int, stride: int, out):
+    """Write a single-channel (already padded) NHWC array into ``out`` (kh, kw, N, OH, OW) tap by tap:
+    ``out[i, j]`` is the image shifted by kernel offset (i, j), one strided copy of whole image rows."""
+    n, h, w, c = x.shape
+    if c != 1:
+        raise ValueError(f"im2col_taps unfolds single-channel images, got {c} channels")
+    oh, ow = out.shape[3], out.shape[4]
+    image = x.reshape(n, h, w)
+    for i in range(kh):
+        for j in range(kw):
+            out[i, j] = image[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
+    return out
 
 
 def im2col_taps(xp, x, kh: int, kw: int, stride: int = 1, out=None):
     """Unfold a single-channel (already padded) NHWC array tap by tap: (kh*kw, N*OH*OW).
 
     Row ``i*kw + j`` is the image shifted by kernel offset (i, j): the transpose of :func:`im2col_nhwc`'s
-    result when C == 1, built from kh*kw strided copies of whole image rows (into ``out``, shape
-    (kh, kw, N, OH, OW), when given).
+    result when C == 1 (see :func:`fill_taps`; into ``out``, shape (kh, kw, N, OH, OW), when given).
     """
     n, h, w, c = x.shape
-    if c != 1:
-        raise ValueError(f"im2col_taps unfolds single-channel images, got {c} channels")
     oh = conv_output_size(h, kh, stride, 0)
     ow = conv_output_size(w, kw, stride, 0)
     if out is None:
         out = xp.empty((kh, kw, n, oh, ow), dtype=x.dtype)
-    image = x.reshape(n, h, w)
-    for i in range(kh):
-        for j in range(kw):
-            out[i, j] = image[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
-    return out.reshape(kh * kw, n * oh * ow)
+    return fill_taps(xp, x, kh, kw, stride, out).reshape(kh * kw, n * oh * ow)
 
 
 def kernel_planes(w):
@@ -111,23 +123,51 @@ def kernel_planes(w):
     return w.transpose(2, 3, 0, 1).reshape(kh * kw, f, c)
 
 
+def fold_planes(xp, planes, out, stride: int = 1):
+    """Add what each tap sends back into the NHWC gradient ``out`` (N, H', W', C), zeroed by the caller.
+
+    ``planes`` is (kh, kw, N, OH, OW, C): plane (i, j) is contiguous, so folding it back is one
+    strided-slice addition of whole image rows; the kh*kw additions sum the overlaps without a scatter.
+    """
+    kh, kw, _, oh, ow, _ = planes.shape
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i : i + stride * oh : stride, j : j + stride * ow : stride] += planes[i, j]
+    return out
+
+
+def fold_tap_products(xp, dy, kernels, out, kh: int, kw: int, stride: int = 1):
+    """Add the input gradient of a convolution into the NHWC ``out`` (N, H', W', C), zeroed by the caller.
+
+    ``dy`` is (N*OH*OW, F) for the N images of ``out`` and ``kernels`` the (kh*kw, F, C) planes of
+    :func:`kernel_planes`. For each kernel offset (i, j), ``dy @ kernels[i*kw + j]`` is what that tap of
+    every window sends back, (N, OH, OW, C): it is added to the input pixels under the tap at once,
+    while it is still in cache, as one strided-slice addition of whole image rows. The same sums, in
+    the same order, as :func:`col2im_nhwc` of the batched product ``dy @ kernels``.
+    """
+    n, h, w, c = out.shape
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    plane = xp.empty((n * oh * ow, c), dtype=out.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp.matmul(dy, kernels[i * kw + j], out=plane)
+            out[:, i : i + stride * oh : stride, j : j + stride * ow : stride] += plane.reshape(n, oh, ow, c)
+    return out
+
+
 def col2im_nhwc(xp, planes, x_shape, kh: int, kw: int, stride: int = 1):
     """The adjoint of :func:`im2col_nhwc`, from the columns grouped by kernel offset.
 
     ``planes`` is (kh*kw, N*OH*OW, C): plane ``i*kw + j`` holds what the (i, j) tap of every window sends
-    back to its input pixel (one batched product ``dy @ kernel_planes(W)`` makes them). Each plane is
-    contiguous, so folding it back into the NHWC ``x_shape`` is one strided-slice addition of whole
-    image rows; the kh*kw additions sum the overlaps without a scatter.
+    back to its input pixel (one batched product ``dy @ kernel_planes(W)`` makes them); they are folded
+    into a new NHWC array of ``x_shape`` by :func:`fold_planes`.
     """
     n, h, w, c = x_shape
     oh = conv_output_size(h, kh, stride, 0)
     ow = conv_output_size(w, kw, stride, 0)
-    planes = planes.reshape(kh, kw, n, oh, ow, c)
     dx = xp.zeros((n, h, w, c), dtype=planes.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride] += planes[i, j]
-    return dx
+    return fold_planes(xp, planes.reshape(kh, kw, n, oh, ow, c), dx, stride)
 
 
 def bias_add_rows(xp, y, b, rows_per_image: int):
@@ -148,39 +188,60 @@ def bias_grad_rows(dy, rows_per_image: int):
     return dy.reshape(-1, rows_per_image * f).sum(axis=0).reshape(rows_per_image, f).sum(axis=0)
 
 
-def maxpool2x2_nhwc(xp, x, masks: bool = True):
+def maxpool2x2_nhwc(xp, x, masks: bool = True, out=None):
     """2x2 max pooling with stride 2 of an NHWC array (floor mode): (y, right, down) for the backward.
 
     The two columns of each window are compared first, then the two row maxima, so ties go to the first
     maximum in row-major order (the left column within a row, then the top row), as in the general
     path. ``right`` (N, 2*OH, OW, C) says the right column won within a row, ``down`` (N, OH, OW, C)
-    that the bottom row won. The columns are first copied out contiguously: elementwise operations on
-    the interleaved views are several times slower than the copies. Without ``masks`` (inference) the
-    masks are (None, None).
+    that the bottom row won. The columns are compared as strided views (in channels-last memory each
+    is a run of C contiguous numbers), without copying them out first. Without ``masks`` (inference)
+    the masks are (None, None). ``out`` is a (y, right, down) triple to write into (see
+    :func:`maxpool2x2_outputs`), new arrays when None.
     """
-    n, h, w, c = x.shape
-    oh, ow = h // 2, w // 2
-    x = x[:, : 2 * oh, : 2 * ow]
-    left, right_values = x[:, :, 0::2].copy(), x[:, :, 1::2].copy()  # (N, 2*OH, OW, C) each
-    right = (right_values > left) if masks else None
+    y, right, down = out if out is not None else maxpool2x2_outputs(xp, x.shape, x.dtype, masks)
+    oh, ow = y.shape[1], y.shape[2]
+    left, right_values = x[:, : 2 * oh, 0 : 2 * ow : 2], x[:, : 2 * oh, 1 : 2 * ow : 2]  # (N, 2*OH, OW, C)
+    if right is not None:
+        xp.greater(right_values, left, out=right)
     rows = xp.maximum(left, right_values)  # the maximum of each row pair
     top, bottom = rows[:, 0::2], rows[:, 1::2]  # whole image rows: cheap views
-    down = (bottom > top) if masks else None
-    return xp.maximum(top, bottom), right, down
+    if down is not None:
+        xp.greater(bottom, top, out=down)
+    xp.maximum(top, bottom, out=y)
+    return y, right, down
 
 
-def maxpool2x2_nhwc_backward(xp, dy, right, down, x_shape):
-    """Route dy (N, OH, OW, C) to the inputs :func:`maxpool2x2_nhwc` picked: dx of NHWC ``x_shape``."""
+def maxpool2x2_outputs(xp, x_shape, dtype, masks: bool = True):
+    """New (y, right, down) arrays for :func:`maxpool2x2_nhwc` of an NHWC input of ``x_shape``."""
+    n, h, w, c = x_shape
+    oh, ow = h // 2, w // 2
+    y = xp.empty((n, oh, ow, c), dtype=dtype)
+    if not masks:
+        return y, None, None
+    return y, xp.empty((n, 2 * oh, ow, c), dtype=bool), xp.empty((n, oh, ow, c), dtype=bool)
+
+
+def maxpool2x2_nhwc_backward(xp, dy, right, down, x_shape, out=None):
+    """Route dy (N, OH, OW, C) to the inputs :func:`maxpool2x2_nhwc` picked: dx of NHWC ``x_shape``
+    (written into ``out`` when given; it needs zeros only where a partial window was dropped).
+
+    Where a mask is set, the winner gets ``dy * mask`` and the loser ``dy - dy * mask``: for finite
+    numbers that is exactly dy and 0 (or 0 and dy), one pass each, with no negated mask to build.
+    """
     n, h, w, c = x_shape
     oh, ow = dy.shape[1], dy.shape[2]
     drows = xp.empty((n, 2 * oh, ow, c), dtype=dy.dtype)  # the gradient of each row maximum
-    xp.multiply(dy, down, out=drows[:, 1::2])
-    xp.multiply(dy, ~down, out=drows[:, 0::2])
-    edge = h != 2 * oh or w != 2 * ow  # a dropped partial window gets zeros
-    dx = xp.zeros(x_shape, dtype=dy.dtype) if edge else xp.empty(x_shape, dtype=dy.dtype)
-    dx[:, : 2 * oh, 1 : 2 * ow : 2] = drows * right
-    dx[:, : 2 * oh, 0 : 2 * ow : 2] = drows * ~right
-    return dx
+    bottom, top = drows[:, 1::2], drows[:, 0::2]
+    xp.multiply(dy, down, out=bottom)
+    xp.subtract(dy, bottom, out=top)
+    if out is None:
+        edge = h != 2 * oh or w != 2 * ow  # a dropped partial window gets zeros
+        out = xp.zeros(x_shape, dtype=dy.dtype) if edge else xp.empty(x_shape, dtype=dy.dtype)
+    right_grad, left_grad = out[:, : 2 * oh, 1 : 2 * ow : 2], out[:, : 2 * oh, 0 : 2 * ow : 2]
+    xp.multiply(drows, right, out=right_grad)
+    xp.subtract(drows, right_grad, out=left_grad)
+    return out
 
 
 def log_softmax(xp, z, axis: int = -1):

@@ -157,12 +157,15 @@ class Sequential(Layer):
         (N, 784) for a 1x28x28 model. Computed in batches of ``batch_size``."""
         x = self._as_inputs(images)
         out = []
-        for start in range(0, len(x), batch_size):
-            chunk = x[start : start + batch_size]
-            if chunk.dtype == np.uint8:  # host
-                chunk = chunk.astype(self.dtype) / np.asarray(255, self.dtype)  # host: scale as training does
-            batch = self.backend.to_device(chunk, self.dtype)
-            out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
+        with self.backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
+            for start in range(0, len(x), batch_size):
+                chunk = x[start : start + batch_size]
+                if chunk.dtype == np.uint8:  # host
+                    chunk = chunk.astype(self.dtype) / np.asarray(
+                        255, self.dtype
+                    )  # host: scale as training does
+                batch = self.backend.to_device(chunk, self.dtype)
+                out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
         if not out:
             return np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)  # host
         return np.concatenate(out)  # host

@@ -109,7 +109,8 @@ class Run:
         """Train the remaining epochs; returns the last epoch's test predictions."""
         predictions = None
         for epoch in range(self.epoch_done + 1, epochs + 1):
-            row, predictions = self.epoch(epoch, reporter)
+            with self.model.backend.parallel_region():  # the pool's threads for the epoch (NumpyBackend)
+                row, predictions = self.epoch(epoch, reporter)
             self.history.append(row)
             self.epoch_done, self.batch_done, self.partial = epoch, 0, fresh_partial()
             reporter.end(row)

@@ -36,6 +36,18 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     Returns ``(loss, accuracy, predictions)`` as host values: a float, a float and an int64 vector.
     """
     backend, xp = model.backend, model.xp
+    with backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
+        loss_sum, predictions = _evaluate(model, images, labels, batch_size)
+    if not predictions:
+        return math.nan, math.nan, np.zeros(0, np.int64)  # nothing to measure: no number, not a zero
+    predicted = backend.to_host(xp.concatenate(predictions)).astype(np.int64)
+    n = len(images)
+    return float(backend.to_host(loss_sum)) / n, float((predicted == labels).mean()), predicted
+
+
+def _evaluate(model, images, labels, batch_size: int):
+    """The summed loss (a 0-d device array) and the batches' predicted classes (device arrays)."""
+    backend, xp = model.backend, model.xp
     loss_sum = xp.zeros((), dtype="float64")
     predictions = []
     for start in range(0, len(images), batch_size):
@@ -47,8 +59,4 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
         loss, _ = softmax_cross_entropy(xp, logits, y)
         loss_sum += loss * x.shape[0]
         predictions.append(logits.argmax(axis=1))
-    if not predictions:
-        return math.nan, math.nan, np.zeros(0, np.int64)  # nothing to measure: no number, not a zero
-    predicted = backend.to_host(xp.concatenate(predictions)).astype(np.int64)
-    n = len(images)
-    return float(backend.to_host(loss_sum)) / n, float((predicted == labels).mean()), predicted
+    return loss_sum, predictions

@@ -16,20 +16,29 @@ class ReLU(Layer):
     def forward(self, x, train=True):
         # Image batches are computed in NHWC order (see functional.py), so the result keeps the channels-last
         # memory of the convolution before it on CuPy too, which does not promise to keep an input's layout.
-        image = x.ndim == 4
+        xp, image = self.xp, x.ndim == 4
         if image:
             x = F.to_nhwc(x)
-        y = self.xp.maximum(x, 0)
-        self.mask = (x > 0) if train else None
+        y = xp.empty(x.shape, dtype=x.dtype)
+        mask = xp.empty(x.shape, dtype=bool) if train else None
+
+        def part(s):
+            xp.maximum(x[s], 0, out=y[s])
+            if train:
+                xp.greater(x[s], 0, out=mask[s])
+
+        self.backend.split_batch(part, x.shape[0], x.size)
+        self.mask = mask
         return F.to_nchw(y) if image else y
 
     def backward(self, dy):
-        if dy.ndim == 4:
-            dx = F.to_nchw(F.to_nhwc(dy) * self.mask)
-        else:
-            dx = dy * self.mask
+        xp, image, mask = self.xp, dy.ndim == 4, self.mask
+        if image:
+            dy = F.to_nhwc(dy)
+        dx = xp.empty(dy.shape, dtype=dy.dtype)
+        self.backend.split_batch(lambda s: xp.multiply(dy[s], mask[s], out=dx[s]), dy.shape[0], dy.size)
         self.mask = None
-        return dx
+        return F.to_nchw(dx) if image else dx
 
 
 @register_layer()

@@ -67,27 +67,47 @@ class Conv2D(Layer):
         # Channels last inside: each window row is a contiguous run and the product below is one GEMM
         # whose (N*OH*OW, F) result is already the NHWC output (see functional.py).
         x = F.pad_nhwc(xp, F.to_nhwc(x), self.padding)  # (N, H', W', C)
-        kernels = self._kernel_matrix()  # (F, K)
+        kernels, b = self._kernel_matrix(), self.params["b"]  # (F, K), (F,)
+        q, k = oh * ow, self.kh * self.kw * c  # output pixels per image, numbers per window
+        y = xp.empty((n * q, self.out_channels), dtype=self.dtype)
         if self._by_tap:
             buffer = self._cols_buffer((self.kh, self.kw, n, oh, ow), train)
-            cols = F.im2col_taps(xp, x, self.kh, self.kw, self.stride, out=buffer)  # (K, N*OH*OW)
-            y = xp.matmul(cols.T, kernels.T)  # (N*OH*OW, F)
+            cols = buffer.reshape(k, n * q)
         else:
             buffer = self._cols_buffer((n, oh, ow, self.kh, self.kw, c), train)
-            cols = F.im2col_nhwc(xp, x, self.kh, self.kw, self.stride, out=buffer)  # (N*OH*OW, K)
-            y = xp.matmul(cols, kernels.T)  # (N*OH*OW, F)
-        F.bias_add_rows(xp, y, self.params["b"], oh * ow)
+            cols = buffer.reshape(n * q, k)
+
+        def part(s):  # images s: unfold them, multiply their rows, add the bias
+            rows = slice(s.start * q, s.stop * q)
+            if self._by_tap:
+                F.fill_taps(xp, x[s], self.kh, self.kw, self.stride, buffer[:, :, s])
+                xp.matmul(cols[:, rows].T, kernels.T, out=y[rows])
+            else:
+                F.fill_windows(xp, x[s], self.kh, self.kw, self.stride, buffer[s])
+                xp.matmul(cols[rows], kernels.T, out=y[rows])
+            F.bias_add_rows(xp, y[rows], b, q)
+
+        self.backend.split_batch(part, n, cols.size)
         self.cols, self.x_shape = (cols, x.shape) if train else (None, None)
         return F.to_nchw(y.reshape(n, oh, ow, self.out_channels))
 
     def backward(self, dy):
-        dy = self._param_grads(dy)
-        if self._by_tap:
-            planes = self.xp.matmul(self._kernel_matrix().T, dy.T)  # (K, N*OH*OW): one plane per tap, C = 1
-        else:
-            # One product per kernel offset (batched): each plane comes out contiguous, ready to fold back.
-            planes = self.xp.matmul(dy, F.kernel_planes(self.params["W"]))  # (kh*kw, N*OH*OW, C)
-        dx = F.col2im_nhwc(self.xp, planes, self.x_shape, self.kh, self.kw, self.stride)  # (N, H', W', C)
+        oh, ow = dy.shape[2], dy.shape[3]
+        dy = self._param_grads(dy)  # (N*OH*OW, F)
+        xp, (n, c), q = self.xp, (self.x_shape[0], self.x_shape[3]), oh * ow
+        kernels = self._kernel_matrix().T if self._by_tap else F.kernel_planes(self.params["W"])
+        dx = xp.empty(self.x_shape, dtype=dy.dtype)  # (N, H', W', C)
+
+        def part(s):  # what images s send back through every tap, folded into their dx
+            rows = slice(s.start * q, s.stop * q)
+            dx[s] = 0
+            if self._by_tap:
+                planes = xp.matmul(kernels, dy[rows].T)  # (K, rows): one plane per tap, C = 1
+                F.fold_planes(xp, planes.reshape(self.kh, self.kw, -1, oh, ow, 1), dx[s], self.stride)
+            else:  # one product per kernel offset, each added in while it is in cache
+                F.fold_tap_products(xp, dy[rows], kernels, dx[s], self.kh, self.kw, self.stride)
+
+        self.backend.split_batch(part, n, n * q * self.kh * self.kw * c)
         p = self.padding
         if p:
             dx = dx[:, p : dx.shape[1] - p, p : dx.shape[2] - p]
@@ -101,7 +121,17 @@ class Conv2D(Layer):
         xp = self.xp
         n, f, oh, ow = dy.shape
         dy = F.to_nhwc(dy).reshape(n * oh * ow, f)  # free when dy is channels last, as ours is
-        dw = xp.matmul(self.cols, dy).T if self._by_tap else xp.matmul(dy.T, self.cols)  # (F, K)
+        k = self.kh * self.kw * self.in_channels
+
+        if self._by_tap:  # (K, rows) @ (rows, F): a tiny result from long sums, fastest in one piece
+            dw = xp.matmul(self.cols, dy).T
+        else:
+            dw = xp.empty((f, k), dtype=dy.dtype)
+
+            def part(s):  # columns s of dW: each part sums over every row, so the cut changes no number
+                dw[:, s] = xp.matmul(dy.T, self.cols[:, s])  # (F, rows) @ (rows, K part)
+
+            self.backend.split_batch(part, k, self.cols.size)
         self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
         self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
         self.cols = None
@@ -128,14 +158,14 @@ class Conv2D(Layer):
 
         Training sets its size. Inference borrows it when the shape fits (the columns are not kept, and
         a backward needs a training forward first anyway) but never grows it, so evaluating in large
-        batches leaves no large buffer behind; it gets None, a fresh array, otherwise.
+        batches leaves no large buffer behind; it gets a fresh array otherwise.
         """
         if self._cols_cache is not None and self._cols_cache.shape == shape:
             return self._cols_cache
-        if not train:
-            return None
-        self._cols_cache = self.xp.empty(shape, dtype=self.dtype)
-        return self._cols_cache
+        fresh = self.xp.empty(shape, dtype=self.dtype)
+        if train:
+            self._cols_cache = fresh
+        return fresh
 
     def output_shape(self, input_shape):
         c, h, w = input_shape

@@ -27,9 +27,17 @@ class MaxPool2D(Layer):
 
     def forward(self, x, train=True):
         if self.k == self.stride == 2:
-            # The report's pooling: two elementwise maxima over channels-last rows, no window copies.
-            y, right, down = F.maxpool2x2_nhwc(self.xp, F.to_nhwc(x), masks=train)
-            self.saved = ("2x2", right, down, F.to_nhwc(x).shape) if train else None
+            # The report's pooling: two elementwise maxima over channels-last rows, no window copies,
+            # over parts of the batch at once where the backend has threads.
+            xp, x = self.xp, F.to_nhwc(x)
+            out = F.maxpool2x2_outputs(xp, x.shape, x.dtype, masks=train)
+            self.backend.split_batch(
+                lambda s: F.maxpool2x2_nhwc(xp, x[s], out=tuple(a if a is None else a[s] for a in out)),
+                x.shape[0],
+                x.size,
+            )
+            y, right, down = out
+            self.saved = ("2x2", right, down, x.shape) if train else None
             return F.to_nchw(y)
         windows = F.pool_windows(self.xp, x, self.k, self.stride)  # (k*k, N, C, OH, OW)
         self.saved = ("windows", windows.argmax(axis=0), None, x.shape) if train else None
@@ -39,7 +47,16 @@ class MaxPool2D(Layer):
         path, first, second, x_shape = self.saved
         self.saved = None
         if path == "2x2":
-            return F.to_nchw(F.maxpool2x2_nhwc_backward(self.xp, F.to_nhwc(dy), first, second, x_shape))
+            xp, dy = self.xp, F.to_nhwc(dy)
+            n, h, w, _ = x_shape
+            edge = h % 2 or w % 2  # a dropped partial window gets zeros
+            dx = xp.zeros(x_shape, dtype=dy.dtype) if edge else xp.empty(x_shape, dtype=dy.dtype)
+            self.backend.split_batch(
+                lambda s: F.maxpool2x2_nhwc_backward(xp, dy[s], first[s], second[s], dx[s].shape, out=dx[s]),
+                n,
+                dx.size,
+            )
+            return F.to_nchw(dx)
         return F.unpool_argmax(self.xp, dy, first, x_shape, self.k, self.stride)
 
     def output_shape(self, input_shape):
