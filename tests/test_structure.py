@@ -21,6 +21,7 @@ RANKS = {
     "training": 3,
     "bench": 4,
     "sklearn": 4,
+    "experiments": 4,
     "cli": 5,
 }
 LEAVES = {"cnnx.errors", "cnnx.checks", "cnnx.fileio", "cnnx.version"}

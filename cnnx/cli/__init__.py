@@ -1,5 +1,5 @@
 """The ``cnnx`` command line (click): one small module per command, each a thin layer over the packages
-below (training, io, data, bench).
+below (training, io, data, bench, experiments).
 
 A problem the user can fix (a :class:`~cnnx.errors.CnnxError`, or the operating system refusing a file)
 ends the command with one line, ``cnnx: error: <message>``, on stderr and exit status 1; click's own
@@ -15,6 +15,7 @@ from cnnx.version import __version__
 
 from .bench import bench
 from .evaluate import evaluate
+from .experiment import experiment
 from .info import info
 from .predict import predict
 from .train import train
@@ -54,7 +55,7 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-for _command in (train, evaluate, predict, info, bench):
+for _command in (train, evaluate, predict, info, bench, experiment):
     cli.add_command(_command)
 
 

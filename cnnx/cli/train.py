@@ -30,6 +30,9 @@ FIELDS = {
     "dtype": "dtype",
     "checkpoint_every": "checkpoint_every",
     "on_divergence": "on_divergence",
+    "max_steps": "max_steps",
+    "log_every": "log_every",
+    "eval_every": "eval_every",
 }
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
@@ -51,7 +54,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     metavar="RUN.toml",
     help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
     "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
-    "checkpoint_every, on_divergence); options given here override the file.",
+    "checkpoint_every, on_divergence, max_steps, log_every, eval_every); options given here override the "
+    "file.",
 )
 @device_option(DEFAULTS.device)
 @model_option(DEFAULTS.model)
@@ -128,13 +132,36 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     "checkpoint stays), or skip that step and count it (costs one device read-back per step).",
 )
 @click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Stop after N optimizer steps in all, in the middle of an epoch if need be (--epochs still caps "
+    "the run).",
+)
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Record the mean training loss of every N steps (metrics.json curves).",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Evaluate on the test set every K steps, into metrics.json curves (each costs one test pass).",
+)
+@click.option(
     "--resume",
     "resume_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="RUN_DIR",
-    help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings (--epochs may "
-    "extend it; --lr, --device, --data-dir, --checkpoint-every and --on-divergence may change).",
+    help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings (--epochs and "
+    "--max-steps may extend it; --lr, --device, --data-dir, --checkpoint-every, --on-divergence, "
+    "--log-every and --eval-every may change).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context

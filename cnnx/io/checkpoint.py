@@ -53,6 +53,7 @@ _META = {
     "optimizer": (lambda v: isinstance(v, dict), "an object"),
 }
 _PARTIAL = {"loss_sum": float, "correct": int, "counted": int, "skipped": int, "seconds": float}
+_PARTIAL_OPTIONAL = {"window_loss": float, "window_count": int}  # the step curve's open window (cnnx 0.3)
 # A history row's fields: losses may be null (written for NaN, e.g. the test loss of an empty test set).
 _ROW_NUMBERS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
 
@@ -75,8 +76,10 @@ def load_checkpoint(path) -> Checkpoint:
         if key not in meta or not ok(meta[key]):
             raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}")
     _check_history(path, meta["history"])
+    _check_curves(path, meta.get("curves", {"train": [], "test": []}))
     partial = meta["partial"]
-    for key, kind in _PARTIAL.items():
+    optional = {key: kind for key, kind in _PARTIAL_OPTIONAL.items() if key in partial}
+    for key, kind in {**_PARTIAL, **optional}.items():
         value = partial.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
             raise CheckpointError(f"{path}: checkpoint field partial.{key} must be a number")
@@ -90,8 +93,10 @@ def _check_history(path, history: list[dict]) -> None:
     """Each row: epoch n (1, 2, ...), finite numbers or null for the measures, skipped a count."""
     for n, row in enumerate(history, start=1):
         where = f"{path}: checkpoint history row {n}"
-        if set(row) != {"epoch", "skipped", *_ROW_NUMBERS}:
+        if set(row) - {"batches"} != {"epoch", "skipped", *_ROW_NUMBERS}:
             raise CheckpointError(f"{where} has fields {sorted(row)}, not those of a cnnx history row")
+        if "batches" in row and not (_count(row["batches"]) and row["batches"] >= 1):
+            raise CheckpointError(f"{where}: batches (of an epoch cut short) must be a whole number >= 1")
         if row["epoch"] != n or isinstance(row["epoch"], bool) or not _count(row["skipped"]):
             raise CheckpointError(f"{where}: epoch must be {n} and skipped a whole number >= 0")
         for key in _ROW_NUMBERS:
@@ -100,3 +105,22 @@ def _check_history(path, history: list[dict]) -> None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise CheckpointError(f"{where}: {key} must be a finite number or null, not {value!r}")
+
+
+def _number_or_null(value) -> bool:
+    return value is None or (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    )
+
+
+def _check_curves(path, curves) -> None:
+    """Step curves: train rows [step, loss or null], test rows [step, loss or null, accuracy or null]."""
+    ok = isinstance(curves, dict) and set(curves) == {"train", "test"}
+    for key, width in (("train", 2), ("test", 3)):
+        rows = curves.get(key) if ok else None
+        ok = ok and isinstance(rows, list) and all(
+            isinstance(r, list) and len(r) == width and _count(r[0]) and all(map(_number_or_null, r[1:]))
+            for r in rows
+        )  # fmt: skip
+    if not ok:
+        raise CheckpointError(f"{path}: checkpoint field 'curves' must hold train and test rows of numbers")

@@ -34,7 +34,11 @@ MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean 
 # What identifies a run: resuming with another value of any of these is a different run.
 IDENTITY = ("model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit")
 # What may change when a run is resumed.
-CHANGEABLE = ("epochs", "lr", "device", "data_dir", "checkpoint_every", "on_divergence")
+CHANGEABLE = (
+    "epochs", "max_steps", "lr", "device", "data_dir", "checkpoint_every", "on_divergence", "log_every",
+    "eval_every",
+)  # fmt: skip
+MAX_STEPS = 100_000_000
 
 
 def _optional(check):
@@ -74,6 +78,9 @@ _CHECKS = {
     "limit": (_optional(_whole(1)), "a whole number >= 1"),
     "checkpoint_every": (_optional(_whole(1)), "a whole number >= 1"),
     "on_divergence": (lambda v: v in DIVERGENCE_MODES, f"one of {', '.join(DIVERGENCE_MODES)}"),
+    "max_steps": (_optional(_whole(1, MAX_STEPS)), f"a whole number from 1 to {MAX_STEPS:,}"),
+    "log_every": (_optional(_whole(1)), "a whole number >= 1"),
+    "eval_every": (_optional(_whole(1)), "a whole number >= 1"),
 }
 
 
@@ -89,7 +96,12 @@ class RunConfig:
     - ``epochs``, ``batch_size``, ``seed`` (initial weights, random streams and batch order);
     - ``device`` (cpu, gpu or auto) and ``dtype``;
     - ``data_dir`` (None: search, then download) and ``limit`` (a class-balanced subset of N images);
-    - ``checkpoint_every`` (steps; None: at epoch ends only) and ``on_divergence`` (stop or skip).
+    - ``checkpoint_every`` (steps; None: at epoch ends only) and ``on_divergence`` (stop or skip);
+    - ``max_steps``: stop after this many optimizer steps in all, in the middle of an epoch if need be
+      (the last history row then covers a partial epoch); ``epochs`` still caps the run. None: whole
+      epochs only;
+    - step curves: ``log_every`` records the mean training loss of every N steps, ``eval_every`` the
+      test loss and accuracy every K steps (``metrics.json`` ``curves``; None: neither).
     """
 
     model: str | list = "seed"
@@ -106,6 +118,9 @@ class RunConfig:
     limit: int | None = None
     checkpoint_every: int | None = None
     on_divergence: str = "stop"
+    max_steps: int | None = None
+    log_every: int | None = None
+    eval_every: int | None = None
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable

@@ -59,6 +59,9 @@ def train_run(
     check_every: int = 50,
     checkpoint_every: int | None = None,
     on_divergence: str = "stop",
+    max_steps: int | None = None,
+    log_every: int | None = None,
+    eval_every: int | None = None,
     max_skips: int = MAX_SKIPS,
     stop=None,
     resume: bool = False,
@@ -82,6 +85,12 @@ def train_run(
     another run took first gets a numeric suffix instead of being an error. ``on_start(run)`` is called
     once the run directory is claimed and the record written, before the first step.
 
+    ``max_steps`` ends the run after that many optimizer steps in all, in the middle of an epoch if need
+    be (that epoch's history row then says how many ``batches`` it trained); ``epochs`` still caps it.
+    ``log_every`` and ``eval_every`` draw step curves into ``metrics.json`` ``curves`` (and the
+    checkpoint): the mean training loss of every ``log_every`` steps, and the test loss and accuracy
+    every ``eval_every`` steps and at each epoch end.
+
     ``stop`` is polled once per step (any object with a ``requested`` attribute, see
     :class:`cnnx.training.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is
     written and :class:`TrainingInterrupted` is raised. A non-finite loss or gradient raises
@@ -90,8 +99,11 @@ def train_run(
     in a row were skipped). Running out of memory raises :class:`ResourceError` naming the batch size.
     """
     _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips, progress, on_divergence)
+    for name, value in (("max_steps", max_steps), ("log_every", log_every), ("eval_every", eval_every)):
+        if value is not None and (not is_whole_number(value) or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
     run = Run(model, optimizer, dataset, batch_size, check_every, checkpoint_every, on_divergence, max_skips)
-    run.stop = stop
+    run.stop, run.max_steps, run.log_every, run.eval_every = stop, max_steps, log_every, eval_every
     if batch_size > len(run.images):
         raise ConfigError(
             f"batch size {batch_size} is larger than the training set ({len(run.images)} images)"
@@ -121,6 +133,7 @@ def train_run(
         run.out = None if out_dir is None else prepare_run_dir(out_dir, need_bytes=need, unique=unique_dir)
         run.rng = shuffle_rng(seed)
     record["status"] = "running"
+    record["curves"] = run.curves  # the run's own lists: every record written carries them as they grow
     run.record = record
     run.write_record()
     if on_start is not None:

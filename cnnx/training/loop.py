@@ -24,8 +24,20 @@ from .step import evaluate, train_step
 
 
 def fresh_partial() -> dict:
-    """The host sums of an epoch's finished batches, as a checkpoint stores them."""
-    return {"loss_sum": 0.0, "correct": 0, "counted": 0, "skipped": 0, "seconds": 0.0}
+    """The host sums of an epoch's finished batches, as a checkpoint stores them (with the training-loss
+    sum and image count of the step curve's open window)."""
+    return {"loss_sum": 0.0, "correct": 0, "counted": 0, "skipped": 0, "seconds": 0.0, "window_loss": 0.0,
+            "window_count": 0}  # fmt: skip
+
+
+def fresh_curves() -> dict:
+    """Step curves: ``train`` rows [step, mean training loss of the last log_every steps], ``test`` rows
+    [step, test loss, test accuracy]; a value that is not finite is None."""
+    return {"train": [], "test": []}
+
+
+def _finite_or_none(value: float):
+    return value if math.isfinite(value) else None
 
 
 class Run:
@@ -55,6 +67,9 @@ class Run:
         self.consecutive_skips = 0
         self.snapshot = None if self.skip else Snapshot(model, optimizer)  # skip mode never updates badly
         self.stop, self.stopping, self.out, self.record = None, None, None, None
+        # Step-level settings (RunConfig's max_steps, log_every, eval_every) and the curves they draw.
+        self.max_steps = self.log_every = self.eval_every = None
+        self.curves = fresh_curves()
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
 
     # -- resuming -------------------------------------------------------------------------------
@@ -101,7 +116,13 @@ class Run:
         except (TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: the shuffle generator state is unusable ({exc})") from None
         self.epoch_done, self.batch_done, self.step = done, batch, meta["step"]
-        self.history, self.partial = list(meta["history"]), dict(meta["partial"])
+        self.history, self.partial = list(meta["history"]), {**fresh_partial(), **meta["partial"]}
+        self.curves = {**fresh_curves(), **meta.get("curves", {})}
+        if self.max_steps is not None and self.step >= self.max_steps and batch == 0:
+            raise ConfigError(
+                f"the run in {path.parent} already took its {self.step} steps: ask for more than "
+                f"{self.step} steps to train further"
+            )
 
     # -- training -------------------------------------------------------------------------------
 
@@ -118,9 +139,15 @@ class Run:
                 self.save(self.rng.bit_generator.state)
                 self.record.update(results(self.history, self.test_labels, predictions, self.num_classes))
                 self.write_record()
+            if self.steps_done():
+                break
             if self.stopping and epoch < epochs:
                 raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch + 1, 0)
         return predictions
+
+    def steps_done(self) -> bool:
+        """Whether the run has taken its ``max_steps`` optimizer steps."""
+        return self.max_steps is not None and self.step >= self.max_steps
 
     def epoch(self, epoch: int, reporter: Reporter) -> tuple[dict, np.ndarray]:
         """Train on the epoch's batches (those not done yet, when resumed), then evaluate: (history row,
@@ -134,12 +161,18 @@ class Run:
         loss_sum = backend.to_device(np.array(p["loss_sum"], np.float64), "float64")
         correct = backend.to_device(np.array(p["correct"], np.int64), "int64")
         counted, skipped = p["counted"], p["skipped"]
+        window = backend.to_device(np.array(p["window_loss"], np.float64), "float64")  # the step curve's
+        window_count = p["window_count"]
+        last = done  # the last batch trained (fewer than self.batches when max_steps ends the epoch early)
         first_bad = xp.zeros((), dtype="int64")  # 1-based index of the first non-finite batch; 0: none
         if self.snapshot is not None:
             self.snapshot.take(done)
         self.current = (epoch, order, base_step)
         reporter.start(epoch, done)
         for batch in range(done + 1, self.batches + 1):
+            if self.steps_done():
+                break
+            last = batch
             x, y = self.batch(order, batch)
             if self.skip:
                 outcome = train_step(model, self.optimizer, x, y, skip_nonfinite=True)
@@ -154,7 +187,15 @@ class Run:
                 loss_sum += outcome[0]
                 correct += outcome[1]
                 counted += len(x)
+                window += outcome[0]
+                window_count += len(x)
                 first_bad += (~xp.isfinite(outcome[0]) & (first_bad == 0)) * batch  # stays on the device
+            if self.log_every is not None and self.step % self.log_every == 0:
+                mean = float(backend.to_host(window)) / window_count if window_count else math.nan
+                self.curves["train"].append([self.step, _finite_or_none(mean)])
+                window, window_count = xp.zeros((), dtype="float64"), 0
+            if self.eval_every is not None and self.step % self.eval_every == 0:
+                self.evaluate_now()
             text = None
             if batch % self.check_every == 0 and batch < self.batches:
                 running = float(backend.to_host(loss_sum)) / max(counted, 1)
@@ -175,6 +216,8 @@ class Run:
                     "counted": counted,
                     "skipped": skipped,
                     "seconds": p["seconds"] + time.perf_counter() - started,
+                    "window_loss": float(backend.to_host(window)),
+                    "window_count": window_count,
                 }
                 if self.out is not None:
                     self.save(rng_before)
@@ -185,7 +228,7 @@ class Run:
                 f"training diverged: every step of epoch {epoch} was skipped; {self.last_good()}"
             )
         train_loss = float(backend.to_host(loss_sum)) / counted
-        self.check_finite(train_loss, first_bad, epoch, order, base_step, self.batches)
+        self.check_finite(train_loss, first_bad, epoch, order, base_step, last)
         train_accuracy = int(backend.to_host(correct)) / counted
         test_loss, test_accuracy, predictions = evaluate(
             model, self.test_images, self.test_labels, self.batch_size
@@ -197,7 +240,20 @@ class Run:
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                "test_loss": test_loss, "test_accuracy": test_accuracy, "skipped": skipped,
                "seconds": seconds}  # fmt: skip
+        if last < self.batches:  # max_steps ended the epoch early
+            row["batches"] = last
+        if self.eval_every is not None and (
+            not self.curves["test"] or self.curves["test"][-1][0] != self.step
+        ):
+            self.curves["test"].append([self.step, _finite_or_none(test_loss), test_accuracy])
         return row, predictions
+
+    def evaluate_now(self) -> None:
+        """A point of the test curve at the current step; the record is rewritten with it, so a run
+        that dies keeps its curves up to there."""
+        loss, accuracy, _ = evaluate(self.model, self.test_images, self.test_labels, self.batch_size)
+        self.curves["test"].append([self.step, _finite_or_none(loss), accuracy])
+        self.write_record()
 
     def batch(self, order: np.ndarray, batch: int):
         """The device arrays of the 1-based ``batch`` of an epoch ordered by ``order``."""
@@ -259,7 +315,7 @@ class Run:
         """Write the checkpoint for the current position (its weights checked finite first)."""
         meta = {"epoch": self.epoch_done, "batch": self.batch_done, "step": self.step, "rng_state": rng_state,
                 "history": self.history, "partial": self.partial, "settings": self.record["config"],
-                "optimizer": self.optimizer.config()}  # fmt: skip
+                "optimizer": self.optimizer.config(), "curves": self.curves}  # fmt: skip
         try:
             check_weights(self.model)
             self.write(self.out / CHECKPOINT, lambda: save_checkpoint(self.out / CHECKPOINT, self.model,
@@ -280,6 +336,8 @@ class Run:
             raise ResourceError(f"could not write {path} ({reason}); {self.last_good()}") from None
 
     def write_record(self) -> None:
+        if self.record is not None:
+            self.record["steps_done"] = self.step
         if self.out is not None:
             self.write(self.out / METRICS, lambda: write_json(self.out / METRICS, self.record))
 
@@ -287,6 +345,6 @@ class Run:
         """Record how the run ended; a record that cannot be written must not hide the real error."""
         if self.out is None:
             return
-        self.record.update(status=status, **fields)
+        self.record.update(status=status, steps_done=self.step, **fields)
         with contextlib.suppress(OSError, CnnxError):
             write_json(self.out / METRICS, self.record)

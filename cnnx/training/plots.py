@@ -52,6 +52,27 @@ def plot_curves(history: Sequence[dict], path) -> Path:
     return _save(figure, path)
 
 
+def plot_step_curves(series: Sequence[tuple], path, title: str) -> Path:
+    """Several runs overlaid against optimizer steps: test accuracy on the left, training loss (log
+    scale) on the right. ``series`` holds (label, [(step, accuracy)], [(step, loss)]) per run."""
+    figure = _figure(10, 3.8)
+    accuracy_axes, loss_axes = figure.subplots(1, 2)
+    for label, test, train in series:
+        if test:
+            accuracy_axes.plot(*zip(*test, strict=True), marker=".", markersize=3, label=label)
+        if train:
+            loss_axes.plot(*zip(*train, strict=True), linewidth=1, label=label)
+    accuracy_axes.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1))
+    loss_axes.set(xlabel="optimizer step", ylabel="training loss (mean of the logged steps)")
+    if any(train for _, _, train in series):
+        loss_axes.set_yscale("log")
+    for axes in (accuracy_axes, loss_axes):
+        axes.grid(alpha=0.3)
+    accuracy_axes.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path) -> Path:
     """The confusion matrix as a heat map with counts in each cell (rows = true class)."""
     matrix = np.asarray(matrix)

@@ -62,6 +62,11 @@ def resume_config(run_dir, given: dict | None = None) -> RunConfig:
         raise ConfigError(f"{unknown[0]} is not a setting of a run")
     config = recorded.replace(**{key: value for key, value in given.items() if key in CHANGEABLE})
     done, batch = meta["epoch"], meta["batch"]
+    if config.max_steps is not None and meta["step"] >= config.max_steps and batch == 0:
+        raise ConfigError(
+            f"the run in {run_dir} already took its {meta['step']} steps: "
+            f"pass --max-steps N with N > {meta['step']} to train further"
+        )
     if done >= config.epochs and batch == 0:
         raise ConfigError(
             f"the run in {run_dir} already completed its {done} epochs: "

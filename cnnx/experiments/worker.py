@@ -1,0 +1,51 @@
+"""One run of an experiment grid, in a process of its own: ``python -m cnnx.experiments.worker TASK_JSON``.
+
+The grid starts one such process per run, so a run that crashes, runs out of memory or is killed takes
+nothing else with it, and its last checkpoint lets the next ``cnnx experiment run`` resume it. The task
+is a JSON object: ``config`` (RunConfig fields), ``run_dir``, ``resume`` and ``threads`` (the BLAS and
+thread-pool cap for this run; the grid divides the cores between the runs that share a machine).
+
+Exit status: 0 completed, 3 diverged (recorded in metrics.json, a result like any other), 1 failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+DIVERGED = 3
+
+
+def main(argv: list[str]) -> int:
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    from cnnx.data import load_fashion_mnist
+    from cnnx.errors import CnnxError, DivergenceError
+    from cnnx.training import RunConfig, run_training
+
+    task = json.loads(argv[0])
+    config = RunConfig.from_dict(task["config"])
+    threads = task.get("threads")
+    limits = threadpool_limits(limits=threads, user_api="blas") if threads else None
+    try:
+        dataset = load_fashion_mnist(config.data_dir, limit=config.limit)
+        if config.max_steps is not None:  # enough epochs for the steps; max_steps ends the run
+            batches = -(-len(dataset.train_images) // config.batch_size)
+            config = config.replace(epochs=max(1, -(-config.max_steps // batches)))
+        run_training(
+            config, task["run_dir"], resume=task.get("resume", False), dataset=dataset, progress="none"
+        )
+    except DivergenceError as exc:
+        print(f"diverged: {exc}", file=sys.stderr)
+        return DIVERGED
+    except CnnxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
