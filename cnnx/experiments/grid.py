@@ -5,8 +5,8 @@ once through joblib, on this machine or on a Dask cluster.
 - A finished run (completed, or diverged: that is a result too) with the same settings is reused
   unless ``force``; a run that stopped early (a killed worker, a failure) is resumed from its last
   checkpoint, or started again when it has none.
-- Locally, ``jobs`` runs go at once and each gets ``cores // jobs`` threads (BLAS and cnnx's pool), so
-  they do not oversubscribe the cores. With ``cluster``, joblib's Dask backend sends the runs to the
+- Locally, ``jobs`` runs go at once, longest first, and each gets ``cores // jobs`` threads (BLAS and
+  cnnx's pool), so they do not oversubscribe the cores. With ``cluster``, joblib's Dask backend sends the runs to the
   scheduler at that address; each Dask worker runs one run at a time per thread it offers.
 - While the grid runs, one line per change of state says how far each run has come.
 """
@@ -147,7 +147,8 @@ def run_grid(
                               "reused": True}  # fmt: skip
         elif task["action"] == "start" and task["dir"].exists():
             shutil.rmtree(task["dir"])  # forced, changed settings, or a run that left no checkpoint
-    todo = [t for t in tasks if t["action"] != "reuse"]
+    # Longest first: a long run started last would leave the other cores idle at the end.
+    todo = sorted((t for t in tasks if t["action"] != "reuse"), key=lambda t: -_estimated_steps(t["spec"]))
     reused = len(tasks) - len(todo)
     echo(f"{len(tasks)} runs: {reused} reused, {sum(t['action'] == 'resume' for t in todo)} to resume, "
          f"{sum(t['action'] == 'start' for t in todo)} to start"
@@ -182,6 +183,15 @@ def run_grid(
         finally:
             watcher.stop()
     return [summaries[spec.key] for spec in specs]
+
+
+def _estimated_steps(spec: RunSpec) -> int:
+    """About how many steps a run takes: its max_steps, or its epochs over the training set (60,000
+    images unless limited)."""
+    config = spec.config
+    if config.max_steps is not None:
+        return config.max_steps
+    return config.epochs * -(-(config.limit or 60_000) // config.batch_size)
 
 
 def _dask_client(address: str):
