@@ -6,8 +6,9 @@ once through joblib, on this machine or on a Dask cluster.
   unless ``force``; a run that stopped early (a killed worker, a failure) is resumed from its last
   checkpoint, or started again when it has none.
 - Locally, ``jobs`` runs go at once, longest first, and each gets ``cores // jobs`` threads (BLAS and
-  cnnx's pool), so they do not oversubscribe the cores. With ``cluster``, joblib's Dask backend sends the runs to the
-  scheduler at that address; each Dask worker runs one run at a time per thread it offers.
+  cnnx's pool), so they do not oversubscribe the cores. With ``cluster``, joblib's Dask backend sends
+  the runs to the scheduler at that address; each Dask worker runs one run at a time per thread it
+  offers.
 - While the grid runs, one line per change of state says how far each run has come.
 """
 
