@@ -160,10 +160,8 @@ class Sequential(Layer):
         with self.backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
-                if chunk.dtype == np.uint8:  # host
-                    chunk = chunk.astype(self.dtype) / np.asarray(
-                        255, self.dtype
-                    )  # host: scale as training does
+                if chunk.dtype == np.uint8:  # host: scale as training does
+                    chunk = chunk.astype(self.dtype) / np.asarray(255, self.dtype)  # host
                 batch = self.backend.to_device(chunk, self.dtype)
                 out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
         if not out:
