@@ -14,6 +14,7 @@ from cnnx.backends import BackendUnavailable, get_backend
 from cnnx.bench.benchmark import parse_batch_sizes, profile_layers, run_benchmark
 from cnnx.cli.bench import bench
 from cnnx.errors import CnnxError, ConfigError
+from cnnx.nn.presets import PRESETS
 
 TINY = {"steps": 1, "warmup": 0, "repeats": 1}
 
@@ -78,15 +79,15 @@ def test_profile_times_every_layer_and_the_optimizer():
     ), labels
 
 
-def test_torch_twin_starts_from_the_same_weights_and_gives_the_same_logits():
+@pytest.mark.parametrize("model", sorted(PRESETS))
+def test_torch_twin_starts_from_the_same_weights_and_gives_the_same_logits(model):
     pytest.importorskip("torch", reason="PyTorch is not installed: nothing to compare against")
-    for model in ("mlp", "seed"):
-        entry = run_benchmark(model, (3,), compare="torch", **TINY)["results"][0]
-        agreement = entry["logits"]
-        assert agreement["agree"] and agreement["rel_error"] < 1e-5, (
-            f"{model}: first-forward logits of cnnx and PyTorch differ by {agreement['max_abs_diff']:.2e} "
-            f"(relative {agreement['rel_error']:.2e})"
-        )
+    entry = run_benchmark(model, (3,), compare="torch", **TINY)["results"][0]
+    agreement = entry["logits"]
+    assert agreement["agree"] and agreement["rel_error"] < 1e-5, (
+        f"{model}: first-forward logits of cnnx and PyTorch differ by {agreement['max_abs_diff']:.2e} "
+        f"(relative {agreement['rel_error']:.2e})"
+    )
 
 
 def test_torch_comparison_reports_both_frameworks_and_the_time_ratios():

@@ -111,7 +111,7 @@ def test_gpu_request_without_cuda_creates_no_run_directory(data_dir, tmp_path):
 @pytest.mark.parametrize(
     "option, value",
     [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-1e-3"), ("--lr", "nan"),
-     ("--lr", "inf"), ("--limit", "0"), ("--device", "tpu"), ("--model", "resnet"), ("--dtype", "float16")],
+     ("--lr", "inf"), ("--limit", "0"), ("--device", "tpu"), ("--model", "vgg99"), ("--dtype", "float16")],
 )  # fmt: skip
 def test_a_bad_option_is_a_usage_error(option, value):
     result = run("train", option, value)

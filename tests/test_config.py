@@ -46,7 +46,7 @@ def test_the_defaults_are_the_reports_cnn_with_adam_for_five_epochs():
         ({"epochs": True}, "epochs must be a whole number"),
         ({"lr": -1.0}, "lr must be a positive finite number"),
         ({"lr": float("nan")}, "lr must be a positive finite number"),
-        ({"model": "resnet"}, "model must be a preset (seed, mlp) or a list"),
+        ({"model": "vgg99"}, "model must be a preset (seed, mlp, "),
         ({"model": [{"type": "Nope", "config": {}}]}, "model: layer 0 has an unknown type 'Nope'"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, momentum, adam"),
         ({"optimizer_options": {"beta": 0.5}}, "adam has no setting 'beta'"),

@@ -19,7 +19,19 @@ import pytest
 import cnnx
 from cnnx.backends import get_backend
 from cnnx.data import Dataset
-from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Residual
+from cnnx.layers import (
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+    Residual,
+)
 from cnnx.losses import softmax_cross_entropy
 from cnnx.nn import Sequential
 from cnnx.nn.registry import REGISTRY
@@ -172,15 +184,20 @@ def test_the_numpy_scanner_flags_every_spelling_and_spares_host_lines():
 
 
 def every_layer_model(backend, dtype="float32", seed=0) -> Sequential:
-    """Conv2D with stride 2 / padding 1 and with padding 2, MaxPool2D 2 and 3 (stride 2), ReLU, a Residual
-    around a nested Sequential, Flatten, Dense: 1x28x28 -> 4x14x14 -> 4x7x7 -> 6x9x9 -> 6x4x4 -> 96 -> 10."""
+    """Conv2D with stride 2 / padding 1, with padding 2 and with padding "same", BatchNorm2D, MaxPool2D 2
+    and 3 (stride 2), AvgPool2D, GlobalAvgPool2D, ReLU, Dropout, a Residual around a nested Sequential,
+    Flatten, Dense, BatchNorm1D: 1x28x28 -> 4x14x14 -> 4x7x7 -> 6x9x9 -> 6x4x4 -> 6x2x2 -> 6 -> 16 -> 10."""
     rng = np.random.default_rng(seed)
     kw = {"backend": backend, "dtype": dtype}
-    block = Residual(Sequential([Conv2D(4, 4, 3, padding=1, rng=rng, **kw), ReLU(**kw)]))
-    layers = [Conv2D(1, 4, 3, stride=2, padding=1, rng=rng, **kw), ReLU(**kw), MaxPool2D(2, **kw), block,
-              Conv2D(4, 6, 3, padding=2, rng=rng, **kw), ReLU(**kw), MaxPool2D(3, 2, **kw),
-              Flatten(**kw), Dense(96, 10, rng=rng, **kw)]  # fmt: skip
-    return Sequential(layers, name="every-layer", input_shape=(1, 28, 28))
+    block = Residual(Sequential([Conv2D(4, 4, 3, padding="same", rng=rng, **kw), ReLU(**kw)]))
+    layers = [Conv2D(1, 4, 3, stride=2, padding=1, rng=rng, **kw), BatchNorm2D(4, **kw), ReLU(**kw),
+              MaxPool2D(2, **kw), block, Dropout(0.2, **kw), Conv2D(4, 6, 3, padding=2, rng=rng, **kw),
+              ReLU(**kw), MaxPool2D(3, 2, **kw), AvgPool2D(2, **kw), GlobalAvgPool2D(**kw), Flatten(**kw),
+              Dense(6, 16, rng=rng, **kw), BatchNorm1D(16, **kw), ReLU(**kw), Dropout(0.5, **kw),
+              Dense(16, 10, rng=rng, **kw)]  # fmt: skip
+    model = Sequential(layers, name="every-layer", input_shape=(1, 28, 28))
+    model.seed_streams(seed)
+    return model
 
 
 def test_the_guard_model_holds_every_registered_layer_type(strict_backend):

@@ -31,8 +31,8 @@ def test_mlp_preset_is_the_reports_dense_network():
 
 
 def test_unknown_preset_names_the_choices():
-    with pytest.raises(ConfigError, match="unknown model 'resnet'.*seed, mlp"):
-        build_model("resnet")
+    with pytest.raises(ConfigError, match="unknown model 'vgg99'.*seed, mlp"):
+        build_model("vgg99")
 
 
 def test_seed_model_gradients_match_finite_differences(backend, rng):

@@ -43,6 +43,7 @@ from cnnx.backends import available_backends
 from cnnx.layers import MaxPool2D, ReLU
 from cnnx.losses import softmax_cross_entropy
 from cnnx.nn import build_model
+from cnnx.nn.presets import PRESETS
 from cnnx.optim import make_optimizer
 from cnnx.training import train_step
 
@@ -83,9 +84,9 @@ class Gaps:
 class Run:
     """One model with its optimizer and the fixed batch, on one backend in one dtype."""
 
-    def __init__(self, backend, dtype: str):
+    def __init__(self, backend, dtype: str, model: str = "seed"):
         self.backend, self.dtype = backend, dtype
-        self.model = build_model("seed", backend=self.backend, dtype=self.dtype, seed=MODEL_SEED)
+        self.model = build_model(model, backend=self.backend, dtype=self.dtype, seed=MODEL_SEED)
         self.optimizer = make_optimizer("adam", self.model, LR)
         x, labels = fixed_batch()
         self.x, self.labels = self.backend.to_device(x, self.dtype), self.backend.to_device(labels, "int64")
@@ -115,8 +116,11 @@ def branch_decisions(run: Run) -> list[np.ndarray]:
     return decisions
 
 
-def run_pair(reference: tuple[str, str], follower: tuple[str, str], *, lockstep=True, detail=False) -> Gaps:
-    """STEPS Adam steps (lr LR) of the seed model from MODEL_SEED on :func:`fixed_batch`, on two
+def run_pair(
+    reference: tuple[str, str], follower: tuple[str, str], *, lockstep=True, detail=False, model: str = "seed"
+) -> Gaps:
+    """STEPS Adam steps (lr LR) of a preset (the seed model by default) from MODEL_SEED on
+    :func:`fixed_batch`, on two
     (device, dtype) pairs side by side, and the gaps between them after every step.
 
     ``lockstep``: before every step the follower takes the reference's weights and optimizer state, so
@@ -125,8 +129,8 @@ def run_pair(reference: tuple[str, str], follower: tuple[str, str], *, lockstep=
     (host copies of every activation: slow on a GPU).
     """
     ref, fol = (
-        Run(backend_or_skip(reference[0]), reference[1]),
-        Run(backend_or_skip(follower[0]), follower[1]),
+        Run(backend_or_skip(reference[0]), reference[1], model),
+        Run(backend_or_skip(follower[0]), follower[1], model),
     )
     gaps = Gaps()
     for _ in range(STEPS):
@@ -165,11 +169,11 @@ def _relative_gap(ref: Run, fol: Run, losses) -> float:
 _gaps: dict[tuple, Gaps] = {}
 
 
-def lockstep_gaps(reference: tuple[str, str], follower: tuple[str, str]) -> Gaps:
+def lockstep_gaps(reference: tuple[str, str], follower: tuple[str, str], model: str = "seed") -> Gaps:
     """The lockstep run of a pair, computed once per session; skips when a device is unusable."""
-    if (reference, follower) not in _gaps:
-        _gaps[reference, follower] = run_pair(reference, follower)
-    return _gaps[reference, follower]
+    if (reference, follower, model) not in _gaps:
+        _gaps[reference, follower, model] = run_pair(reference, follower, model=model)
+    return _gaps[reference, follower, model]
 
 
 def lower_precision(a: tuple[str, str], b: tuple[str, str]) -> str:
@@ -196,9 +200,10 @@ def test_float32_initial_weights_are_the_float64_ones_rounded(backend):
 # -- twenty Adam steps ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("model", sorted(PRESETS))
 @pytest.mark.parametrize("a, b", PAIRS)
-def test_losses_agree_at_every_step(a, b):
-    gaps = np.array(lockstep_gaps(a, b).loss)
+def test_losses_agree_at_every_step(a, b, model):
+    gaps = np.array(lockstep_gaps(a, b, model).loss)
     tol = LOSS_RTOL[lower_precision(a, b)]
     worst = int(gaps.argmax())
     assert gaps[worst] < tol, (
@@ -207,9 +212,10 @@ def test_losses_agree_at_every_step(a, b):
     )
 
 
+@pytest.mark.parametrize("model", sorted(PRESETS))
 @pytest.mark.parametrize("a, b", PAIRS)
-def test_weights_agree_after_every_step(a, b):
-    gaps = lockstep_gaps(a, b)
+def test_weights_agree_after_every_step(a, b, model):
+    gaps = lockstep_gaps(a, b, model)
     if lower_precision(a, b) == "float64":
         checks = {"relative": (gaps.weight_rel, WEIGHT_RTOL_FLOAT64)}
     else:

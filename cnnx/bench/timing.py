@@ -232,8 +232,13 @@ class TorchRunner(Runner):
         return make(self, layer, to_host)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            out = self.model(self._to_device(x))
+        """Evaluation-mode logits (dropout off, batch norm on its running averages), as cnnx's."""
+        self.model.eval()
+        try:
+            with self.torch.no_grad():
+                out = self.model(self._to_device(x))
+        finally:
+            self.model.train()
         return out.cpu().numpy().astype(np.float64)
 
     def _to_device(self, array):
@@ -286,18 +291,36 @@ def _conv2d(runner: TorchRunner, layer, to_host):
         (layer.kh, layer.kw),
         stride=layer.stride,
         padding=layer.padding,
+        bias=layer.bias,
     )
     module.weight = _parameter(runner, layer.params["W"], to_host)
-    module.bias = _parameter(runner, layer.params["b"], to_host)
+    if layer.bias:
+        module.bias = _parameter(runner, layer.params["b"], to_host)
     return module
 
 
 def _dense(runner: TorchRunner, layer, to_host):
-    module = runner.torch.nn.Linear(layer.in_features, layer.out_features)
+    module = runner.torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
     # cnnx keeps W as (in, out) for x @ W; PyTorch's Linear keeps (out, in).
     module.weight = _parameter(runner, layer.params["W"], to_host, transpose=True)
-    module.bias = _parameter(runner, layer.params["b"], to_host)
+    if layer.bias:
+        module.bias = _parameter(runner, layer.params["b"], to_host)
     return module
+
+
+def _batch_norm(runner: TorchRunner, layer, to_host):
+    kind = runner.torch.nn.BatchNorm2d if layer.layer_type == "BatchNorm2D" else runner.torch.nn.BatchNorm1d
+    module = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    module.weight = _parameter(runner, layer.params["gamma"], to_host)
+    module.bias = _parameter(runner, layer.params["beta"], to_host)
+    module.running_mean.copy_(runner.torch.from_numpy(to_host(layer.buffers["running_mean"])))
+    module.running_var.copy_(runner.torch.from_numpy(to_host(layer.buffers["running_var"])))
+    return module
+
+
+def _global_avg_pool(runner: TorchRunner, layer, to_host):
+    nn = runner.torch.nn
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def _sequential(runner: TorchRunner, layer, to_host):
@@ -311,4 +334,9 @@ TORCH_MIRRORS = {
     "ReLU": lambda runner, layer, to_host: runner.torch.nn.ReLU(),
     "Flatten": lambda runner, layer, to_host: runner.torch.nn.Flatten(),
     "Sequential": _sequential,
+    "Dropout": lambda runner, layer, to_host: runner.torch.nn.Dropout(layer.p),
+    "BatchNorm1D": _batch_norm,
+    "BatchNorm2D": _batch_norm,
+    "AvgPool2D": lambda runner, layer, to_host: runner.torch.nn.AvgPool2d(layer.k, layer.stride),
+    "GlobalAvgPool2D": _global_avg_pool,
 }

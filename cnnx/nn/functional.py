@@ -56,13 +56,15 @@ def to_nchw(x):
     return x.transpose(0, 3, 1, 2)
 
 
-def pad_nhwc(xp, x, padding: int):
-    """Zero-pad the two spatial axes of an NHWC array by ``padding`` on every side (a new array)."""
-    if padding == 0:
+def pad_nhwc(xp, x, padding):
+    """Zero-pad the two spatial axes of an NHWC array by ``padding`` on every side, or by (rows,
+    columns) for a pair (a new array; the array itself when there is nothing to pad)."""
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    if ph == pw == 0:
         return x
     n, h, w, c = x.shape
-    out = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
-    out[:, padding : padding + h, padding : padding + w] = x
+    out = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    out[:, ph : ph + h, pw : pw + w] = x
     return out
 
 

@@ -32,12 +32,32 @@ def _conv_block(n_in: int, n_out: int) -> list[dict]:
     return [conv, layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
 
 
+def _bn_block(n_in: int, n_out: int) -> list[dict]:
+    """A 3x3 'same' convolution (no bias: the batch norm would cancel it), batch norm, ReLU, 2x2 max
+    pooling: halves the image, loses no border."""
+    conv = layer("Conv2D", in_channels=n_in, out_channels=n_out, kernel_size=3, padding="same", bias=False)
+    return [conv, layer("BatchNorm2D", num_features=n_out), layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
+
+
 SEED = [*_conv_block(1, 32), *_conv_block(32, 64), layer("Flatten"), *_dense_head(64 * 5 * 5)]
 MLP = [layer("Flatten"), *_dense_head(28 * 28)]
+_head = _dense_head(64 * 5 * 5)
+SEED_DROPOUT = [*_conv_block(1, 32), *_conv_block(32, 64), layer("Flatten"), layer("Dropout", p=0.25),
+                *_head[:2], layer("Dropout", p=0.25), *_head[2:]]  # fmt: skip
+CNN_BN = [*_bn_block(1, 32), *_bn_block(32, 64), layer("Flatten"), layer("Dropout", p=0.3),
+          layer("Dense", in_features=64 * 7 * 7, out_features=128, bias=False),
+          layer("BatchNorm1D", num_features=128),
+          layer("ReLU"), layer("Dropout", p=0.3),
+          layer("Dense", in_features=128, out_features=10)]  # fmt: skip
 
 PRESETS = {
     "seed": (SEED, "the original report's CNN: two 3x3 conv blocks (32, 64) and dense 128-64-32-10"),
     "mlp": (MLP, "the original report's dense-only network 784-128-64-32-10"),
+    "seed-dropout": (SEED_DROPOUT, "the seed CNN with dropout 0.25 before the first two dense layers"),
+    "cnn-bn": (
+        CNN_BN,
+        "two 'same' 3x3 conv blocks (32, 64) with batch norm, dropout 0.3, dense 128 with batch norm, 10",
+    ),  # fmt: skip
 }
 
 

@@ -83,6 +83,17 @@ class Optional(Field):
         return value is None or self.field.ok(value)
 
 
+class OneOf(Field):
+    """What any of ``fields`` allows (a size or the word "same", say)."""
+
+    def __init__(self, *fields: Field):
+        self.fields = fields
+        self.what = " or ".join(field.what for field in fields)
+
+    def ok(self, value) -> bool:
+        return any(field.ok(value) for field in self.fields)
+
+
 class Choice(Field):
     """One of a few strings."""
 

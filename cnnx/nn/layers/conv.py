@@ -6,7 +6,7 @@ from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
 from .. import functional as F
-from ..registry import INIT, Size, SizePair, register_layer
+from ..registry import INIT, Choice, Flag, OneOf, Size, SizePair, register_layer
 from .base import Layer
 
 
@@ -23,14 +23,18 @@ def _kernel_area(kernel_size) -> int:
 
 @register_layer(
     fields={"in_channels": Size(), "out_channels": Size(), "kernel_size": SizePair(), "stride": Size(),
-            "padding": Size(minimum=0), "init": INIT},
-    parameters=lambda c: c["out_channels"] * (c["in_channels"] * _kernel_area(c.get("kernel_size", 3)) + 1),
+            "padding": OneOf(Size(minimum=0), Choice("same")), "init": INIT, "bias": Flag()},
+    parameters=lambda c: c["out_channels"] * (c["in_channels"] * _kernel_area(c.get("kernel_size", 3))
+                                              + bool(c.get("bias", True))),
 )  # fmt: skip
 class Conv2D(Layer):
-    """Cross-correlation of (N, C, H, W) inputs with F kernels of shape (C, kh, kw), plus a bias per kernel.
+    """Cross-correlation of (N, C, H, W) inputs with F kernels of shape (C, kh, kw), plus a bias per kernel
+    (none with ``bias=False``: before a batch norm, which would cancel it).
 
     Weights ``W`` have shape (out_channels, in_channels, kh, kw) and ``b`` (out_channels,). The output is
-    (N, F, OH, OW) with OH = (H + 2*padding - kh) // stride + 1, and likewise OW.
+    (N, F, OH, OW) with OH = (H + 2*padding - kh) // stride + 1, and likewise OW. ``padding="same"``
+    (stride 1, odd kernel sizes) pads (kh - 1) / 2 rows and (kw - 1) / 2 columns on each side, so the
+    output keeps the input's height and width.
     """
 
     def __init__(
@@ -39,9 +43,10 @@ class Conv2D(Layer):
         out_channels: int,
         kernel_size=3,
         stride: int = 1,
-        padding: int = 0,
+        padding: int | str = 0,
         *,
         init: str = "xavier",
+        bias: bool = True,
         rng=None,
         backend=None,
         dtype="float32",
@@ -51,11 +56,24 @@ class Conv2D(Layer):
         self.out_channels = whole_number("Conv2D", "out_channels", out_channels)
         self.kh, self.kw = _pair(kernel_size, "kernel_size")
         self.stride = whole_number("Conv2D", "stride", stride)
-        self.padding = whole_number("Conv2D", "padding", padding, minimum=0)
+        if padding == "same":
+            if self.stride != 1 or self.kh % 2 == 0 or self.kw % 2 == 0:
+                raise ConfigError(
+                    f"Conv2D padding 'same' needs stride 1 and odd kernel sizes, got stride {self.stride} "
+                    f"and kernel {self.kh}x{self.kw}"
+                )
+            self.padding, self.pads = "same", ((self.kh - 1) // 2, (self.kw - 1) // 2)
+        else:
+            self.padding = whole_number("Conv2D", "padding", padding, minimum=0)
+            self.pads = (self.padding, self.padding)
         self.init = init  # an unknown scheme is refused by initial_weight below
         shape = (self.out_channels, self.in_channels, self.kh, self.kw)
         self.params["W"] = self._new_weight(shape, init, rng)
-        self.params["b"] = self._zeros((self.out_channels,))
+        if not isinstance(bias, bool):
+            raise ConfigError(f"Conv2D bias must be true or false, got {bias!r}")
+        self.bias = bias
+        if bias:
+            self.params["b"] = self._zeros((self.out_channels,))
         self.cols = self.x_shape = self._cols_cache = None
 
     def forward(self, x, train=True):
@@ -66,8 +84,8 @@ class Conv2D(Layer):
         xp = self.xp
         # Channels last inside: each window row is a contiguous run and the product below is one GEMM
         # whose (N*OH*OW, F) result is already the NHWC output (see functional.py).
-        x = F.pad_nhwc(xp, F.to_nhwc(x), self.padding)  # (N, H', W', C)
-        kernels, b = self._kernel_matrix(), self.params["b"]  # (F, K), (F,)
+        x = F.pad_nhwc(xp, F.to_nhwc(x), self.pads)  # (N, H', W', C)
+        kernels, b = self._kernel_matrix(), self.params.get("b")  # (F, K), (F,) or None
         q, k = oh * ow, self.kh * self.kw * c  # output pixels per image, numbers per window
         y = xp.empty((n * q, self.out_channels), dtype=self.dtype)
         if self._by_tap:
@@ -85,7 +103,8 @@ class Conv2D(Layer):
             else:
                 F.fill_windows(xp, x[s], self.kh, self.kw, self.stride, buffer[s])
                 xp.matmul(cols[rows], kernels.T, out=y[rows])
-            F.bias_add_rows(xp, y[rows], b, q)
+            if b is not None:
+                F.bias_add_rows(xp, y[rows], b, q)
 
         self.backend.split_batch(part, n, cols.size)
         self.cols, self.x_shape = (cols, x.shape) if train else (None, None)
@@ -108,9 +127,9 @@ class Conv2D(Layer):
                 F.fold_tap_products(xp, dy[rows], kernels, dx[s], self.kh, self.kw, self.stride)
 
         self.backend.split_batch(part, n, n * q * self.kh * self.kw * c)
-        p = self.padding
-        if p:
-            dx = dx[:, p : dx.shape[1] - p, p : dx.shape[2] - p]
+        ph, pw = self.pads
+        if ph or pw:
+            dx = dx[:, ph : dx.shape[1] - ph, pw : dx.shape[2] - pw]
         return F.to_nchw(dx)
 
     def backward_params(self, dy) -> None:
@@ -133,7 +152,8 @@ class Conv2D(Layer):
 
             self.backend.split_batch(part, k, self.cols.size)
         self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
-        self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
+        if self.bias:
+            self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
         self.cols = None
         return dy
 
@@ -169,8 +189,8 @@ class Conv2D(Layer):
 
     def output_shape(self, input_shape):
         c, h, w = input_shape
-        oh = F.conv_output_size(h, self.kh, self.stride, self.padding)
-        ow = F.conv_output_size(w, self.kw, self.stride, self.padding)
+        oh = F.conv_output_size(h, self.kh, self.stride, self.pads[0])
+        ow = F.conv_output_size(w, self.kw, self.stride, self.pads[1])
         if oh < 1 or ow < 1:
             raise ConfigError(f"Conv2D kernel {self.kh}x{self.kw} does not fit an input of {h}x{w}")
         return (self.out_channels, oh, ow)
@@ -183,4 +203,5 @@ class Conv2D(Layer):
             "stride": self.stride,
             "padding": self.padding,
             "init": self.init,
+            "bias": self.bias,
         }

@@ -5,16 +5,17 @@ from __future__ import annotations
 from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
-from ..registry import INIT, Size, register_layer
+from ..registry import INIT, Flag, Size, register_layer
 from .base import Layer
 
 
 @register_layer(
-    fields={"in_features": Size(), "out_features": Size(), "init": INIT},
-    parameters=lambda c: (c["in_features"] + 1) * c["out_features"],
+    fields={"in_features": Size(), "out_features": Size(), "init": INIT, "bias": Flag()},
+    parameters=lambda c: (c["in_features"] + bool(c.get("bias", True))) * c["out_features"],
 )
 class Dense(Layer):
-    """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)."""
+    """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)
+    (no b with ``bias=False``: before a batch norm, which would cancel it)."""
 
     def __init__(
         self,
@@ -22,6 +23,7 @@ class Dense(Layer):
         out_features: int,
         *,
         init: str = "xavier",
+        bias: bool = True,
         rng=None,
         backend=None,
         dtype="float32",
@@ -31,14 +33,19 @@ class Dense(Layer):
         self.out_features = whole_number("Dense", "out_features", out_features)
         self.init = init  # an unknown scheme is refused by initial_weight below
         self.params["W"] = self._new_weight((self.in_features, self.out_features), init, rng)
-        self.params["b"] = self._zeros((self.out_features,))
+        if not isinstance(bias, bool):
+            raise ValueError(f"Dense bias must be true or false, got {bias!r}")
+        self.bias = bias
+        if bias:
+            self.params["b"] = self._zeros((self.out_features,))
 
     def forward(self, x, train=True):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Dense expects inputs (N, {self.in_features}), got {tuple(x.shape)}")
         self.x = x if train else None
         y = x @ self.params["W"]
-        y += self.params["b"]  # in place: one temporary fewer
+        if self.bias:
+            y += self.params["b"]  # in place: one temporary fewer
         return y
 
     def backward(self, dy):
@@ -47,7 +54,8 @@ class Dense(Layer):
 
     def backward_params(self, dy) -> None:
         self.grads["W"] = self.x.T @ dy
-        self.grads["b"] = dy.sum(axis=0)
+        if self.bias:
+            self.grads["b"] = dy.sum(axis=0)
         self.x = None
 
     def output_shape(self, input_shape):
@@ -58,4 +66,5 @@ class Dense(Layer):
         return (self.out_features,)
 
     def config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init}
+        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init,
+                "bias": self.bias}  # fmt: skip

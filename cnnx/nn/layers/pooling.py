@@ -69,3 +69,63 @@ class MaxPool2D(Layer):
 
     def config(self):
         return {"kernel_size": self.k, "stride": self.stride}
+
+
+@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())})
+class AvgPool2D(Layer):
+    """Mean over k x k windows moved by ``stride`` (floor mode); each input gets dy / (k*k) from every
+    window it lies in."""
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
+        super().__init__(backend=backend, dtype=dtype)
+        self.k = whole_number("AvgPool2D", "kernel_size", kernel_size)
+        self.stride = self.k if stride is None else whole_number("AvgPool2D", "stride", stride)
+        self.x_shape = None
+
+    def forward(self, x, train=True):
+        self.x_shape = x.shape if train else None
+        return F.pool_windows(self.xp, x, self.k, self.stride).mean(axis=0)
+
+    def backward(self, dy):
+        n, c, h, w = self.x_shape
+        self.x_shape = None
+        oh, ow = dy.shape[2], dy.shape[3]
+        share = dy / (self.k * self.k)
+        dx = self.xp.zeros((n, c, h, w), dtype=dy.dtype)
+        s = self.stride
+        for i in range(self.k):
+            for j in range(self.k):
+                dx[:, :, i : i + s * oh : s, j : j + s * ow : s] += share
+        return dx
+
+    def output_shape(self, input_shape):
+        c, h, w = input_shape
+        oh = F.conv_output_size(h, self.k, self.stride, 0)
+        ow = F.conv_output_size(w, self.k, self.stride, 0)
+        if oh < 1 or ow < 1:
+            raise ConfigError(f"AvgPool2D window {self.k} does not fit an input of {h}x{w}")
+        return (c, oh, ow)
+
+    def config(self):
+        return {"kernel_size": self.k, "stride": self.stride}
+
+
+@register_layer()
+class GlobalAvgPool2D(Layer):
+    """The mean of each channel over the whole image: (N, C, H, W) -> (N, C)."""
+
+    def forward(self, x, train=True):
+        self.x_shape = x.shape if train else None
+        return F.to_nhwc(x).mean(axis=(1, 2))
+
+    def backward(self, dy):
+        n, c, h, w = self.x_shape
+        self.x_shape = None
+        dx = self.xp.empty((n, h, w, c), dtype=dy.dtype)  # channels last, as the layers keep images
+        dx[...] = (dy / (h * w))[:, None, None, :]
+        return F.to_nchw(dx)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ConfigError(f"GlobalAvgPool2D expects (C, H, W) inputs, got {input_shape}")
+        return (input_shape[0],)

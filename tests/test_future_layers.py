@@ -1,0 +1,271 @@
+"""The report's future lines, first part: Dropout, BatchNorm1D/2D, AvgPool2D, GlobalAvgPool2D, Conv2D with
+padding "same", and the presets built from them. Each layer against a plain reference, float64 gradient
+checks under 1e-6, float32 against float64, and its state through files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnx
+from cnnx.errors import CheckpointError, ConfigError
+from cnnx.layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, GlobalAvgPool2D
+from cnnx.nn import build_model
+from cnnx.nn.presets import PRESETS
+from cnnx.optim import make_optimizer
+from cnnx.training import train_step
+
+import reference as ref
+from gradcheck import check_gradients
+from helpers import assert_close
+
+GRAD_TOL = 1e-6
+
+
+class FixedDraws:
+    """Wraps a layer so that every forward draws the same random numbers (its stream rewound first):
+    finite differences need the same mask at every evaluation."""
+
+    def __init__(self, layer):
+        self.layer, self.state = layer, layer.rng.bit_generator.state
+        self.backend, self.dtype = layer.backend, layer.dtype
+
+    def forward(self, x, train=True):
+        self.layer.rng.bit_generator.state = self.state
+        return self.layer.forward(x, train)
+
+    def backward(self, dy):
+        return self.layer.backward(dy)
+
+    def named_parameters(self):
+        return self.layer.named_parameters()
+
+
+# -- Dropout ----------------------------------------------------------------------------------------------
+
+
+def test_dropout_is_the_identity_in_evaluation(backend, rng):
+    layer = Dropout(0.5, backend=backend)
+    x = backend.to_device(rng.standard_normal((4, 3, 5, 5)), "float32")
+    assert layer.forward(x, train=False) is x
+
+
+def test_dropout_zeroes_about_p_and_scales_the_rest_so_the_mean_is_kept(backend, rng):
+    layer = Dropout(0.3, backend=backend, dtype="float64")
+    x = np.ones((64, 8, 10, 10))
+    y = backend.to_host(layer.forward(backend.to_device(x, "float64"), train=True))
+    dropped = np.mean(y == 0)
+    assert abs(dropped - 0.3) < 0.02, dropped
+    assert np.allclose(y[y != 0], 1 / 0.7, rtol=1e-12)
+
+
+def test_dropout_backward_uses_the_forward_mask(backend, rng):
+    layer = Dropout(0.5, backend=backend, dtype="float64")
+    x = rng.standard_normal((6, 20))
+    y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
+    dx = backend.to_host(layer.backward(backend.to_device(np.ones((6, 20)), "float64")))
+    assert np.array_equal(dx == 0, y == 0) and np.allclose(dx[dx != 0], 2.0)
+
+
+@pytest.mark.parametrize("shape", [(5, 12), (3, 4, 6, 5)])
+def test_dropout_gradients_match_finite_differences(backend, rng, shape):
+    layer = Dropout(0.4, backend=backend, dtype="float64")
+    errors = check_gradients(FixedDraws(layer), rng.standard_normal(shape), rng)
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+def test_dropout_draws_from_its_seeded_stream_the_same_mask_on_every_backend(backend):
+    masks = []
+    for _ in range(2):
+        model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(10,))
+        model.seed_streams(7)
+        x = backend.to_device(np.ones((3, 10)), "float32")
+        masks.append(backend.to_host(model.forward(x)))
+    assert np.array_equal(*masks), "the same seed drew different masks"
+    reference = np.random.default_rng(0)  # and the draw is the documented one: uniform float32 >= p
+    model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(10,))
+    model.layers[0].rng.bit_generator.state = reference.bit_generator.state
+    expected = (np.random.default_rng(0).random((3, 10), dtype=np.float32) >= 0.5) * 2.0
+    assert np.array_equal(
+        backend.to_host(model.forward(backend.to_device(np.ones((3, 10)), "float32"))), expected
+    )
+
+
+def test_two_dropout_layers_of_a_model_draw_different_masks():
+    model = build_model("seed-dropout", seed=0)
+    a, b = (layer for layer in model.layers if isinstance(layer, Dropout))
+    assert a.rng.random() != b.rng.random()
+
+
+def test_dropout_keeps_channels_last_memory(rng):
+    conv = Conv2D(1, 4, 3, rng=0)
+    y = Dropout(0.5).forward(conv.forward(rng.random((2, 1, 8, 8), dtype=np.float32)))
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, "0.5", True])
+def test_dropout_p_must_lie_in_zero_to_one(p):
+    with pytest.raises(ValueError, match=r"Dropout p must be a number in \[0, 1\)"):
+        Dropout(p)
+
+
+# -- batch normalisation ----------------------------------------------------------------------------------
+
+
+def naive_batch_norm(x, gamma, beta, eps, axes):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    shape = [1] * x.ndim
+    shape[1] = -1
+    return (x - mean) / np.sqrt(var + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+CASES = {"1d": (BatchNorm1D, (16, 5), (0,)), "2d": (BatchNorm2D, (4, 3, 5, 6), (0, 2, 3))}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batch_norm_matches_the_formula_in_training(backend, dtype, rng, case):
+    kind, shape, axes = CASES[case]
+    layer = kind(shape[1], backend=backend, dtype=dtype)
+    gamma, beta = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    layer.params["gamma"][...] = backend.to_device(gamma, dtype)
+    layer.params["beta"][...] = backend.to_device(beta, dtype)
+    x = rng.standard_normal(shape) * 3 + 1
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    expected = naive_batch_norm(x, gamma, beta, 1e-5, axes)
+    assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-10, f"BatchNorm{case} forward")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batch_norm_gradients_match_finite_differences(backend, rng, case):
+    kind, shape, _ = CASES[case]
+    layer = kind(shape[1], backend=backend, dtype="float64")
+    layer.params["gamma"][...] = backend.to_device(rng.standard_normal(shape[1]), "float64")
+    errors = check_gradients(layer, rng.standard_normal(shape), rng)
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batch_norm_moves_its_running_averages_and_evaluates_with_them(backend, rng, case):
+    kind, shape, axes = CASES[case]
+    layer = kind(shape[1], momentum=0.2, backend=backend, dtype="float64")
+    x = rng.standard_normal(shape) * 2 + 3
+    layer.forward(backend.to_device(x, "float64"))
+    count = x.size // shape[1]
+    mean = x.mean(axis=axes)
+    unbiased = x.var(axis=axes) * count / (count - 1)
+    running_mean = backend.to_host(layer.buffers["running_mean"])
+    running_var = backend.to_host(layer.buffers["running_var"])
+    assert np.allclose(running_mean, 0.2 * mean, rtol=1e-12)
+    assert np.allclose(running_var, 0.8 + 0.2 * unbiased, rtol=1e-12)
+    y = backend.to_host(layer.forward(backend.to_device(x, "float64"), train=False))
+    shape_c = [1] * x.ndim
+    shape_c[1] = -1
+    expected = (x - running_mean.reshape(shape_c)) / np.sqrt(running_var.reshape(shape_c) + 1e-5)
+    assert np.allclose(y, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("layer", "shape"), [(BatchNorm1D(3), (1, 3)), (BatchNorm2D(3), (1, 3, 1, 1))])
+def test_a_training_batch_with_one_value_per_feature_is_one_line_not_a_nan(layer, shape):
+    with pytest.raises(ConfigError, match="one value per feature .* use a batch size of 2 or more"):
+        layer.forward(np.ones(shape, np.float32))
+    assert np.all(np.isfinite(layer.forward(np.ones(shape, np.float32), train=False)))
+
+
+def test_batch_norm_buffers_go_through_model_files(tmp_path, rng):
+    model = build_model("cnn-bn", seed=0)
+    x = rng.random((8, 1, 28, 28), dtype=np.float32)
+    model.forward(x)  # training: the running averages move
+    loaded = cnnx.load_model(model.save(tmp_path / "bn.npz"))
+    for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers(), strict=True):
+        assert np.array_equal(a, b), name
+    assert np.array_equal(model.predict_proba(x), loaded.predict_proba(x))
+
+
+# -- average pooling --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(2, None, (6, 6)), (3, 2, (7, 8)), (2, 1, (5, 5))])
+def test_avg_pool_matches_naive_loops(backend, dtype, rng, kernel, stride, size):
+    layer = AvgPool2D(kernel, stride, backend=backend, dtype=dtype)
+    x = rng.standard_normal((2, 3, *size))
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    s = stride or kernel
+    oh, ow = (size[0] - kernel) // s + 1, (size[1] - kernel) // s + 1
+    expected = np.array([[[[x[n, c, i * s : i * s + kernel, j * s : j * s + kernel].mean() for j in range(ow)]
+                           for i in range(oh)] for c in range(3)] for n in range(2)])  # fmt: skip
+    assert_close(y, expected, 1e-6 if dtype == np.float32 else 1e-12, "AvgPool2D")
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(2, None), (3, 2), (2, 1)])
+def test_avg_pool_gradients_match_finite_differences(backend, rng, kernel, stride):
+    layer = AvgPool2D(kernel, stride, backend=backend, dtype="float64")
+    errors = check_gradients(layer, rng.standard_normal((2, 2, 7, 6)), rng)
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+def test_global_avg_pool_is_the_channel_mean_and_its_gradient_checks(backend, rng):
+    layer = GlobalAvgPool2D(backend=backend, dtype="float64")
+    x = rng.standard_normal((3, 4, 5, 6))
+    y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
+    assert_close(y, x.mean(axis=(2, 3)), 1e-12, "GlobalAvgPool2D")
+    errors = check_gradients(layer, x, rng)
+    assert max(errors.values()) < GRAD_TOL, errors
+    assert layer.output_shape((4, 5, 6)) == (4,)
+
+
+# -- padding "same" ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", [3, (3, 5), 1])
+def test_same_padding_keeps_the_size_and_matches_explicit_padding(backend, dtype, rng, kernel):
+    layer = Conv2D(2, 3, kernel, padding="same", rng=0, backend=backend, dtype=dtype)
+    x = rng.standard_normal((2, 2, 7, 9))
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    assert y.shape == (2, 3, 7, 9) and layer.output_shape((2, 7, 9)) == (3, 7, 9)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padded = np.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2))
+    w, b = backend.to_host(layer.params["W"]).astype(np.float64), backend.to_host(layer.params["b"])
+    expected = ref.conv2d(padded, w, b.astype(np.float64), 1, 0)
+    assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-12, "same-padded Conv2D")
+
+
+def test_same_padding_gradients_match_finite_differences(backend, rng):
+    layer = Conv2D(2, 3, (3, 5), padding="same", rng=0, backend=backend, dtype="float64")
+    errors = check_gradients(layer, rng.standard_normal((2, 2, 6, 7)), rng)
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(2, 1), (3, 2), ((3, 4), 1)])
+def test_same_padding_needs_stride_one_and_odd_kernels(kernel, stride):
+    with pytest.raises(ConfigError, match="padding 'same' needs stride 1 and odd kernel sizes"):
+        Conv2D(1, 1, kernel, stride=stride, padding="same")
+
+
+def test_same_padding_goes_through_the_architecture_checks_and_back():
+    layer = Conv2D(1, 2, 3, padding="same", rng=0)
+    assert layer.config()["padding"] == "same"
+    cnnx.nn.registry.check_architecture([layer.describe()])
+    with pytest.raises(CheckpointError, match="padding must be a whole number in 0..* or one of same"):
+        cnnx.nn.registry.check_architecture(
+            [{"type": "Conv2D", "config": {**layer.config(), "padding": "valid"}}]
+        )
+
+
+# -- presets ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_trains_a_step_and_predicts_deterministically_in_evaluation(name, rng):
+    model = build_model(name, seed=0)
+    optimizer = make_optimizer("adam", model, 1e-3)
+    x = rng.random((8, 1, 28, 28), dtype=np.float32)
+    loss, _ = train_step(model, optimizer, x, rng.integers(0, 10, 8))
+    assert np.isfinite(float(loss))
+    assert np.array_equal(model.predict_proba(x), model.predict_proba(x)), "evaluation is random"
+
+
+@pytest.mark.parametrize("name", ["seed-dropout", "cnn-bn"])
+def test_the_new_presets_adapt_to_other_inputs_and_classes(name):
+    model = build_model(cnnx.nn.presets.preset_architecture(name, (1, 20, 20), 4), input_shape=(1, 20, 20))
+    assert model.output_shape((1, 20, 20)) == (4,)
