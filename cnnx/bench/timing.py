@@ -323,6 +323,22 @@ def _global_avg_pool(runner: TorchRunner, layer, to_host):
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+def _residual(runner: TorchRunner, layer, to_host):
+    torch = runner.torch
+    body = runner.mirror(layer.body, to_host)
+    shortcut = None if layer.shortcut is None else runner.mirror(layer.shortcut, to_host)
+
+    class ResidualMirror(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    return ResidualMirror()
+
+
 def _sequential(runner: TorchRunner, layer, to_host):
     return runner.torch.nn.Sequential(*(runner.mirror(child, to_host) for child in layer.layers))
 
@@ -339,4 +355,5 @@ TORCH_MIRRORS = {
     "BatchNorm2D": _batch_norm,
     "AvgPool2D": lambda runner, layer, to_host: runner.torch.nn.AvgPool2d(layer.k, layer.stride),
     "GlobalAvgPool2D": _global_avg_pool,
+    "Residual": _residual,
 }

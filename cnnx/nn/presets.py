@@ -39,6 +39,24 @@ def _bn_block(n_in: int, n_out: int) -> list[dict]:
     return [conv, layer("BatchNorm2D", num_features=n_out), layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
 
 
+def _residual_block(n_in: int, n_out: int, stride: int) -> list[dict]:
+    """Two 3x3 convolutions with batch norm, added to the input (or to its 1x1 projection where the
+    size or the channels change), then a ReLU (He et al., 2016)."""
+
+    def conv(a, b, k, s, pad):
+        return layer(
+            "Conv2D", in_channels=a, out_channels=b, kernel_size=k, stride=s, padding=pad, bias=False
+        )
+
+    body = [conv(n_in, n_out, 3, stride, 1), layer("BatchNorm2D", num_features=n_out), layer("ReLU"),
+            conv(n_out, n_out, 3, 1, "same"), layer("BatchNorm2D", num_features=n_out)]  # fmt: skip
+    shortcut = None
+    if stride != 1 or n_in != n_out:
+        projection = [conv(n_in, n_out, 1, stride, 0), layer("BatchNorm2D", num_features=n_out)]
+        shortcut = layer("Sequential", layers=projection)
+    return [layer("Residual", body=layer("Sequential", layers=body), shortcut=shortcut), layer("ReLU")]
+
+
 SEED = [*_conv_block(1, 32), *_conv_block(32, 64), layer("Flatten"), *_dense_head(64 * 5 * 5)]
 MLP = [layer("Flatten"), *_dense_head(28 * 28)]
 _head = _dense_head(64 * 5 * 5)
@@ -50,6 +68,11 @@ CNN_BN = [*_bn_block(1, 32), *_bn_block(32, 64), layer("Flatten"), layer("Dropou
           layer("ReLU"), layer("Dropout", p=0.3),
           layer("Dense", in_features=128, out_features=10)]  # fmt: skip
 
+RESNET = [layer("Conv2D", in_channels=1, out_channels=16, kernel_size=3, padding="same", bias=False),
+          layer("BatchNorm2D", num_features=16), layer("ReLU"), *_residual_block(16, 16, 1),
+          *_residual_block(16, 32, 2), *_residual_block(32, 64, 2), layer("GlobalAvgPool2D"),
+          layer("Dense", in_features=64, out_features=10)]  # fmt: skip
+
 PRESETS = {
     "seed": (SEED, "the original report's CNN: two 3x3 conv blocks (32, 64) and dense 128-64-32-10"),
     "mlp": (MLP, "the original report's dense-only network 784-128-64-32-10"),
@@ -57,6 +80,11 @@ PRESETS = {
     "cnn-bn": (
         CNN_BN,
         "two 'same' 3x3 conv blocks (32, 64) with batch norm, dropout 0.3, dense 128 with batch norm, 10",
+    ),  # fmt: skip
+    "resnet": (
+        RESNET,
+        "a small residual network: a 16-channel stem, three residual blocks (16, 32 and 64 "
+        "channels, the last two at stride 2), global average pooling, dense 10",
     ),  # fmt: skip
 }
 
