@@ -340,3 +340,21 @@ def test_the_report_has_the_tables_figures_best_run_and_reading(tmp_path):
     for name in ("report-optimizers-report.png", "report-learning-rates-report.png", "report-confusion.png"):
         assert (path.parent / name).stat().st_size > 1000, name
     assert "## Modern protocol" in text and "not run" in text
+
+
+def test_a_grid_of_one_s_own_gets_a_table_curves_and_its_best_run_without_the_study_s_reading(study):
+    folder, results = study
+    experiments = find_experiments(folder)
+    for experiment, accuracy in zip(experiments, (0.61, 0.42), strict=True):
+        for spec in experiment.runs:
+            target = run_dir(results, spec)
+            target.mkdir(parents=True)
+            (target / "metrics.json").write_text(
+                json.dumps(fake_record("completed", accuracy, 12, [(4, 0.3), (12, accuracy)]))
+            )
+    path = write_report(experiments, results, folder / "REPORT.md")
+    text = path.read_text()
+    assert text.startswith("# Experiments: experiments\n") and "What reproduced" not in text
+    assert "| Tiny tiny-adam | 12-steps | mlp | **61.00 %** | 12 | 12 s | 12.5 | cpu (test) |" in text
+    assert "## The best run: tiny-adam report 12-steps (61.00 %)" in text
+    assert (folder / "report-runs-report.png").stat().st_size > 1000
