@@ -9,7 +9,7 @@ import pytest
 
 import cnnx
 from cnnx.errors import CheckpointError, ConfigError
-from cnnx.layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, GlobalAvgPool2D
+from cnnx.layers import GRU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, GlobalAvgPool2D
 from cnnx.nn import build_model
 from cnnx.nn.presets import PRESETS
 from cnnx.optim import make_optimizer
@@ -269,3 +269,59 @@ def test_every_preset_trains_a_step_and_predicts_deterministically_in_evaluation
 def test_the_new_presets_adapt_to_other_inputs_and_classes(name):
     model = build_model(cnnx.nn.presets.preset_architecture(name, (1, 20, 20), 4), input_shape=(1, 20, 20))
     assert model.output_shape((1, 20, 20)) == (4,)
+
+
+# -- GRU ----------------------------------------------------------------------------------------------------
+
+
+def naive_gru(x, w_i, w_h, b_i, b_h):
+    """The docstring's equations, one sample and one step at a time, in float64."""
+    n, steps, _ = x.shape
+    hs = w_h.shape[0]
+    sigmoid = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    out = np.zeros((n, hs))
+    for s in range(n):
+        h = np.zeros(hs)
+        for t in range(steps):
+            gi, gh = x[s, t] @ w_i + b_i, h @ w_h + b_h
+            r = sigmoid(gi[:hs] + gh[:hs])
+            z = sigmoid(gi[hs : 2 * hs] + gh[hs : 2 * hs])
+            cand = np.tanh(gi[2 * hs :] + r * gh[2 * hs :])
+            h = (1 - z) * cand + z * h
+        out[s] = h
+    return out
+
+
+def test_gru_matches_its_equations_step_by_step(backend, dtype, rng):
+    layer = GRU(5, 4, rng=0, backend=backend, dtype=dtype)
+    for name in ("b_i", "b_h"):
+        layer.params[name][...] = backend.to_device(rng.standard_normal(12) * 0.5, dtype)
+    x = rng.standard_normal((3, 6, 5))
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    host = {k: backend.to_host(v).astype(np.float64) for k, v in layer.params.items()}
+    expected = naive_gru(x, host["W_i"], host["W_h"], host["b_i"], host["b_h"])
+    assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-12, "GRU")
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (2, 1, 5, 4)])
+def test_gru_gradients_match_finite_differences_through_time(backend, rng, shape):
+    layer = GRU(4, 3, rng=0, backend=backend, dtype="float64")
+    for name in ("b_i", "b_h"):
+        layer.params[name][...] = backend.to_device(rng.standard_normal(9) * 0.5, "float64")
+    errors = check_gradients(layer, rng.standard_normal(shape), rng)
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+def test_gru_reads_an_image_row_by_row(rng):
+    layer = GRU(2 * 5, 3, rng=0, dtype="float64")
+    images = rng.standard_normal((2, 2, 4, 5))  # (N, C, rows, W): each step sees one row of both channels
+    rows = images.transpose(0, 2, 1, 3).reshape(2, 4, 10)
+    assert np.array_equal(layer.forward(images), layer.forward(rows))
+    assert layer.output_shape((2, 4, 5)) == (3,)
+    with pytest.raises(ConfigError, match="does not fit"):
+        layer.output_shape((1, 4, 5))
+
+
+def test_gru_preset_adapts_its_input_size_to_other_images():
+    architecture = cnnx.nn.presets.preset_architecture("gru", (1, 8, 8), 10)
+    assert architecture[0]["config"]["input_size"] == 8

@@ -20,6 +20,7 @@ import cnnx
 from cnnx.backends import get_backend
 from cnnx.data import Dataset
 from cnnx.layers import (
+    GRU,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -200,11 +201,24 @@ def every_layer_model(backend, dtype="float32", seed=0) -> Sequential:
     return model
 
 
+def recurrent_model(backend, dtype="float32", seed=0) -> Sequential:
+    """What a convolutional chain cannot hold: a GRU reading 1x28x28 images row by row -> 12 -> 10."""
+    rng = np.random.default_rng(seed)
+    kw = {"backend": backend, "dtype": dtype}
+    return Sequential([GRU(28, 12, rng=rng, **kw), Dense(12, 10, rng=rng, **kw)], name="recurrent",
+                      input_shape=(1, 28, 28))  # fmt: skip
+
+
+GUARD_MODELS = {"every-layer": every_layer_model, "recurrent": recurrent_model}
+
+
 def test_the_guard_model_holds_every_registered_layer_type(strict_backend):
-    model = every_layer_model(strict_backend)
-    used = {layer.layer_type for _, layer in model.named_layers()} | {model.layer_type}
+    used = set()
+    for make in GUARD_MODELS.values():
+        model = make(strict_backend)
+        used |= {layer.layer_type for _, layer in model.named_layers()} | {model.layer_type}
     missing = {name for name, spec in REGISTRY.items() if spec.cls.__module__.startswith("cnnx.")} - used
-    assert not missing, f"add {sorted(missing)} to every_layer_model so the guards step through them"
+    assert not missing, f"add {sorted(missing)} to a guard model so the guards step through them"
 
 
 def batch(backend, size=6, seed=1):
@@ -280,9 +294,10 @@ def test_the_strict_backend_computes_bit_for_bit_what_numpy_computes(strict_back
     assert loss_a == loss_b and not differ, f"losses {loss_a} vs {loss_b}; weights differ in {differ}"
 
 
+@pytest.mark.parametrize("make", GUARD_MODELS.values(), ids=GUARD_MODELS.keys())
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_a_training_step_of_every_layer_type_reads_nothing_back(strict_backend, optimizer):
-    model = every_layer_model(strict_backend)
+def test_a_training_step_of_every_layer_type_reads_nothing_back(strict_backend, optimizer, make):
+    model = make(strict_backend)
     opt = make_optimizer(optimizer, model)
     x, labels = batch(strict_backend)
     for _ in range(2):  # the second step finds the optimizer's moments already there

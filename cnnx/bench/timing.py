@@ -339,6 +339,28 @@ def _residual(runner: TorchRunner, layer, to_host):
     return ResidualMirror()
 
 
+def _gru(runner: TorchRunner, layer, to_host):
+    torch = runner.torch
+    gru = torch.nn.GRU(layer.input_size, layer.hidden_size, batch_first=True)
+    # The same gate order [r, z, n] and reset-gate placement; PyTorch keeps (3H, D), cnnx (D, 3H).
+    gru.weight_ih_l0 = _parameter(runner, layer.params["W_i"], to_host, transpose=True)
+    gru.weight_hh_l0 = _parameter(runner, layer.params["W_h"], to_host, transpose=True)
+    gru.bias_ih_l0 = _parameter(runner, layer.params["b_i"], to_host)
+    gru.bias_hh_l0 = _parameter(runner, layer.params["b_h"], to_host)
+
+    class GRUMirror(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = gru
+
+        def forward(self, x):
+            if x.dim() == 4:  # images, row by row
+                x = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+            return self.gru(x)[1][-1]
+
+    return GRUMirror()
+
+
 def _sequential(runner: TorchRunner, layer, to_host):
     return runner.torch.nn.Sequential(*(runner.mirror(child, to_host) for child in layer.layers))
 
@@ -356,4 +378,5 @@ TORCH_MIRRORS = {
     "AvgPool2D": lambda runner, layer, to_host: runner.torch.nn.AvgPool2d(layer.k, layer.stride),
     "GlobalAvgPool2D": _global_avg_pool,
     "Residual": _residual,
+    "GRU": _gru,
 }

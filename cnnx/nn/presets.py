@@ -73,6 +73,8 @@ RESNET = [layer("Conv2D", in_channels=1, out_channels=16, kernel_size=3, padding
           *_residual_block(16, 32, 2), *_residual_block(32, 64, 2), layer("GlobalAvgPool2D"),
           layer("Dense", in_features=64, out_features=10)]  # fmt: skip
 
+GRU_NET = [layer("GRU", input_size=28, hidden_size=128), layer("Dense", in_features=128, out_features=10)]
+
 PRESETS = {
     "seed": (SEED, "the original report's CNN: two 3x3 conv blocks (32, 64) and dense 128-64-32-10"),
     "mlp": (MLP, "the original report's dense-only network 784-128-64-32-10"),
@@ -86,6 +88,7 @@ PRESETS = {
         "a small residual network: a 16-channel stem, three residual blocks (16, 32 and 64 "
         "channels, the last two at stride 2), global average pooling, dense 10",
     ),  # fmt: skip
+    "gru": (GRU_NET, "a GRU reading each image as 28 rows of 28 pixels (hidden 128), then dense 10"),
 }
 
 
@@ -96,6 +99,10 @@ def preset_architecture(name: str, input_shape=IMAGE_SHAPE, classes: int = 10) -
     if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown model {short_repr(name)}: choose one of {', '.join(PRESETS)}")
     architecture = copy.deepcopy(PRESETS[name][0])
+    for entry in architecture:
+        if entry["type"] == "GRU":  # it reads images row by row: channels times width numbers a step
+            shape = tuple(input_shape)
+            entry["config"]["input_size"] = shape[0] * shape[2] if len(shape) == 3 else shape[-1]
     dense = [i for i, entry in enumerate(architecture) if entry["type"] == "Dense"]
     features = math.prod(input_shape)
     if dense[0] > 0:  # what the convolutions (or the Flatten) before the head give per sample
