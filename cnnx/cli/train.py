@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cnnx.optim import OPTIMIZERS
+from cnnx.optim import OPTIMIZERS, SCHEDULES
 from cnnx.training.config import DIVERGENCE_MODES, DTYPES, MAX_EPOCHS, RunConfig
 
 from .options import data_dir_option, device_option, model_option
@@ -33,6 +33,12 @@ FIELDS = {
     "max_steps": "max_steps",
     "log_every": "log_every",
     "eval_every": "eval_every",
+    "weight_decay": "weight_decay",
+    "lr_schedule": "lr_schedule",
+    "warmup_steps": "warmup_steps",
+    "lr_step_every": "lr_step_every",
+    "lr_gamma": "lr_gamma",
+    "clip_grad_norm": "clip_grad_norm",
 }
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
@@ -54,8 +60,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     metavar="RUN.toml",
     help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
     "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
-    "checkpoint_every, on_divergence, max_steps, log_every, eval_every); options given here override the "
-    "file.",
+    "checkpoint_every, on_divergence, max_steps, log_every, eval_every, weight_decay, lr_schedule, "
+    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm); options given here override the file.",
 )
 @device_option(DEFAULTS.device)
 @model_option(DEFAULTS.model)
@@ -152,6 +158,48 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     default=None,
     metavar="K",
     help="Evaluate on the test set every K steps, into metrics.json curves (each costs one test pass).",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="X",
+    help="Weight decay: L2 for sgd and momentum, decoupled for adam (AdamW). Default 0.",
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(SCHEDULES),
+    default=None,
+    help="How the learning rate moves, per batch: constant (default), step (times --lr-gamma every "
+    "--lr-step-every steps), cosine (down to 0) or onecycle (up to --lr over 30 %, then down).",
+)
+@click.option(
+    "--warmup-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Climb linearly to the learning rate over the first N steps, then follow the schedule.",
+)
+@click.option(
+    "--lr-step-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="For --lr-schedule step: steps between two drops (default: a third of the run).",
+)
+@click.option(
+    "--lr-gamma",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=None,
+    metavar="X",
+    help="For --lr-schedule step: the factor of each drop (default 0.1).",
+)
+@click.option(
+    "--clip-grad-norm",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="X",
+    help="Scale all gradients down together when their global norm exceeds X.",
 )
 @click.option(
     "--resume",

@@ -1,5 +1,16 @@
-"""Optimizers, updating parameters in place on their device: SGD, Momentum and Adam."""
+"""Optimizers, updating parameters in place on their device: SGD, Momentum and Adam (with weight decay:
+L2 for the first two, decoupled for Adam), and the learning-rate schedules."""
 
 from .optimizers import OPTIMIZERS, SGD, Adam, Momentum, Optimizer, make_optimizer
+from .schedules import SCHEDULES, learning_rate
 
-__all__ = ["OPTIMIZERS", "SGD", "Adam", "Momentum", "Optimizer", "make_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SGD",
+    "Adam",
+    "Momentum",
+    "Optimizer",
+    "learning_rate",
+    "make_optimizer",
+]

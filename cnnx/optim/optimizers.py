@@ -19,9 +19,13 @@ class Optimizer:
     name = "optimizer"
     slots: tuple[str, ...] = ()  # the per-parameter state this optimizer keeps ("m", "v", ...)
 
-    def __init__(self, target, lr: float):
+    def __init__(self, target, lr: float, weight_decay: float = 0.0):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ConfigError(f"the learning rate must be a positive finite number, got {lr!r}")
+        ok = isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool)
+        if not (ok and math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ConfigError(f"weight decay must be a finite number >= 0, got {weight_decay!r}")
+        self.weight_decay = float(weight_decay)
         self.target = target
         self.xp = target.xp
         self.lr = float(lr)
@@ -55,7 +59,17 @@ class Optimizer:
 
     def config(self) -> dict:
         """Hyper-parameters that rebuild this optimizer (JSON-friendly)."""
-        return {"name": self.name, "lr": self.lr}
+        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay}
+
+    def _l2(self, param, grad):
+        """The gradient of loss + weight_decay / 2 * |p|^2 (L2 regularisation, for SGD and Momentum), in
+        the scratch array; the gradient itself when there is no decay."""
+        if not self.weight_decay:
+            return grad
+        work = self._scratch(param)
+        self.xp.multiply(param, self.weight_decay, out=work)
+        work += grad
+        return work
 
     def state_dict(self, to_host) -> dict:
         """A snapshot of the step count and every moment as host arrays: ``{"steps": n, "m/0.W": ...}``.
@@ -124,14 +138,15 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain gradient descent: p <- p - lr * g."""
+    """Plain gradient descent: p <- p - lr * g, with g + weight_decay * p under L2 weight decay."""
 
     name = "sgd"
 
-    def __init__(self, target, lr: float = 0.01):
-        super().__init__(target, lr)
+    def __init__(self, target, lr: float = 0.01, weight_decay: float = 0.0):
+        super().__init__(target, lr, weight_decay)
 
     def update(self, name, param, grad):
+        grad = self._l2(param, grad)
         step = self._scratch(param)
         self.xp.multiply(grad, self.lr, out=step)
         param -= step
@@ -144,20 +159,23 @@ class Momentum(Optimizer):
 
     The classical (heavy-ball) form v_t = beta * v_{t-1} + g_t, p <- p - lr * v_t gives the same path
     with its learning rate multiplied by (1 - beta): m_t = (1 - beta) * v_t. So lr 0.1 here matches
-    classical momentum 0.9 with lr 0.01.
+    classical momentum 0.9 with lr 0.01. Weight decay is L2: g + weight_decay * p enters the average.
     """
 
     name = "momentum"
     slots = ("m",)
 
-    def __init__(self, target, lr: float = 0.01, beta: float = 0.9):
-        super().__init__(target, lr)
+    def __init__(self, target, lr: float = 0.01, beta: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(target, lr, weight_decay)
         if not 0 <= beta < 1:
             raise ConfigError(f"momentum beta must be in [0, 1), got {beta!r}")
         self.beta = float(beta)
 
     def update(self, name, param, grad):
-        m, work = self._slot("m", name, param), self._scratch(param)
+        m = self._slot("m", name, param)
+        if self.weight_decay:
+            grad = self._l2(param, grad).copy()  # the scratch array is needed below
+        work = self._scratch(param)
         m *= self.beta
         self.xp.multiply(grad, 1 - self.beta, out=work)
         m += work
@@ -173,13 +191,17 @@ class Adam(Optimizer):
 
     m_t = b1 m + (1 - b1) g;   v_t = b2 v + (1 - b2) g^2
     p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m_t / (1 - b1^t),  v_hat = v_t / (1 - b2^t)
+
+    With ``weight_decay`` the decay is decoupled (AdamW, Loshchilov & Hutter, 2019): after the step,
+    p <- p - lr * weight_decay * p, outside the moments, so it does not pass through the adaptive scaling.
     """
 
     name = "adam"
     slots = ("m", "v")
 
-    def __init__(self, target, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(target, lr)
+    def __init__(self, target, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0):  # fmt: skip
+        super().__init__(target, lr, weight_decay)
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0):
             raise ConfigError(f"Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got {beta1}, {beta2}, {eps}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
@@ -204,6 +226,8 @@ class Adam(Optimizer):
         work += self.eps * s2
         xp.divide(m, work, out=work)
         work *= self.lr * s2 / (1 - self.beta1**t)
+        if self.weight_decay:  # decoupled: p * (1 - lr * wd), after the adaptive step is taken from p
+            param *= 1 - self.lr * self.weight_decay
         param -= work
 
     def config(self):

@@ -21,7 +21,7 @@ from cnnx.checks import is_whole_number, short_repr
 from cnnx.errors import CnnxError, ConfigError
 from cnnx.nn.presets import PRESETS
 from cnnx.nn.registry import check_architecture
-from cnnx.optim import OPTIMIZERS
+from cnnx.optim import OPTIMIZERS, SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +32,10 @@ DIVERGENCE_MODES = ("stop", "skip")
 DTYPES = ("float32", "float64")
 MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean "train for ever"
 # What identifies a run: resuming with another value of any of these is a different run.
-IDENTITY = ("model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit")
+IDENTITY = (
+    "model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit",
+    "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm",
+)  # fmt: skip
 # What may change when a run is resumed.
 CHANGEABLE = (
     "epochs", "max_steps", "lr", "device", "data_dir", "checkpoint_every", "on_divergence", "log_every",
@@ -81,6 +84,12 @@ _CHECKS = {
     "max_steps": (_optional(_whole(1, MAX_STEPS)), f"a whole number from 1 to {MAX_STEPS:,}"),
     "log_every": (_optional(_whole(1)), "a whole number >= 1"),
     "eval_every": (_optional(_whole(1)), "a whole number >= 1"),
+    "weight_decay": (lambda v: v == 0 or _positive_number(v), "a finite number >= 0"),
+    "lr_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "warmup_steps": (_whole(0), "a whole number >= 0"),
+    "lr_step_every": (_optional(_whole(1)), "a whole number >= 1"),
+    "lr_gamma": (lambda v: _positive_number(v) and v <= 1, "a number in (0, 1]"),
+    "clip_grad_norm": (_optional(_positive_number), "a positive finite number"),
 }
 
 
@@ -101,7 +110,12 @@ class RunConfig:
       (the last history row then covers a partial epoch); ``epochs`` still caps the run. None: whole
       epochs only;
     - step curves: ``log_every`` records the mean training loss of every N steps, ``eval_every`` the
-      test loss and accuracy every K steps (``metrics.json`` ``curves``; None: neither).
+      test loss and accuracy every K steps (``metrics.json`` ``curves``; None: neither);
+    - ``weight_decay`` (L2 for SGD and Momentum, decoupled for Adam: AdamW);
+    - ``lr_schedule`` (constant, step, cosine or onecycle, stepped per batch; see
+      :func:`cnnx.optim.learning_rate`) with ``warmup_steps``, and for ``step`` its ``lr_step_every``
+      and ``lr_gamma``;
+    - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it.
     """
 
     model: str | list = "seed"
@@ -121,6 +135,12 @@ class RunConfig:
     max_steps: int | None = None
     log_every: int | None = None
     eval_every: int | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_step_every: int | None = None
+    lr_gamma: float = 0.1
+    clip_grad_norm: float | None = None
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable
@@ -136,7 +156,7 @@ class RunConfig:
             except CnnxError as exc:
                 raise ConfigError(f"model: {exc}") from None
         allowed = [p for p in inspect.signature(OPTIMIZERS[self.optimizer].__init__).parameters
-                   if p not in ("self", "target", "lr")]  # fmt: skip
+                   if p not in ("self", "target", "lr", "weight_decay")]  # fmt: skip
         for key, value in self.optimizer_options.items():
             if key not in allowed:
                 raise ConfigError(f"optimizer_options: {self.optimizer} has no setting {key!r} "

@@ -62,6 +62,8 @@ def train_run(
     max_steps: int | None = None,
     log_every: int | None = None,
     eval_every: int | None = None,
+    schedule=None,
+    clip_grad_norm: float | None = None,
     max_skips: int = MAX_SKIPS,
     stop=None,
     resume: bool = False,
@@ -89,7 +91,10 @@ def train_run(
     be (that epoch's history row then says how many ``batches`` it trained); ``epochs`` still caps it.
     ``log_every`` and ``eval_every`` draw step curves into ``metrics.json`` ``curves`` (and the
     checkpoint): the mean training loss of every ``log_every`` steps, and the test loss and accuracy
-    every ``eval_every`` steps and at each epoch end.
+    every ``eval_every`` steps and at each epoch end. ``schedule`` (a
+    :class:`cnnx.training.schedule.Schedule`) sets the learning rate before every step, from the step's
+    number and the run's length; ``clip_grad_norm`` scales all gradients down together when their global
+    norm exceeds it.
 
     ``stop`` is polled once per step (any object with a ``requested`` attribute, see
     :class:`cnnx.training.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is
@@ -104,6 +109,7 @@ def train_run(
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
     run = Run(model, optimizer, dataset, batch_size, check_every, checkpoint_every, on_divergence, max_skips)
     run.stop, run.max_steps, run.log_every, run.eval_every = stop, max_steps, log_every, eval_every
+    run.schedule, run.clip = schedule, clip_grad_norm
     if batch_size > len(run.images):
         raise ConfigError(
             f"batch size {batch_size} is larger than the training set ({len(run.images)} images)"

@@ -68,7 +68,8 @@ class Run:
         self.snapshot = None if self.skip else Snapshot(model, optimizer)  # skip mode never updates badly
         self.stop, self.stopping, self.out, self.record = None, None, None, None
         # Step-level settings (RunConfig's max_steps, log_every, eval_every) and the curves they draw.
-        self.max_steps = self.log_every = self.eval_every = None
+        self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
+        self.total_steps = 0  # the run's length in steps, for the schedule
         self.curves = fresh_curves()
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
 
@@ -85,7 +86,8 @@ class Run:
                 raise ConfigError(f"cannot resume {path}: its {key} is {settings.get(key)!r}, not {value!r}")
         # The learning rate may change on resuming (a schedule, or a hand-lowered rate); nothing else may.
         fixed = {key: value for key, value in self.optimizer.config().items() if key != "lr"}
-        if {key: value for key, value in meta["optimizer"].items() if key != "lr"} != fixed:
+        recorded = {"weight_decay": 0.0, **meta["optimizer"]}  # checkpoints before weight decay had none
+        if {key: value for key, value in recorded.items() if key != "lr"} != fixed:
             raise ConfigError(f"cannot resume {path}: its optimizer is {meta['optimizer']}, not "
                               f"{self.optimizer.config()}")  # fmt: skip
         if checkpoint.header["architecture"] != self.model.architecture():
@@ -129,6 +131,9 @@ class Run:
     def train(self, epochs: int, reporter: Reporter) -> np.ndarray | None:
         """Train the remaining epochs; returns the last epoch's test predictions."""
         predictions = None
+        self.total_steps = epochs * self.batches
+        if self.max_steps is not None:
+            self.total_steps = min(self.max_steps, self.total_steps)
         for epoch in range(self.epoch_done + 1, epochs + 1):
             with self.model.backend.parallel_region():  # the pool's threads for the epoch (NumpyBackend)
                 row, predictions = self.epoch(epoch, reporter)
@@ -174,10 +179,9 @@ class Run:
                 break
             last = batch
             x, y = self.batch(order, batch)
-            if self.skip:
-                outcome = train_step(model, self.optimizer, x, y, skip_nonfinite=True)
-            else:
-                outcome = train_step(model, self.optimizer, x, y)
+            if self.schedule is not None:
+                self.optimizer.lr = self.schedule.rate(self.step, self.total_steps)
+            outcome = train_step(model, self.optimizer, x, y, skip_nonfinite=self.skip, clip=self.clip)
             self.step += 1
             if outcome is None:
                 skipped += 1

@@ -16,6 +16,7 @@ from .config import RunConfig
 from .fit import train_run
 from .loop import Run
 from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
+from .schedule import Schedule
 
 
 def run_training(
@@ -55,7 +56,9 @@ def run_training(
             input_shape=config.input_shape,
         )
     if optimizer is None:
-        optimizer = make_optimizer(config.optimizer, model, config.lr, **config.optimizer_options)
+        optimizer = make_optimizer(
+            config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
+        )
     backend = model.backend
     out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
     if out is None and runs_root is not None:
@@ -92,6 +95,8 @@ def run_training(
         max_steps=config.max_steps,
         log_every=config.log_every,
         eval_every=config.eval_every,
+        schedule=Schedule.from_config(config, optimizer.lr),
+        clip_grad_norm=config.clip_grad_norm,
         stop=stop,
         resume=resume,
         config={**config.to_dict(), "lr": optimizer.lr, "backend": backend.name},

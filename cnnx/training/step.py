@@ -12,17 +12,20 @@ from cnnx.nn.losses import correct_count, softmax_cross_entropy
 from .divergence import step_is_finite
 
 
-def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False):
+def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False, clip: float | None = None):
     """One forward / loss / backward / update on device arrays; returns (loss summed over the batch,
     number correct) as 0-d device arrays, without reading anything back to the host.
 
     With ``skip_nonfinite``, the loss and gradients are checked first (one read-back) and a step where
     any is not finite is not applied: the weights and optimizer state stay as they were and None is
-    returned.
+    returned. With ``clip``, the gradients are scaled down together when their global norm exceeds it
+    (on the device: nothing is read back).
     """
     logits = model.forward(x, train=True)
     loss, dlogits = softmax_cross_entropy(model.xp, logits, labels)
     model.backward(dlogits, input_grad=False)  # nobody trains the images: their gradient is skipped
+    if clip is not None:
+        clip_gradients(model, clip)
     if skip_nonfinite and not step_is_finite(model, loss):
         return None
     optimizer.step()
@@ -60,3 +63,18 @@ def _evaluate(model, images, labels, batch_size: int):
         loss_sum += loss * x.shape[0]
         predictions.append(logits.argmax(axis=1))
     return loss_sum, predictions
+
+
+def clip_gradients(model, max_norm: float):
+    """Scale every gradient of ``model`` by min(1, max_norm / (norm + 1e-6)), where norm is the global L2
+    norm of all of them together; returns that norm, a 0-d device array."""
+    xp = model.xp
+    grads = [grad for _, _, grad in model.named_parameters() if grad is not None]
+    squares = xp.zeros((), dtype="float64")
+    for grad in grads:
+        squares += (grad * grad).sum()
+    norm = xp.sqrt(squares)
+    scale = xp.minimum(1.0, max_norm / (norm + 1e-6))
+    for grad in grads:
+        grad *= scale.astype(grad.dtype)
+    return norm

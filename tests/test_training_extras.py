@@ -1,0 +1,188 @@
+"""Weight decay (L2 and decoupled), learning-rate schedules stepped per batch, and gradient-norm clipping:
+each against its formula, through RunConfig and the command line, and exact on resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnnx.cli import cli
+from cnnx.data import Dataset
+from cnnx.errors import ConfigError
+from cnnx.layers import Dense
+from cnnx.nn import build_model
+from cnnx.optim import SCHEDULES, learning_rate, make_optimizer
+from cnnx.training import RunConfig, run_training
+from cnnx.training.interrupt import TrainingInterrupted
+from cnnx.training.step import clip_gradients
+
+from helpers import StopAtStep, blobs, write_blob_idx
+
+
+def layer_with_grad(rng):
+    layer = Dense(4, 3, rng=0, dtype="float64")
+    layer.grads = {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
+    return layer
+
+
+# -- weight decay -----------------------------------------------------------------------------------------
+
+
+def test_sgd_weight_decay_is_l2(rng):
+    layer = layer_with_grad(rng)
+    w, g = layer.params["W"].copy(), layer.grads["W"].copy()
+    make_optimizer("sgd", layer, 0.1, weight_decay=0.01).step()
+    assert np.allclose(layer.params["W"], w - 0.1 * (g + 0.01 * w), rtol=1e-14)
+
+
+def test_momentum_weight_decay_enters_the_average(rng):
+    layer = layer_with_grad(rng)
+    w, g = layer.params["W"].copy(), layer.grads["W"].copy()
+    make_optimizer("momentum", layer, 0.1, beta=0.9, weight_decay=0.01).step()
+    assert np.allclose(layer.params["W"], w - 0.1 * 0.1 * (g + 0.01 * w), rtol=1e-14)
+
+
+def test_adam_weight_decay_is_decoupled_adamw(rng):
+    layer = layer_with_grad(rng)
+    w, g = layer.params["W"].copy(), layer.grads["W"].copy()
+    make_optimizer("adam", layer, 1e-2, weight_decay=0.1).step()
+    # First step: m_hat = g, v_hat = g^2, so the Adam step is lr * g / (|g| + eps); the decay is apart.
+    expected = w * (1 - 1e-2 * 0.1) - 1e-2 * g / (np.abs(g) + 1e-8)
+    assert np.allclose(layer.params["W"], expected, rtol=1e-12)
+
+
+def test_adam_weight_decay_matches_pytorch_adamw_over_steps(rng):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed: nothing to compare against")
+    layer = layer_with_grad(rng)
+    mirror = torch.nn.Parameter(torch.from_numpy(layer.params["W"].copy()))
+    theirs = torch.optim.AdamW([mirror], lr=1e-2, weight_decay=0.1)
+    ours = make_optimizer("adam", layer, 1e-2, weight_decay=0.1)
+    for _ in range(5):
+        g = rng.standard_normal((4, 3))
+        layer.grads = {"W": g, "b": np.zeros(3)}
+        mirror.grad = torch.from_numpy(g.copy())
+        ours.step()
+        theirs.step()
+    assert np.allclose(layer.params["W"], mirror.detach().numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("value", [-0.1, math.inf, "0.1", True])
+def test_weight_decay_must_be_a_finite_number_of_at_least_zero(value):
+    with pytest.raises(ConfigError, match="weight_decay must be a finite number >= 0"):
+        RunConfig(weight_decay=value)
+
+
+def test_weight_decay_is_a_run_setting_not_an_optimizer_option():
+    with pytest.raises(ConfigError, match="adam has no setting 'weight_decay'"):
+        RunConfig(optimizer_options={"weight_decay": 0.1})
+
+
+# -- schedules --------------------------------------------------------------------------------------------
+
+
+def test_constant_step_and_cosine_rates_follow_their_formulas():
+    assert learning_rate("constant", 0.1, 57, 100) == 0.1
+    assert [learning_rate("step", 0.1, s, 90, step_every=30, gamma=0.5) for s in (0, 29, 30, 60, 89)] == [
+        0.1, 0.1, 0.05, 0.025, 0.025]  # fmt: skip
+    assert learning_rate("step", 1.0, 33, 99) == pytest.approx(0.1)  # a drop every third of the run
+    assert learning_rate("cosine", 0.1, 0, 100) == 0.1
+    assert learning_rate("cosine", 0.1, 50, 100) == pytest.approx(0.05)
+    assert learning_rate("cosine", 0.1, 100, 100) == pytest.approx(0.0)
+
+
+def test_warmup_climbs_linearly_then_hands_over_to_the_schedule():
+    rates = [learning_rate("cosine", 1.0, s, 110, warmup=10) for s in range(12)]
+    assert rates[:10] == pytest.approx([0.1 * (s + 1) for s in range(10)])
+    assert rates[10] == 1.0 and rates[11] < 1.0
+
+
+def test_onecycle_rises_to_the_rate_at_30_percent_and_ends_far_below():
+    rates = [learning_rate("onecycle", 1.0, s, 1000) for s in range(1001)]
+    assert rates[0] == pytest.approx(1 / 25) and max(rates) == pytest.approx(1.0)
+    assert int(np.argmax(rates)) == 300 and rates[-1] == pytest.approx(1 / 250_000)
+
+
+def test_an_unknown_schedule_names_the_choices():
+    with pytest.raises(ConfigError, match="lr_schedule must be one of " + ", ".join(SCHEDULES)):
+        RunConfig(lr_schedule="linear")
+
+
+def dataset() -> Dataset:
+    return Dataset(*blobs(200, seed=1), *blobs(50, seed=2), source="synthetic blobs")
+
+
+SCHEDULED = RunConfig(model="mlp", epochs=3, batch_size=32, lr=1e-2, lr_schedule="onecycle", warmup_steps=0,
+                      weight_decay=0.01, clip_grad_norm=0.5)  # fmt: skip
+
+
+def test_a_scheduled_run_steps_its_rate_per_batch(monkeypatch):
+    seen = []
+    original = make_optimizer("adam", build_model("mlp"), 1e-3).__class__.step
+
+    def spy(self):
+        seen.append(self.lr)
+        return original(self)
+
+    monkeypatch.setattr("cnnx.optim.optimizers.Adam.step", spy)
+    run_training(SCHEDULED, dataset=dataset(), progress="none")
+    total = 3 * 7
+    assert seen == pytest.approx([learning_rate("onecycle", 1e-2, s, total) for s in range(total)])
+
+
+def test_a_scheduled_clipped_decayed_run_resumes_to_the_same_weights(tmp_path):
+    straight = run_training(SCHEDULED, dataset=dataset(), progress="none")
+    with pytest.raises(TrainingInterrupted):
+        run_training(SCHEDULED, tmp_path / "run", dataset=dataset(), progress="none", stop=StopAtStep(9))
+    resumed = run_training(SCHEDULED, tmp_path / "run", resume=True, dataset=dataset(), progress="none")
+    for key, value in straight.model.state_dict().items():
+        assert np.array_equal(value, resumed.model.state_dict()[key]), key
+
+
+# -- clipping ---------------------------------------------------------------------------------------------
+
+
+def test_clipping_scales_every_gradient_by_one_factor_to_the_norm(rng):
+    model = build_model("mlp", dtype="float64")
+    for layer in model.layers:
+        for name, param in layer.params.items():
+            layer.grads[name] = rng.standard_normal(param.shape)
+    before = {n: g.copy() for n, _, g in model.named_parameters()}
+    norm = float(np.sqrt(sum((g * g).sum() for g in before.values())))
+    returned = clip_gradients(model, 1.0)
+    assert float(returned) == pytest.approx(norm)
+    after = {n: g for n, _, g in model.named_parameters()}
+    assert float(np.sqrt(sum((g * g).sum() for g in after.values()))) == pytest.approx(1.0, rel=1e-5)
+    ratios = {n: after[n].ravel()[0] / before[n].ravel()[0] for n in before}
+    assert max(ratios.values()) == pytest.approx(min(ratios.values()))
+
+
+def test_clipping_leaves_small_gradients_alone(rng):
+    layer = layer_with_grad(rng)
+    model = build_model([{"type": "Dense", "config": {"in_features": 4, "out_features": 3}}], dtype="float64",
+                        input_shape=(4,))  # fmt: skip
+    model.layers[0].grads = {k: v.copy() for k, v in layer.grads.items()}
+    clip_gradients(model, 1e6)
+    assert all(np.array_equal(model.layers[0].grads[k], layer.grads[k]) for k in layer.grads)
+
+
+def test_cnnx_train_takes_the_extras_and_records_them(tmp_path):
+    (tmp_path / "data").mkdir()
+    data = write_blob_idx(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--data-dir", str(data), "--batch-size", "32", "--epochs", "2",
+            "--quiet", "--out", str(out), "--weight-decay", "0.001", "--lr-schedule", "step",
+            "--lr-step-every", "3",
+            "--lr-gamma", "0.5", "--warmup-steps", "2", "--clip-grad-norm", "1.0"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["weight_decay"], config["lr_schedule"], config["lr_step_every"], config["lr_gamma"],
+            config["warmup_steps"], config["clip_grad_norm"]) == (0.001, "step", 3, 0.5, 2, 1.0)  # fmt: skip
+    again = CliRunner().invoke(
+        cli, ["train", "--resume", str(out), "--epochs", "3", "--lr-schedule", "cosine"]
+    )
+    assert again.exit_code == 1 and "--lr-schedule 'cosine' contradicts the run" in again.output
