@@ -13,6 +13,7 @@ import click
 from cnnx.errors import CnnxError
 from cnnx.version import __version__
 
+from .augmentations import augmentations
 from .bench import bench
 from .evaluate import evaluate
 from .experiment import experiment
@@ -55,7 +56,7 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-for _command in (train, evaluate, predict, info, bench, experiment):
+for _command in (train, evaluate, predict, info, bench, experiment, augmentations):
     cli.add_command(_command)
 
 

@@ -39,6 +39,7 @@ FIELDS = {
     "lr_step_every": "lr_step_every",
     "lr_gamma": "lr_gamma",
     "clip_grad_norm": "clip_grad_norm",
+    "augment": "augment",
 }
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
@@ -61,7 +62,7 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
     "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
     "checkpoint_every, on_divergence, max_steps, log_every, eval_every, weight_decay, lr_schedule, "
-    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm); options given here override the file.",
+    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment); options given here override the file.",
 )
 @device_option(DEFAULTS.device)
 @model_option(DEFAULTS.model)
@@ -200,6 +201,14 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     default=None,
     metavar="X",
     help="Scale all gradients down together when their global norm exceeds X.",
+)
+@click.option(
+    "--augment",
+    default=None,
+    metavar="SPEC",
+    help="Random transforms of every training batch, e.g. rotate=10,zoom=0.1,shift=2,flip,erase=0.5 "
+    "(degrees, scale change, pixels, and the probabilities of a flip and of an erased rectangle); see "
+    "them with cnnx augmentations show.",
 )
 @click.option(
     "--resume",

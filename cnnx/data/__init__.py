@@ -13,6 +13,7 @@ defines them, so a test that patches one patches it there (``cnnx.data.sources.M
 
 from __future__ import annotations
 
+from .augment import TRANSFORMS, Augmenter, format_augment, parse_augment
 from .dataset import (
     CLASS_NAMES,
     SUBSET_SEED,
@@ -46,6 +47,10 @@ from .sources import (
 )
 
 __all__ = [
+    "TRANSFORMS",
+    "Augmenter",
+    "format_augment",
+    "parse_augment",
     "CLASS_NAMES",
     "CSV_FILES",
     "ENV_VAR",

@@ -77,6 +77,8 @@ def load_checkpoint(path) -> Checkpoint:
             raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}")
     _check_history(path, meta["history"])
     _check_curves(path, meta.get("curves", {"train": [], "test": []}))
+    if not isinstance(meta.get("augment_rng_state", {}), dict):
+        raise CheckpointError(f"{path}: checkpoint field 'augment_rng_state' must be an object")
     partial = meta["partial"]
     optional = {key: kind for key, kind in _PARTIAL_OPTIONAL.items() if key in partial}
     for key, kind in {**_PARTIAL, **optional}.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cnnx.backends import DEVICES
 from cnnx.checks import is_whole_number, short_repr
+from cnnx.data.augment import format_augment, parse_augment
 from cnnx.errors import CnnxError, ConfigError
 from cnnx.nn.presets import PRESETS
 from cnnx.nn.registry import check_architecture
@@ -34,7 +35,7 @@ MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean 
 # What identifies a run: resuming with another value of any of these is a different run.
 IDENTITY = (
     "model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit",
-    "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm",
+    "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment",
 )  # fmt: skip
 # What may change when a run is resumed.
 CHANGEABLE = (
@@ -90,6 +91,7 @@ _CHECKS = {
     "lr_step_every": (_optional(_whole(1)), "a whole number >= 1"),
     "lr_gamma": (lambda v: _positive_number(v) and v <= 1, "a number in (0, 1]"),
     "clip_grad_norm": (_optional(_positive_number), "a positive finite number"),
+    "augment": (lambda v: v is None or isinstance(v, str), "a transform spec such as 'rotate=10,flip'"),
 }
 
 
@@ -115,7 +117,9 @@ class RunConfig:
     - ``lr_schedule`` (constant, step, cosine or onecycle, stepped per batch; see
       :func:`cnnx.optim.learning_rate`) with ``warmup_steps``, and for ``step`` its ``lr_step_every``
       and ``lr_gamma``;
-    - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it.
+    - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it;
+    - ``augment``: random transforms of every training batch, e.g. ``"rotate=10,zoom=0.1,shift=2,flip,
+      erase=0.5"`` (see :mod:`cnnx.data.augment`).
     """
 
     model: str | list = "seed"
@@ -141,6 +145,7 @@ class RunConfig:
     lr_step_every: int | None = None
     lr_gamma: float = 0.1
     clip_grad_norm: float | None = None
+    augment: str | None = None
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable
@@ -150,6 +155,8 @@ class RunConfig:
             ok, what = _CHECKS[field.name]
             if not ok(value):
                 raise ConfigError(f"{field.name} must be {what}, got {short_repr(value)}")
+        if self.augment is not None:
+            object.__setattr__(self, "augment", format_augment(parse_augment(self.augment)) or None)
         if isinstance(self.model, list):
             try:
                 check_architecture(self.model)

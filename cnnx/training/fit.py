@@ -17,7 +17,7 @@ import sys
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
 from cnnx.checks import is_whole_number
-from cnnx.data import CLASS_NAMES
+from cnnx.data import CLASS_NAMES, Augmenter, parse_augment
 from cnnx.errors import ConfigError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import load_checkpoint
 from cnnx.nn.random import derive_rng
@@ -64,6 +64,7 @@ def train_run(
     eval_every: int | None = None,
     schedule=None,
     clip_grad_norm: float | None = None,
+    augment: str | None = None,
     max_skips: int = MAX_SKIPS,
     stop=None,
     resume: bool = False,
@@ -94,7 +95,8 @@ def train_run(
     every ``eval_every`` steps and at each epoch end. ``schedule`` (a
     :class:`cnnx.training.schedule.Schedule`) sets the learning rate before every step, from the step's
     number and the run's length; ``clip_grad_norm`` scales all gradients down together when their global
-    norm exceeds it.
+    norm exceeds it. ``augment`` (a spec, see :mod:`cnnx.data.augment`) transforms every training batch
+    with draws from the run's own "augment" generator, whose state checkpoints keep.
 
     ``stop`` is polled once per step (any object with a ``requested`` attribute, see
     :class:`cnnx.training.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is
@@ -110,6 +112,13 @@ def train_run(
     run = Run(model, optimizer, dataset, batch_size, check_every, checkpoint_every, on_divergence, max_skips)
     run.stop, run.max_steps, run.log_every, run.eval_every = stop, max_steps, log_every, eval_every
     run.schedule, run.clip = schedule, clip_grad_norm
+    transforms = parse_augment(augment)
+    if transforms:
+        if len(model.input_shape) != 3:
+            raise ConfigError(
+                f"augment needs image inputs (C, H, W), and the model takes {model.input_shape}"
+            )
+        run.augmenter = Augmenter(transforms, derive_rng(seed, "augment"))
     if batch_size > len(run.images):
         raise ConfigError(
             f"batch size {batch_size} is larger than the training set ({len(run.images)} images)"

@@ -69,6 +69,7 @@ class Run:
         self.stop, self.stopping, self.out, self.record = None, None, None, None
         # Step-level settings (RunConfig's max_steps, log_every, eval_every) and the curves they draw.
         self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
+        self.augmenter = None  # a cnnx.data.Augmenter for the training batches, with its own generator
         self.total_steps = 0  # the run's length in steps, for the schedule
         self.curves = fresh_curves()
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
@@ -120,6 +121,15 @@ class Run:
         self.epoch_done, self.batch_done, self.step = done, batch, meta["step"]
         self.history, self.partial = list(meta["history"]), {**fresh_partial(), **meta["partial"]}
         self.curves = {**fresh_curves(), **meta.get("curves", {})}
+        if self.augmenter is not None:
+            if "augment_rng_state" not in meta:
+                raise ConfigError(f"cannot resume {path}: it was trained without augmentation")
+            try:
+                self.augmenter.rng.bit_generator.state = meta["augment_rng_state"]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise CheckpointError(
+                    f"{path}: the augmentation generator state is unusable ({exc})"
+                ) from None
         if self.max_steps is not None and self.step >= self.max_steps and batch == 0:
             raise ConfigError(
                 f"the run in {path.parent} already took its {self.step} steps: ask for more than "
@@ -262,9 +272,10 @@ class Run:
     def batch(self, order: np.ndarray, batch: int):
         """The device arrays of the 1-based ``batch`` of an epoch ordered by ``order``."""
         index = order[(batch - 1) * self.batch_size : batch * self.batch_size]
-        x = self.backend.to_device(
-            model_inputs(self.images[index], self.model.dtype, self.model.input_shape), self.model.dtype
-        )
+        host = model_inputs(self.images[index], self.model.dtype, self.model.input_shape)
+        if self.augmenter is not None:
+            host = self.augmenter(host)
+        x = self.backend.to_device(host, self.model.dtype)
         return x, self.backend.to_device(self.labels[index], "int64")
 
     # -- divergence -----------------------------------------------------------------------------
@@ -320,6 +331,8 @@ class Run:
         meta = {"epoch": self.epoch_done, "batch": self.batch_done, "step": self.step, "rng_state": rng_state,
                 "history": self.history, "partial": self.partial, "settings": self.record["config"],
                 "optimizer": self.optimizer.config(), "curves": self.curves}  # fmt: skip
+        if self.augmenter is not None:
+            meta["augment_rng_state"] = self.augmenter.rng.bit_generator.state
         try:
             check_weights(self.model)
             self.write(self.out / CHECKPOINT, lambda: save_checkpoint(self.out / CHECKPOINT, self.model,

@@ -73,6 +73,23 @@ def plot_step_curves(series: Sequence[tuple], path, title: str) -> Path:
     return _save(figure, path)
 
 
+def plot_augmentations(originals: np.ndarray, variants: np.ndarray, path, title: str) -> Path:
+    """A grid: each row an original image (k, H, W), then its augmented versions (k, m, H, W)."""
+    k, m = variants.shape[:2]
+    figure = _figure(1.1 * (m + 1), 1.1 * k + 0.4)
+    axes = figure.subplots(k, m + 1, squeeze=False)
+    for row in range(k):
+        for col in range(m + 1):
+            image = originals[row] if col == 0 else variants[row, col - 1]
+            axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_axis_off()
+    axes[0, 0].set_title("original", fontsize=8)
+    for col in range(1, m + 1):
+        axes[0, col].set_title(f"draw {col}", fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path) -> Path:
     """The confusion matrix as a heat map with counts in each cell (rows = true class)."""
     matrix = np.asarray(matrix)

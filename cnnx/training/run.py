@@ -97,6 +97,7 @@ def run_training(
         eval_every=config.eval_every,
         schedule=Schedule.from_config(config, optimizer.lr),
         clip_grad_norm=config.clip_grad_norm,
+        augment=config.augment,
         stop=stop,
         resume=resume,
         config={**config.to_dict(), "lr": optimizer.lr, "backend": backend.name},
