@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from cnnx.data.catalog import DATASETS
 from cnnx.optim import OPTIMIZERS, SCHEDULES
 from cnnx.training.config import DIVERGENCE_MODES, DTYPES, MAX_EPOCHS, RunConfig
 
@@ -40,6 +41,7 @@ FIELDS = {
     "lr_gamma": "lr_gamma",
     "clip_grad_norm": "clip_grad_norm",
     "augment": "augment",
+    "dataset": "dataset",
 }
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
@@ -62,7 +64,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
     "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
     "checkpoint_every, on_divergence, max_steps, log_every, eval_every, weight_decay, lr_schedule, "
-    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment); options given here override the file.",
+    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment, dataset); options given here override "
+    "the file.",
 )
 @device_option(DEFAULTS.device)
 @model_option(DEFAULTS.model)
@@ -203,6 +206,13 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     help="Scale all gradients down together when their global norm exceeds X.",
 )
 @click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    default=None,
+    help="fashion-mnist (default; --data-dir or the search order) or digits (scikit-learn's 8x8 digits, "
+    "upsampled to 28x28, offline).",
+)
+@click.option(
     "--augment",
     default=None,
     metavar="SPEC",
@@ -223,7 +233,7 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) -> None:
-    """Train a model on Fashion-MNIST and write a run directory.
+    """Train a model on Fashion-MNIST (or another --dataset) and write a run directory.
 
     The run directory receives model.npz (the checkpoint: weights, optimizer state, random streams,
     batch order and history, rewritten after every epoch and every --checkpoint-every steps),

@@ -31,13 +31,15 @@ SUBSET_SEED = 20170825  # the day Fashion-MNIST was published; any fixed number 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == has no single truth value
 class Dataset:
-    """The four Fashion-MNIST arrays (uint8 pixels, uint8 labels) and where they came from."""
+    """The four arrays of a data set (uint8 pixels, uint8 labels), where they came from, and the class
+    names when the data set has its own (None: Fashion-MNIST's, or the class numbers)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     source: str
+    class_names: tuple | None = None
 
 
 # ---------------------------------------------------------------- loading

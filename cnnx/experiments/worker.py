@@ -19,7 +19,7 @@ DIVERGED = 3
 def main(argv: list[str]) -> int:
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-    from cnnx.data import load_fashion_mnist
+    from cnnx.data import load_dataset
     from cnnx.errors import CnnxError, DivergenceError
     from cnnx.training import RunConfig, run_training
 
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     threads = task.get("threads")
     limits = threadpool_limits(limits=threads, user_api="blas") if threads else None
     try:
-        dataset = load_fashion_mnist(config.data_dir, limit=config.limit)
+        dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit)
         if config.max_steps is not None:  # enough epochs for the steps; max_steps ends the run
             batches = -(-len(dataset.train_images) // config.batch_size)
             config = config.replace(epochs=max(1, -(-config.max_steps // batches)))

@@ -19,6 +19,7 @@ from pathlib import Path
 from cnnx.backends import DEVICES
 from cnnx.checks import is_whole_number, short_repr
 from cnnx.data.augment import format_augment, parse_augment
+from cnnx.data.catalog import DATASETS
 from cnnx.errors import CnnxError, ConfigError
 from cnnx.nn.presets import PRESETS
 from cnnx.nn.registry import check_architecture
@@ -36,6 +37,7 @@ MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean 
 IDENTITY = (
     "model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit",
     "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment",
+    "dataset",
 )  # fmt: skip
 # What may change when a run is resumed.
 CHANGEABLE = (
@@ -92,6 +94,7 @@ _CHECKS = {
     "lr_gamma": (lambda v: _positive_number(v) and v <= 1, "a number in (0, 1]"),
     "clip_grad_norm": (_optional(_positive_number), "a positive finite number"),
     "augment": (lambda v: v is None or isinstance(v, str), "a transform spec such as 'rotate=10,flip'"),
+    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
 }
 
 
@@ -119,7 +122,9 @@ class RunConfig:
       and ``lr_gamma``;
     - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it;
     - ``augment``: random transforms of every training batch, e.g. ``"rotate=10,zoom=0.1,shift=2,flip,
-      erase=0.5"`` (see :mod:`cnnx.data.augment`).
+      erase=0.5"`` (see :mod:`cnnx.data.augment`);
+    - ``dataset``: fashion-mnist (``data_dir`` or the search order) or digits (see
+      :mod:`cnnx.data.catalog`).
     """
 
     model: str | list = "seed"
@@ -146,6 +151,7 @@ class RunConfig:
     lr_gamma: float = 0.1
     clip_grad_norm: float | None = None
     augment: str | None = None
+    dataset: str = "fashion-mnist"
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable

@@ -183,7 +183,8 @@ def train_run(
             reporter.close()
     if run.out is not None:
         run.write(run.out / "curves.png", lambda: write_plots(run.out, run.history, dataset.test_images,
-                                                              run.test_labels, predictions))  # fmt: skip
+                                                              run.test_labels, predictions,
+                                                              run.class_names))  # fmt: skip
         run.finish("completed")
     return run
 
@@ -216,12 +217,12 @@ def shuffle_rng(seed: int) -> np.random.Generator:
     return derive_rng(seed, "shuffle")
 
 
-def write_plots(out, history, images, labels, predictions) -> None:
+def write_plots(out, history, images, labels, predictions, names=None) -> None:
     """curves.png, confusion_matrix.png and samples.png for a finished run."""
     from . import plots  # matplotlib is imported only when figures are drawn
     from .metrics import confusion_matrix
 
-    names = list(CLASS_NAMES)
+    names = list(names) if names is not None else list(CLASS_NAMES)
     plots.plot_curves(history, out / "curves.png")
     plots.plot_confusion_matrix(
         confusion_matrix(labels, predictions, len(names)), names, out / "confusion_matrix.png"

@@ -11,7 +11,7 @@ import time
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
-from cnnx.data import model_inputs
+from cnnx.data import class_names, model_inputs
 from cnnx.errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import save_checkpoint
 
@@ -52,6 +52,7 @@ class Run:
         self.labels = np.asarray(dataset.train_labels, np.int64)
         self.test_labels = np.asarray(dataset.test_labels, np.int64)
         self.num_classes = model.output_shapes()[-1][0]
+        self.class_names = class_names(dataset, self.num_classes)
         for name, values in (("training", self.labels), ("test", self.test_labels)):
             if len(values) and (values.min() < 0 or values.max() >= self.num_classes):
                 raise DataError(f"{name} labels must lie in [0, {self.num_classes}), found "
@@ -152,7 +153,9 @@ class Run:
             reporter.end(row)
             if self.out is not None:
                 self.save(self.rng.bit_generator.state)
-                self.record.update(results(self.history, self.test_labels, predictions, self.num_classes))
+                self.record.update(
+                    results(self.history, self.test_labels, predictions, self.num_classes, self.class_names)
+                )
                 self.write_record()
             if self.steps_done():
                 break

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np  # host: records are written on the host
 
-from cnnx.data import CLASS_NAMES
+from cnnx.data import CLASS_NAMES, digest
 from cnnx.fileio import atomic_write
 from cnnx.version import __version__
 
@@ -48,6 +48,7 @@ def run_record(model, optimizer, dataset, *, epochs, batch_size, seed, extra=Non
         "dtype": str(model.dtype),
         "limit": None,
         "data_source": dataset.source,
+        "data_digest": digest(dataset),
         "train_size": len(dataset.train_images),
         "test_size": len(dataset.test_images),
         "versions": versions(),
@@ -66,11 +67,18 @@ def read_record(path) -> dict | None:
     return record if ok and isinstance(record.get("config"), dict) else None
 
 
-def results(history: list[dict], labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict:
+def results(
+    history: list[dict],
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    num_classes: int,
+    names: list[str] | None = None,
+) -> dict:
     """The outcome part of ``metrics.json``, from the history and the last epoch's test predictions."""
     from .metrics import confusion_matrix, per_class_report  # scikit-learn: imported when first needed
 
-    names = list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [str(i) for i in range(num_classes)]
+    if names is None or len(names) != num_classes:
+        names = list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [str(i) for i in range(num_classes)]
     return {
         "epochs_completed": len(history),
         "history": history,

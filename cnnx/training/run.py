@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnx.backends import get_backend
-from cnnx.data import load_fashion_mnist
+from cnnx.data import load_dataset
 from cnnx.nn.presets import build_model
 from cnnx.optim import make_optimizer
 
@@ -67,7 +67,7 @@ def run_training(
         # Before the minutes of loading and training: writable, enough space, new or resumable.
         check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
     if dataset is None:
-        dataset = load_fashion_mnist(config.data_dir, limit=config.limit)
+        dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit)
 
     def started(run: Run) -> None:
         if echo is not None:
