@@ -179,6 +179,17 @@ def test_a_changed_setting_starts_a_run_afresh(study):
     assert [t["action"] for t in plan(changed, results)] == ["start"]
 
 
+def test_a_run_recorded_before_a_setting_existed_is_still_reused(study):
+    folder, results = study
+    specs = select(find_experiments(folder), ["tiny-adam"], ("report",))
+    run_grid(specs, results, echo=lambda line: None)
+    path = run_dir(results, specs[0]) / "metrics.json"
+    record = json.loads(path.read_text())
+    del record["config"]["weight_decay"], record["config"]["augment"]  # as cnnx 0.2 wrote it
+    path.write_text(json.dumps(record))
+    assert [t["action"] for t in plan(specs, results)] == ["reuse"]
+
+
 def test_a_diverging_run_is_recorded_at_its_step_and_the_others_carry_on(study):
     folder, results = study
     path = folder / "tiny-sgd.toml"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from .options import data_dir_option, device_option, load_image_model
+from .options import data_dir_option, device_option, load_image_model, model_file
 
 
 @click.command(short_help="Evaluate a saved model on the test set.")
-@click.argument("model_path", metavar="MODEL.npz", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @data_dir_option()
 @device_option()
 @click.option(
@@ -22,7 +22,8 @@ from .options import data_dir_option, device_option, load_image_model
     "Unlike train --limit, N counts test images.",
 )
 def evaluate(model_path, data_dir, device, limit):
-    """Test-set loss, accuracy, confusion matrix and per-class report of a saved model."""
+    """Test-set loss, accuracy, confusion matrix and per-class report of a saved model: MODEL is a model file,
+    or a run directory (its best.npz when it kept one, else its model.npz)."""
     from cnnx.data import CLASS_NAMES, load_fashion_mnist
     from cnnx.training import evaluate as evaluate_model
     from cnnx.training.metrics import (
@@ -32,6 +33,7 @@ def evaluate(model_path, data_dir, device, limit):
         per_class_report,
     )
 
+    model_path = model_file(model_path)
     model = load_image_model(model_path, device)
     dataset = load_fashion_mnist(data_dir, test_limit=limit)
     labels = dataset.test_labels.astype("int64")

@@ -52,8 +52,22 @@ def data_dir_option(help_text: str = DATA_DIR_HELP):
     )
 
 
+def model_file(path: Path) -> Path:
+    """The model file a command was given: the file itself, or for a run directory its best-on-validation
+    weights (best.npz) when the run kept them, else its last checkpoint (model.npz)."""
+    if not path.is_dir():
+        return path
+    for name in ("best.npz", "model.npz"):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(
+        f"{path} is a directory, but not a run directory: it holds neither best.npz nor model.npz"
+    )
+
+
 def load_image_model(model_path: Path, device: str):
-    """Load a model file for the commands that feed it Fashion-MNIST images (1x28x28)."""
+    """Load a model file (or a run directory's, see :func:`model_file`) for the commands that feed it
+    Fashion-MNIST images (1x28x28)."""
     from cnnx.io import load_model  # the model-file reader: imported when a command needs it
 
     model = load_model(model_path, device=device)

@@ -18,14 +18,14 @@ import click
 from cnnx.errors import CnnxError
 from cnnx.training.plots import PREVIEW_ROWS
 
-from .options import device_option, load_image_model
+from .options import device_option, load_image_model, model_file
 
 FORMATS = ("human", "json", "csv")
 PROGRESS_FROM = 10  # files: from this many on, a progress bar on stderr (where it is a terminal)
 
 
 @click.command(short_help="Classify images with a saved model.")
-@click.argument("model_path", metavar="MODEL.npz", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("files", metavar="FILE_OR_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--top",
@@ -65,9 +65,11 @@ def predict(model_path, files, top, output_format, invert, preview, device):
     Each picture is prepared the way Fashion-MNIST's images were made from product photos: grey (transparent
     parts over white), background trimmed, longest edge resized to 28 pixels, centred on black, negated
     when its background is light. A 28x28 picture on black, like the data set's own, passes unchanged.
+    MODEL is a model file, or a run directory (its best.npz when it kept one, else its model.npz).
     """
     from cnnx.data import CLASS_NAMES, image_files, prepare_image, read_image_file
 
+    model_path = model_file(model_path)
     model = load_image_model(model_path, device)
     size = model.input_shape[-1]
     names = CLASS_NAMES if model.output_shapes()[-1][0] == len(CLASS_NAMES) else None

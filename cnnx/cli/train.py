@@ -42,6 +42,8 @@ FIELDS = {
     "clip_grad_norm": "clip_grad_norm",
     "augment": "augment",
     "dataset": "dataset",
+    "validation": "validation",
+    "early_stopping": "early_stopping",
 }
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
@@ -64,8 +66,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
     "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
     "checkpoint_every, on_divergence, max_steps, log_every, eval_every, weight_decay, lr_schedule, "
-    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment, dataset); options given here override "
-    "the file.",
+    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment, dataset, validation, early_stopping); "
+    "options given here override the file.",
 )
 @device_option(DEFAULTS.device)
 @model_option(DEFAULTS.model)
@@ -211,6 +213,21 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     default=None,
     help="fashion-mnist (default; --data-dir or the search order) or digits (scikit-learn's 8x8 digits, "
     "upsampled to 28x28, offline).",
+)
+@click.option(
+    "--validation",
+    type=click.FloatRange(min=0, max=0.5, min_open=True),
+    default=None,
+    metavar="FRACTION",
+    help="Hold out a seeded, stratified FRACTION of the training set, score it every epoch, and keep the "
+    "best epoch's weights in best.npz (which cnnx evaluate and predict use when given the run directory).",
+)
+@click.option(
+    "--early-stopping",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="EPOCHS",
+    help="With --validation: stop once the validation loss has not improved for EPOCHS epochs.",
 )
 @click.option(
     "--augment",

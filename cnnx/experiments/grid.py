@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnx.errors import ConfigError
+from cnnx.training import RunConfig
 
 from .spec import RunSpec
 
@@ -50,12 +51,12 @@ def read_metrics(directory: Path) -> dict | None:
 
 def same_settings(spec: RunSpec, recorded: dict) -> bool:
     """Whether a run's recorded config is the config ``spec`` asks for (ignoring where it ran)."""
-    wanted = spec.config.to_dict()
+    wanted, defaults = spec.config.to_dict(), RunConfig().to_dict()
     ignored = set(NOT_COMPARED) | ({"epochs"} if spec.config.max_steps is not None else set())
     for key, value in wanted.items():
         if key in ignored:
             continue
-        have = recorded.get(key)
+        have = recorded.get(key, defaults[key])  # a setting newer than the record had its default then
         if key == "input_shape" and isinstance(have, list):
             have = tuple(have)
         if key == "lr" and value is None:  # the optimizer's default was recorded as a number

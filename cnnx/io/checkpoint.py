@@ -95,13 +95,13 @@ def _check_history(path, history: list[dict]) -> None:
     """Each row: epoch n (1, 2, ...), finite numbers or null for the measures, skipped a count."""
     for n, row in enumerate(history, start=1):
         where = f"{path}: checkpoint history row {n}"
-        if set(row) - {"batches"} != {"epoch", "skipped", *_ROW_NUMBERS}:
+        if set(row) - {"batches", "val_loss", "val_accuracy"} != {"epoch", "skipped", *_ROW_NUMBERS}:
             raise CheckpointError(f"{where} has fields {sorted(row)}, not those of a cnnx history row")
         if "batches" in row and not (_count(row["batches"]) and row["batches"] >= 1):
             raise CheckpointError(f"{where}: batches (of an epoch cut short) must be a whole number >= 1")
         if row["epoch"] != n or isinstance(row["epoch"], bool) or not _count(row["skipped"]):
             raise CheckpointError(f"{where}: epoch must be {n} and skipped a whole number >= 0")
-        for key in _ROW_NUMBERS:
+        for key in (*_ROW_NUMBERS, *({"val_loss", "val_accuracy"} & set(row))):
             value = row[key]
             if value is None:
                 continue

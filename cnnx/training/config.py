@@ -37,12 +37,12 @@ MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean 
 IDENTITY = (
     "model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit",
     "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment",
-    "dataset",
+    "dataset", "validation",
 )  # fmt: skip
 # What may change when a run is resumed.
 CHANGEABLE = (
     "epochs", "max_steps", "lr", "device", "data_dir", "checkpoint_every", "on_divergence", "log_every",
-    "eval_every",
+    "eval_every", "early_stopping",
 )  # fmt: skip
 MAX_STEPS = 100_000_000
 
@@ -95,6 +95,8 @@ _CHECKS = {
     "clip_grad_norm": (_optional(_positive_number), "a positive finite number"),
     "augment": (lambda v: v is None or isinstance(v, str), "a transform spec such as 'rotate=10,flip'"),
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "validation": (_optional(lambda v: _positive_number(v) and v <= 0.5), "a fraction in (0, 0.5]"),
+    "early_stopping": (_optional(_whole(1)), "a whole number of epochs >= 1"),
 }
 
 
@@ -124,7 +126,10 @@ class RunConfig:
     - ``augment``: random transforms of every training batch, e.g. ``"rotate=10,zoom=0.1,shift=2,flip,
       erase=0.5"`` (see :mod:`cnnx.data.augment`);
     - ``dataset``: fashion-mnist (``data_dir`` or the search order) or digits (see
-      :mod:`cnnx.data.catalog`).
+      :mod:`cnnx.data.catalog`);
+    - ``validation``: a seeded, stratified fraction of the training set held out and scored every
+      epoch (``val_loss``, ``val_accuracy``), whose best epoch's weights are kept in ``best.npz``;
+      ``early_stopping``: stop once the validation loss has not improved for that many epochs.
     """
 
     model: str | list = "seed"
@@ -152,6 +157,8 @@ class RunConfig:
     clip_grad_norm: float | None = None
     augment: str | None = None
     dataset: str = "fashion-mnist"
+    validation: float | None = None
+    early_stopping: int | None = None
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable
@@ -161,6 +168,8 @@ class RunConfig:
             ok, what = _CHECKS[field.name]
             if not ok(value):
                 raise ConfigError(f"{field.name} must be {what}, got {short_repr(value)}")
+        if self.early_stopping is not None and self.validation is None:
+            raise ConfigError("early_stopping needs a validation split (validation = 0.1, say) to watch")
         if self.augment is not None:
             object.__setattr__(self, "augment", format_augment(parse_augment(self.augment)) or None)
         if isinstance(self.model, list):

@@ -23,6 +23,7 @@ from cnnx.io.checkpoint import load_checkpoint
 from cnnx.nn.random import derive_rng
 
 from .config import DIVERGENCE_MODES
+from .early import EarlyStopping, split_validation
 from .interrupt import TrainingInterrupted
 from .loop import Run
 from .progress import PROGRESS_MODES, Reporter
@@ -65,6 +66,8 @@ def train_run(
     schedule=None,
     clip_grad_norm: float | None = None,
     augment: str | None = None,
+    validation: float | None = None,
+    early_stopping: int | None = None,
     max_skips: int = MAX_SKIPS,
     stop=None,
     resume: bool = False,
@@ -96,7 +99,10 @@ def train_run(
     :class:`cnnx.training.schedule.Schedule`) sets the learning rate before every step, from the step's
     number and the run's length; ``clip_grad_norm`` scales all gradients down together when their global
     norm exceeds it. ``augment`` (a spec, see :mod:`cnnx.data.augment`) transforms every training batch
-    with draws from the run's own "augment" generator, whose state checkpoints keep.
+    with draws from the run's own "augment" generator, whose state checkpoints keep. ``validation``
+    holds a seeded, stratified fraction of the training set out and scores it every epoch; the best
+    epoch's weights go to ``best.npz``, and ``early_stopping`` ends the run after that many epochs
+    without a better validation loss.
 
     ``stop`` is polled once per step (any object with a ``requested`` attribute, see
     :class:`cnnx.training.interrupt.StopFlag`): when it is truthy, the step finishes, a checkpoint is
@@ -109,7 +115,13 @@ def train_run(
     for name, value in (("max_steps", max_steps), ("log_every", log_every), ("eval_every", eval_every)):
         if value is not None and (not is_whole_number(value) or value < 1):
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    held = None
+    if validation is not None:
+        dataset, *held = split_validation(dataset, validation, seed)
     run = Run(model, optimizer, dataset, batch_size, check_every, checkpoint_every, on_divergence, max_skips)
+    if held is not None:
+        run.val_images, run.val_labels = held[0], np.asarray(held[1], np.int64)
+        run.early = EarlyStopping(early_stopping)
     run.stop, run.max_steps, run.log_every, run.eval_every = stop, max_steps, log_every, eval_every
     run.schedule, run.clip = schedule, clip_grad_norm
     transforms = parse_augment(augment)

@@ -16,6 +16,7 @@ from cnnx.errors import CheckpointError, CnnxError, ConfigError, DataError, Dive
 from cnnx.io.checkpoint import save_checkpoint
 
 from .divergence import Snapshot, check_weights, checked_step
+from .early import BEST
 from .interrupt import TrainingInterrupted
 from .progress import Reporter
 from .records import results, write_json
@@ -71,6 +72,7 @@ class Run:
         # Step-level settings (RunConfig's max_steps, log_every, eval_every) and the curves they draw.
         self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
         self.augmenter = None  # a cnnx.data.Augmenter for the training batches, with its own generator
+        self.val_images = self.val_labels = self.early = None  # the validation split and early stopping
         self.total_steps = 0  # the run's length in steps, for the schedule
         self.curves = fresh_curves()
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
@@ -122,6 +124,8 @@ class Run:
         self.epoch_done, self.batch_done, self.step = done, batch, meta["step"]
         self.history, self.partial = list(meta["history"]), {**fresh_partial(), **meta["partial"]}
         self.curves = {**fresh_curves(), **meta.get("curves", {})}
+        if self.early is not None:
+            self.early.load(meta.get("early", {}))
         if self.augmenter is not None:
             if "augment_rng_state" not in meta:
                 raise ConfigError(f"cannot resume {path}: it was trained without augmentation")
@@ -151,17 +155,32 @@ class Run:
             self.history.append(row)
             self.epoch_done, self.batch_done, self.partial = epoch, 0, fresh_partial()
             reporter.end(row)
+            stop_early = self.watch_validation(epoch, row)
             if self.out is not None:
                 self.save(self.rng.bit_generator.state)
                 self.record.update(
                     results(self.history, self.test_labels, predictions, self.num_classes, self.class_names)
                 )
                 self.write_record()
-            if self.steps_done():
+            if self.steps_done() or stop_early:
                 break
             if self.stopping and epoch < epochs:
                 raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch + 1, 0)
         return predictions
+
+    def watch_validation(self, epoch: int, row: dict) -> bool:
+        """Keep the best epoch's weights in best.npz; True when early stopping ends the run here."""
+        if self.early is None:
+            return False
+        loss = row["val_loss"] if row["val_loss"] is not None else math.inf
+        improved, stop = self.early.update(epoch, loss)
+        if improved and self.out is not None:
+            meta = {"kind": "best", "epoch": epoch, "val_loss": loss}
+            self.write(self.out / BEST, lambda: self.model.save(self.out / BEST, meta=meta))
+            self.record["best"] = {"file": BEST, "epoch": epoch, "val_loss": loss}
+        if stop and self.record is not None:
+            self.record["stopped_early"] = {"epoch": epoch, "best_epoch": self.early.best_epoch}
+        return stop
 
     def steps_done(self) -> bool:
         """Whether the run has taken its ``max_steps`` optimizer steps."""
@@ -259,6 +278,9 @@ class Run:
                "seconds": seconds}  # fmt: skip
         if last < self.batches:  # max_steps ended the epoch early
             row["batches"] = last
+        if self.val_images is not None:
+            val_loss, val_accuracy, _ = evaluate(model, self.val_images, self.val_labels, self.batch_size)
+            row["val_loss"], row["val_accuracy"] = _finite_or_none(val_loss), val_accuracy
         if self.eval_every is not None and (
             not self.curves["test"] or self.curves["test"][-1][0] != self.step
         ):
@@ -336,6 +358,8 @@ class Run:
                 "optimizer": self.optimizer.config(), "curves": self.curves}  # fmt: skip
         if self.augmenter is not None:
             meta["augment_rng_state"] = self.augmenter.rng.bit_generator.state
+        if self.early is not None:
+            meta["early"] = self.early.state()
         try:
             check_weights(self.model)
             self.write(self.out / CHECKPOINT, lambda: save_checkpoint(self.out / CHECKPOINT, self.model,

@@ -98,6 +98,8 @@ def run_training(
         schedule=Schedule.from_config(config, optimizer.lr),
         clip_grad_norm=config.clip_grad_norm,
         augment=config.augment,
+        validation=config.validation,
+        early_stopping=config.early_stopping,
         stop=stop,
         resume=resume,
         config={**config.to_dict(), "lr": optimizer.lr, "backend": backend.name},
