@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import cnnx
 from cnnx.cli import cli
 from cnnx.data import DATASETS, Dataset, class_names, digest, load_dataset
 from cnnx.errors import ConfigError, DataError
@@ -63,3 +64,32 @@ def test_cnnx_train_on_digits_records_the_data_set_its_digest_and_its_class_name
     assert record["config"]["dataset"] == "digits" and record["class_names"][:2] == ["0", "1"]
     assert record["config"]["data_digest"] == digest(load_dataset("digits"))
     assert "scikit-learn digits" in record["config"]["data_source"]
+
+
+def test_a_folder_of_another_data_set_brings_its_classes_and_their_names(tmp_path):
+    from cnnx.data import IDX_FILES, write_idx
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 15)):
+        image_name, label_name = IDX_FILES[split]
+        write_idx(tmp_path / image_name, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / label_name, (np.arange(n) % 3).astype(np.uint8))
+    (tmp_path / "classes.txt").write_text("circle\nsquare\n\ntriangle\n")
+    out = tmp_path / "run"
+    args = ["train", "--model", "seed", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["class_names"] == ["circle", "square", "triangle"]
+    assert len(record["confusion_matrix"]) == 3
+    assert cnnx.load_model(out / "model.npz").output_shapes()[-1] == (3,)
+
+
+def test_a_class_names_file_must_hold_sensible_names(tmp_path):
+    from cnnx.data.catalog import _names_file
+
+    (tmp_path / "classes.txt").write_text("only-one\n")
+    with pytest.raises(DataError, match="expected 2 to 1000 class names"):
+        _names_file(tmp_path)
+    assert _names_file(None) is None

@@ -14,7 +14,7 @@ defines them, so a test that patches one patches it there (``cnnx.data.sources.M
 from __future__ import annotations
 
 from .augment import TRANSFORMS, Augmenter, format_augment, parse_augment
-from .catalog import DATASETS, class_names, digest, load_dataset
+from .catalog import DATASETS, class_count, class_names, digest, load_dataset
 from .dataset import (
     CLASS_NAMES,
     SUBSET_SEED,
@@ -49,6 +49,7 @@ from .sources import (
 
 __all__ = [
     "DATASETS",
+    "class_count",
     "class_names",
     "digest",
     "load_dataset",

@@ -1,7 +1,9 @@
 """The data sets a run can name (``--dataset``) and the one call that loads any of them.
 
 - ``fashion-mnist`` (the default): the four IDX files or the Kaggle CSVs, found or downloaded and
-  verified (see :mod:`cnnx.data.sources`).
+  verified (see :mod:`cnnx.data.sources`). ``--data-dir`` may hold another data set's files under the
+  same names (MNIST's, say): a ``classes.txt`` beside them names its classes, and a preset takes as
+  many classes as the data has.
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images; offline), scaled from 0-16 to
   0-255 and upsampled to 28x28 bilinearly, so every preset takes them as they are; a seeded,
   stratified fifth is the test set.
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np  # host
 
@@ -17,6 +20,8 @@ from ..errors import ConfigError, DataError
 from .dataset import CLASS_NAMES, Dataset, balanced_subset, load_fashion_mnist
 
 DATASETS = ("fashion-mnist", "digits")
+CLASSES_FILE = "classes.txt"  # optional, in a data folder: the class names, one a line, label 0 first
+MAX_CLASSES = 1000
 DIGITS_TEST_SHARE = 0.2
 DIGITS_SEED = 0
 DIGITS_SIDE = 28
@@ -26,7 +31,12 @@ def load_dataset(name: str = "fashion-mnist", data_dir=None, *, limit: int | Non
     """Load the data set ``name``; ``limit`` keeps a class-balanced subset of that many training images
     (and a sixth as many test images), as for Fashion-MNIST."""
     if name == "fashion-mnist":
-        return load_fashion_mnist(data_dir, limit=limit)
+        dataset = load_fashion_mnist(data_dir, limit=limit)
+        names = _names_file(data_dir)
+        if names is not None:
+            dataset = Dataset(dataset.train_images, dataset.train_labels, dataset.test_images,
+                              dataset.test_labels, source=dataset.source, class_names=names)  # fmt: skip
+        return dataset
     if name == "digits":
         if data_dir is not None:
             raise ConfigError(
@@ -36,12 +46,39 @@ def load_dataset(name: str = "fashion-mnist", data_dir=None, *, limit: int | Non
     raise ConfigError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
 
 
+def class_count(dataset: Dataset) -> int:
+    """How many classes the data set has: its names' count, else the largest label plus one (at least 2)."""
+    if dataset.class_names is not None:
+        return len(dataset.class_names)
+    labels = [a.max() for a in (dataset.train_labels, dataset.test_labels) if len(a)]
+    return max(2, int(max(labels)) + 1)
+
+
 def class_names(dataset: Dataset, count: int) -> list[str]:
     """The names of ``count`` classes: the data set's own, Fashion-MNIST's for ten unnamed ones, else
     the class numbers."""
     if dataset.class_names is not None and len(dataset.class_names) == count:
         return list(dataset.class_names)
     return list(CLASS_NAMES) if count == len(CLASS_NAMES) else [str(i) for i in range(count)]
+
+
+def _names_file(data_dir) -> tuple[str, ...] | None:
+    """The class names of a data folder: ``classes.txt`` beside its files, one name a line, if present."""
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser() / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable class names ({exc})") from None
+    names = tuple(line.strip() for line in lines if line.strip())
+    if not 2 <= len(names) <= MAX_CLASSES or any(len(n) > 100 for n in names):
+        raise DataError(
+            f"{path}: expected 2 to {MAX_CLASSES} class names of at most 100 characters, one a line"
+        )
+    return names
 
 
 def digest(dataset: Dataset) -> str:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnx.backends import get_backend
-from cnnx.data import load_dataset
-from cnnx.nn.presets import build_model
+from cnnx.data import class_count, load_dataset
+from cnnx.nn.presets import build_model, preset_architecture
 from cnnx.optim import make_optimizer
 
 from .config import RunConfig
@@ -47,6 +47,7 @@ def run_training(
     the scikit-learn estimator's ``warm_start`` and ``partial_fit``); ``config`` still sets everything else.
     """
     backend = get_backend(config.device)  # "gpu" without a usable GPU stops here with the reason
+    built = model is None and optimizer is None
     if model is None:
         model = build_model(
             config.model,
@@ -68,6 +69,15 @@ def run_training(
         check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit)
+    classes = class_count(dataset)
+    if built and isinstance(config.model, str) and classes != model.output_shapes()[-1][0]:
+        # A preset adapts to the data's number of classes (a folder of another data set's files).
+        architecture = preset_architecture(config.model, config.input_shape, classes)
+        model = build_model(architecture, backend=backend, dtype=config.dtype, seed=config.seed,
+                            input_shape=config.input_shape, name=config.model)  # fmt: skip
+        optimizer = make_optimizer(
+            config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
+        )
 
     def started(run: Run) -> None:
         if echo is not None:
