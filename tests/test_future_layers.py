@@ -325,3 +325,21 @@ def test_gru_reads_an_image_row_by_row(rng):
 def test_gru_preset_adapts_its_input_size_to_other_images():
     architecture = cnnx.nn.presets.preset_architecture("gru", (1, 8, 8), 10)
     assert architecture[0]["config"]["input_size"] == 8
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_with_augmentation_resumes_to_the_weights_of_the_uninterrupted_run(name, tmp_path):
+    from cnnx.data import Dataset
+    from cnnx.training import RunConfig, run_training
+    from cnnx.training.interrupt import TrainingInterrupted
+
+    from helpers import StopAtStep, blobs
+
+    data = Dataset(*blobs(48, seed=1), *blobs(16, seed=2), source="synthetic blobs")
+    config = RunConfig(model=name, epochs=2, batch_size=16, augment="rotate=10,shift=2,flip,erase=0.5")
+    straight = run_training(config, dataset=data, progress="none")
+    with pytest.raises(TrainingInterrupted):
+        run_training(config, tmp_path / "run", dataset=data, progress="none", stop=StopAtStep(4))
+    resumed = run_training(config, tmp_path / "run", resume=True, dataset=data, progress="none")
+    for key, value in straight.model.state_dict().items():
+        assert np.array_equal(value, resumed.model.state_dict()[key]), f"{name}: {key}"
