@@ -1,4 +1,4 @@
-"""Max pooling over NCHW inputs."""
+"""Pooling over NCHW inputs: max and average over k x k windows, and the global average."""
 
 from __future__ import annotations
 
@@ -10,8 +10,30 @@ from ..registry import Optional, Size, register_layer
 from .base import Layer
 
 
+class _WindowPool(Layer):
+    """What max and average pooling share: k x k windows moved by ``stride`` (floor mode)."""
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
+        super().__init__(backend=backend, dtype=dtype)
+        kind = type(self).__name__
+        self.k = whole_number(kind, "kernel_size", kernel_size)
+        # None (not 0, which is an error) means windows that touch without overlapping.
+        self.stride = self.k if stride is None else whole_number(kind, "stride", stride)
+
+    def output_shape(self, input_shape):
+        c, h, w = input_shape
+        oh = F.conv_output_size(h, self.k, self.stride, 0)
+        ow = F.conv_output_size(w, self.k, self.stride, 0)
+        if oh < 1 or ow < 1:
+            raise ConfigError(f"{type(self).__name__} window {self.k} does not fit an input of {h}x{w}")
+        return (c, oh, ow)
+
+    def config(self):
+        return {"kernel_size": self.k, "stride": self.stride}
+
+
 @register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())})
-class MaxPool2D(Layer):
+class MaxPool2D(_WindowPool):
     """Max over k x k windows moved by ``stride`` (floor mode: a partial window at the edge is dropped).
 
     The gradient flows to each window's maximum; on ties, to the first maximum in row-major window
@@ -19,10 +41,7 @@ class MaxPool2D(Layer):
     """
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
-        super().__init__(backend=backend, dtype=dtype)
-        self.k = whole_number("MaxPool2D", "kernel_size", kernel_size)
-        # None (not 0, which is an error) means windows that touch without overlapping.
-        self.stride = self.k if stride is None else whole_number("MaxPool2D", "stride", stride)
+        super().__init__(kernel_size, stride, backend=backend, dtype=dtype)
         self.saved = None  # what backward needs: (path, masks or argmax, x shape)
 
     def forward(self, x, train=True):
@@ -59,27 +78,14 @@ class MaxPool2D(Layer):
             return F.to_nchw(dx)
         return F.unpool_argmax(self.xp, dy, first, x_shape, self.k, self.stride)
 
-    def output_shape(self, input_shape):
-        c, h, w = input_shape
-        oh = F.conv_output_size(h, self.k, self.stride, 0)
-        ow = F.conv_output_size(w, self.k, self.stride, 0)
-        if oh < 1 or ow < 1:
-            raise ConfigError(f"MaxPool2D window {self.k} does not fit an input of {h}x{w}")
-        return (c, oh, ow)
-
-    def config(self):
-        return {"kernel_size": self.k, "stride": self.stride}
-
 
 @register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())})
-class AvgPool2D(Layer):
+class AvgPool2D(_WindowPool):
     """Mean over k x k windows moved by ``stride`` (floor mode); each input gets dy / (k*k) from every
     window it lies in."""
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
-        super().__init__(backend=backend, dtype=dtype)
-        self.k = whole_number("AvgPool2D", "kernel_size", kernel_size)
-        self.stride = self.k if stride is None else whole_number("AvgPool2D", "stride", stride)
+        super().__init__(kernel_size, stride, backend=backend, dtype=dtype)
         self.x_shape = None
 
     def forward(self, x, train=True):
@@ -97,17 +103,6 @@ class AvgPool2D(Layer):
             for j in range(self.k):
                 dx[:, :, i : i + s * oh : s, j : j + s * ow : s] += share
         return dx
-
-    def output_shape(self, input_shape):
-        c, h, w = input_shape
-        oh = F.conv_output_size(h, self.k, self.stride, 0)
-        ow = F.conv_output_size(w, self.k, self.stride, 0)
-        if oh < 1 or ow < 1:
-            raise ConfigError(f"AvgPool2D window {self.k} does not fit an input of {h}x{w}")
-        return (c, oh, ow)
-
-    def config(self):
-        return {"kernel_size": self.k, "stride": self.stride}
 
 
 @register_layer()
