@@ -255,7 +255,8 @@ def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) ->
     The run directory receives model.npz (the checkpoint: weights, optimizer state, random streams,
     batch order and history, rewritten after every epoch and every --checkpoint-every steps),
     metrics.json (configuration, status, per-epoch history, confusion matrix, per-class report),
-    curves.png, confusion_matrix.png and samples.png. Ctrl-C or SIGTERM finishes the current step,
+    curves.png, confusion_matrix.png and samples.png; with --validation also best.npz, the best epoch's
+    weights. Ctrl-C or SIGTERM finishes the current step,
     writes a checkpoint and exits with status 130 or 143; `cnnx train --resume RUN_DIR` continues the
     run, with the same result as if it had never stopped. A second Ctrl-C stops at once.
     """
