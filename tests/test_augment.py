@@ -120,3 +120,15 @@ def test_cnnx_augmentations_show_writes_a_grid(tmp_path):
     assert out.stat().st_size > 1000 and "3 test images, each beside 2 draws" in result.output
     bad = CliRunner().invoke(cli, ["augmentations", "show", "--augment", "spin", "--data-dir", str(data)])
     assert bad.exit_code == 1 and "unknown transform 'spin'" in bad.output
+
+
+def test_cutting_the_batch_over_threads_gives_the_same_images():
+    from cnnx.backends import NumpyBackend
+
+    spec = parse_augment("rotate=10,zoom=0.1,shift=2,flip,erase=0.5")
+    x = np.random.default_rng(0).random((128, 1, 28, 28), dtype=np.float32)
+    whole = Augmenter(spec, derive_rng(5, "augment"))(x)
+    backend = NumpyBackend(threads=3)
+    with backend.parallel_region():
+        parts = Augmenter(spec, derive_rng(5, "augment"))(x, split=backend.split_batch)
+    assert np.array_equal(whole, parts)

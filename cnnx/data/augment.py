@@ -63,24 +63,60 @@ def format_augment(transforms: dict[str, float]) -> str:
 
 class Augmenter:
     """Applies a spec's transforms to host batches (N, C, H, W) of floats, drawing from ``rng``; the
-    batch given is never changed (a new array comes back)."""
+    batch given is never changed (a new array comes back).
+
+    Every random number of a batch is drawn first, in one fixed order, and the images are then
+    transformed; ``split`` (a backend's ``split_batch``) may cut that second part over threads, and the
+    result is the same however it is cut.
+    """
 
     def __init__(self, transforms: dict[str, float], rng: np.random.Generator):
         self.transforms, self.rng = dict(transforms), rng
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, split=None) -> np.ndarray:
+        draws = self.draw(x.shape)
+        out = np.empty_like(x)
+
+        def part(s):
+            out[s] = self.apply(x[s], {name: value[s] for name, value in draws.items()})
+
+        if split is None:
+            part(slice(0, len(x)))
+        else:
+            split(part, len(x), x.size)
+        return out
+
+    def draw(self, shape) -> dict[str, np.ndarray]:
+        """The random numbers of a batch of ``shape``, one array per kind, indexed by image."""
         t, rng = self.transforms, self.rng
-        n, _, h, w = x.shape
+        n, _, h, w = shape
+        draws = {}
         if any(k in t for k in ("rotate", "zoom", "shift")):
-            angle = np.radians(rng.uniform(-1, 1, n) * t.get("rotate", 0.0))
-            scale = 1 + rng.uniform(-1, 1, n) * t.get("zoom", 0.0)
-            shift = rng.uniform(-1, 1, (n, 2)) * t.get("shift", 0.0)
-            x = _affine(x, angle, scale, shift)
+            draws["angle"] = np.radians(rng.uniform(-1, 1, n) * t.get("rotate", 0.0))
+            draws["scale"] = 1 + rng.uniform(-1, 1, n) * t.get("zoom", 0.0)
+            draws["shift"] = rng.uniform(-1, 1, (n, 2)) * t.get("shift", 0.0)
         if "flip" in t:
-            flip = rng.random(n) < t["flip"]
-            x = np.where(flip[:, None, None, None], x[..., ::-1], x)
+            draws["flip"] = rng.random(n) < t["flip"]
         if "erase" in t:
-            x = _erase(x, rng.random(n) < t["erase"], rng)
+            draws["erase"] = rng.random(n) < t["erase"]
+            area = rng.uniform(*ERASE_AREA, n) * h * w
+            aspect = np.exp(rng.uniform(*np.log(ERASE_ASPECT), n))
+            eh = np.clip(np.round(np.sqrt(area * aspect)), 1, h).astype(np.int64)
+            ew = np.clip(np.round(np.sqrt(area / aspect)), 1, w).astype(np.int64)
+            top = np.floor(rng.random(n) * (h - eh + 1)).astype(np.int64)
+            left = np.floor(rng.random(n) * (w - ew + 1)).astype(np.int64)
+            draws["box"] = np.stack([top, top + eh, left, left + ew], axis=1)
+        return draws
+
+    @staticmethod
+    def apply(x: np.ndarray, draws: dict[str, np.ndarray]) -> np.ndarray:
+        """The transforms of ``draws`` applied to the images ``x``."""
+        if "angle" in draws:
+            x = _affine(x, draws["angle"], draws["scale"], draws["shift"])
+        if "flip" in draws:
+            x = np.where(draws["flip"][:, None, None, None], x[..., ::-1], x)
+        if "erase" in draws:
+            x = _erase(x, draws["erase"], draws["box"])
         return x
 
 
@@ -126,17 +162,12 @@ def _affine(x: np.ndarray, angle, scale, shift) -> np.ndarray:
     return out
 
 
-def _erase(x: np.ndarray, chosen: np.ndarray, rng) -> np.ndarray:
-    """Blank one random rectangle (2 % to 20 % of the image, aspect 0.3 to 3.3) in each chosen image."""
-    n, _, h, w = x.shape
-    area = rng.uniform(*ERASE_AREA, n) * h * w
-    aspect = np.exp(rng.uniform(*np.log(ERASE_ASPECT), n))
-    eh = np.clip(np.round(np.sqrt(area * aspect)), 1, h).astype(np.int64)
-    ew = np.clip(np.round(np.sqrt(area / aspect)), 1, w).astype(np.int64)
-    top = np.floor(rng.random(n) * (h - eh + 1)).astype(np.int64)
-    left = np.floor(rng.random(n) * (w - ew + 1)).astype(np.int64)
+def _erase(x: np.ndarray, chosen: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Blank each chosen image's rectangle ``box`` (top, bottom, left, right): 2 % to 20 % of the image,
+    aspect 0.3 to 3.3, as :meth:`Augmenter.draw` draws it."""
+    _, _, h, w = x.shape
     rows, cols = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
-    inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))  # fmt: skip
+    top, bottom, left, right = (box[:, i, None, None] for i in range(4))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
     mask = inside & chosen[:, None, None]
     return np.where(mask[:, None], np.zeros((), x.dtype), x)

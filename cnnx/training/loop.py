@@ -298,8 +298,8 @@ class Run:
         """The device arrays of the 1-based ``batch`` of an epoch ordered by ``order``."""
         index = order[(batch - 1) * self.batch_size : batch * self.batch_size]
         host = model_inputs(self.images[index], self.model.dtype, self.model.input_shape)
-        if self.augmenter is not None:
-            host = self.augmenter(host)
+        if self.augmenter is not None:  # host work, cut over the CPU backend's threads in its region
+            host = self.augmenter(host, split=self.backend.split_batch)
         x = self.backend.to_device(host, self.model.dtype)
         return x, self.backend.to_device(self.labels[index], "int64")
 
