@@ -173,9 +173,7 @@ def test_a_changed_setting_starts_a_run_afresh(study):
     specs = select(find_experiments(folder), ["tiny-adam"], ("report",))
     run_grid(specs, results, echo=lambda line: None)
     assert [t["action"] for t in plan(specs, results)] == ["reuse"]
-    changed = [
-        s.__class__(s.experiment, s.protocol, s.label, s.config.replace(lr=0.01), s.reported) for s in specs
-    ]
+    changed = [dataclasses.replace(s, config=s.config.replace(lr=0.01)) for s in specs]
     assert [t["action"] for t in plan(changed, results)] == ["start"]
 
 

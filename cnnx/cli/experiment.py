@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
+from cnnx.backends import DEVICES
 from cnnx.errors import CnnxError
 
 from .options import data_dir_option
@@ -101,7 +103,7 @@ def list_experiments(directory: Path, results: Path | None) -> None:
 )
 @click.option(
     "--device",
-    type=click.Choice(("cpu", "gpu", "auto")),
+    type=click.Choice(DEVICES),
     default=None,
     help="Run every run on this device (default: each file's setting, cpu unless it says otherwise).",
 )
@@ -128,8 +130,7 @@ def run(names, run_all, protocol, jobs, cluster, threads, force, limit, device, 
     if "data_dir" in overrides:
         overrides["data_dir"] = str(Path(overrides["data_dir"]).resolve())
     if overrides:
-        specs = [spec.__class__(spec.experiment, spec.protocol, spec.label, spec.config.replace(**overrides),
-                                spec.reported) for spec in specs]  # fmt: skip
+        specs = [dataclasses.replace(spec, config=spec.config.replace(**overrides)) for spec in specs]
     summaries = run_grid(specs, results or directory / "results", jobs=jobs, cluster=cluster, force=force,
                          threads=threads, echo=click.echo)  # fmt: skip
     lost = [s for s in summaries if s["status"] not in ("completed", "diverged")]
