@@ -93,9 +93,9 @@ class NumpyBackend(Backend):
 class _Cores:
     """Who has the cores: the BLAS library's threads (outside any region) or the pool (inside one).
 
-    The first region to open reads BLAS's thread count (that becomes the number of parts) and sets BLAS
-    to one thread; the last one to close gives the count back. Regions of several threads share the
-    count, under a lock.
+    The first region to open reads BLAS's thread count (that becomes the number of parts) and sets every
+    loaded BLAS library to one thread; the last one to close gives each its count back. Regions of
+    several threads share the count, under a lock.
     """
 
     def __init__(self):
@@ -103,6 +103,7 @@ class _Cores:
         self.depth = 0
         self.saved = 1  # BLAS's thread count when the outermost region opened
         self.blas = None  # threadpoolctl's controllers for the BLAS libraries, made on first use
+        self.restore = []  # (controller, its thread count) when the outermost region opened
 
     def controllers(self):
         if self.blas is None:
@@ -119,8 +120,10 @@ class _Cores:
         with self.lock:
             if self.depth == 0:
                 keep_freed_memory()
+                self.blas = None  # look again: a BLAS library loaded since (scipy's, torch's) is pinned too
                 self.saved = blas_threads()
-                for controller in self.controllers():
+                self.restore = [(c, c.get_num_threads()) for c in self.controllers()]
+                for controller, _ in self.restore:
                     controller.set_num_threads(1)
             self.depth += 1
 
@@ -128,8 +131,8 @@ class _Cores:
         with self.lock:
             self.depth -= 1
             if self.depth == 0:
-                for controller in self.controllers():
-                    controller.set_num_threads(self.saved)
+                for controller, threads in self.restore:
+                    controller.set_num_threads(threads)
 
 
 _cores = _Cores()
