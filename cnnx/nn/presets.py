@@ -39,6 +39,12 @@ def _bn_block(n_in: int, n_out: int) -> list[dict]:
     return [conv, layer("BatchNorm2D", num_features=n_out), layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
 
 
+def _conv_bn_relu(n_in: int, n_out: int) -> list[dict]:
+    """A 3x3 'same' convolution without bias, batch norm, ReLU: the unit of a VGG-style stack."""
+    conv = layer("Conv2D", in_channels=n_in, out_channels=n_out, kernel_size=3, padding="same", bias=False)
+    return [conv, layer("BatchNorm2D", num_features=n_out), layer("ReLU")]
+
+
 def _residual_block(n_in: int, n_out: int, stride: int) -> list[dict]:
     """Two 3x3 convolutions with batch norm, added to the input (or to its 1x1 projection where the
     size or the channels change), then a ReLU (He et al., 2016)."""
@@ -68,6 +74,13 @@ CNN_BN = [*_bn_block(1, 32), *_bn_block(32, 64), layer("Flatten"), layer("Dropou
           layer("ReLU"), layer("Dropout", p=0.3),
           layer("Dense", in_features=128, out_features=10)]  # fmt: skip
 
+VGG_BN = [*_conv_bn_relu(1, 32), *_conv_bn_relu(32, 32), layer("MaxPool2D", kernel_size=2),
+          *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), layer("MaxPool2D", kernel_size=2),
+          layer("Flatten"), layer("Dropout", p=0.25),
+          layer("Dense", in_features=64 * 7 * 7, out_features=256, bias=False),
+          layer("BatchNorm1D", num_features=256), layer("ReLU"), layer("Dropout", p=0.25),
+          layer("Dense", in_features=256, out_features=10)]  # fmt: skip
+
 RESNET = [layer("Conv2D", in_channels=1, out_channels=16, kernel_size=3, padding="same", bias=False),
           layer("BatchNorm2D", num_features=16), layer("ReLU"), *_residual_block(16, 16, 1),
           *_residual_block(16, 32, 2), *_residual_block(32, 64, 2), layer("GlobalAvgPool2D"),
@@ -82,6 +95,11 @@ PRESETS = {
     "cnn-bn": (
         CNN_BN,
         "two 'same' 3x3 conv blocks (32, 64) with batch norm, dropout 0.3, dense 128 with batch norm, 10",
+    ),  # fmt: skip
+    "vgg-bn": (
+        VGG_BN,
+        "a VGG-style stack: four 'same' 3x3 conv-batch-norm-ReLU layers (32, 32, pool, 64, 64, pool), "
+        "dropout 0.25, dense 256 with batch norm, dropout 0.25, 10",
     ),  # fmt: skip
     "resnet": (
         RESNET,
