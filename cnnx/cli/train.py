@@ -211,8 +211,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     "--dataset",
     type=click.Choice(DATASETS),
     default=None,
-    help="fashion-mnist (default; --data-dir or the search order) or digits (scikit-learn's 8x8 digits, "
-    "upsampled to 28x28, offline).",
+    help="fashion-mnist (default; --data-dir or the search order), mnist or kmnist (--data-dir, the user "
+    "cache, or a verified download), or digits (scikit-learn's 8x8 digits, upsampled to 28x28, offline).",
 )
 @click.option(
     "--validation",

@@ -1,4 +1,4 @@
-"""Fashion-MNIST on the host: IDX and Kaggle-CSV readers, discovery, a verified download, subsets.
+"""The data sets on the host: IDX and Kaggle-CSV readers, discovery, verified downloads, subsets.
 
 Everything here is plain NumPy. Pixels stay uint8 until a batch is scaled with ``scale_pixels``; moving
 a batch to the device is the backend's job. Malformed input raises ``DataError`` with one line that
@@ -21,6 +21,7 @@ from .dataset import (
     Dataset,
     balanced_subset,
     load_fashion_mnist,
+    load_idx_dataset,
     model_inputs,
     scale_pixels,
 )
@@ -37,14 +38,18 @@ from .readers import (
 from .sources import (
     CSV_FILES,
     ENV_VAR,
+    IDX_DATASETS,
     IDX_FILES,
     MIRRORS,
     PAYLOAD_SHA256,
     SYSTEM_DIR,
+    IdxSource,
     cache_dir,
     candidate_dirs,
+    download,
     download_fashion_mnist,
     find_dataset,
+    idx_source,
 )
 
 __all__ = [
@@ -60,7 +65,9 @@ __all__ = [
     "CLASS_NAMES",
     "CSV_FILES",
     "ENV_VAR",
+    "IDX_DATASETS",
     "IDX_FILES",
+    "IdxSource",
     "IMAGE_SHAPE",
     "MAX_UNPACKED_BYTES",
     "MIRRORS",
@@ -71,9 +78,12 @@ __all__ = [
     "balanced_subset",
     "cache_dir",
     "candidate_dirs",
+    "download",
     "download_fashion_mnist",
     "find_dataset",
+    "idx_source",
     "load_fashion_mnist",
+    "load_idx_dataset",
     "read_csv",
     "read_idx",
     "read_image_file",

@@ -1,9 +1,9 @@
 """The data sets a run can name (``--dataset``) and the one call that loads any of them.
 
-- ``fashion-mnist`` (the default): the four IDX files or the Kaggle CSVs, found or downloaded and
-  verified (see :mod:`cnnx.data.sources`). ``--data-dir`` may hold another data set's files under the
-  same names (MNIST's, say): a ``classes.txt`` beside them names its classes, and a preset takes as
-  many classes as the data has.
+- ``fashion-mnist`` (the default), ``mnist`` and ``kmnist``: the four IDX files or the Kaggle CSVs,
+  found or downloaded and verified (see :mod:`cnnx.data.sources`). ``--data-dir`` may hold any data
+  set's files under the same names: a ``classes.txt`` beside them names its classes, and a preset takes
+  as many classes as the data has.
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images; offline), scaled from 0-16 to
   0-255 and upsampled to 28x28 bilinearly, so every preset takes them as they are; a seeded,
   stratified fifth is the test set.
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np  # host
 
 from ..errors import ConfigError, DataError
-from .dataset import CLASS_NAMES, Dataset, balanced_subset, load_fashion_mnist
+from .dataset import CLASS_NAMES, Dataset, balanced_subset, load_idx_dataset
+from .sources import IDX_DATASETS
 
-DATASETS = ("fashion-mnist", "digits")
+DATASETS = (*IDX_DATASETS, "digits")
 CLASSES_FILE = "classes.txt"  # optional, in a data folder: the class names, one a line, label 0 first
 MAX_CLASSES = 1000
 DIGITS_TEST_SHARE = 0.2
@@ -30,8 +31,8 @@ DIGITS_SIDE = 28
 def load_dataset(name: str = "fashion-mnist", data_dir=None, *, limit: int | None = None) -> Dataset:
     """Load the data set ``name``; ``limit`` keeps a class-balanced subset of that many training images
     (and a sixth as many test images), as for Fashion-MNIST."""
-    if name == "fashion-mnist":
-        dataset = load_fashion_mnist(data_dir, limit=limit)
+    if name in IDX_DATASETS:
+        dataset = load_idx_dataset(name, data_dir, limit=limit)
         names = _names_file(data_dir)
         if names is not None:
             dataset = Dataset(dataset.train_images, dataset.train_labels, dataset.test_images,

@@ -11,17 +11,15 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .readers import read_csv, read_idx
 from .sources import (
-    CSV_FILES,
-    ENV_VAR,
     IDX_FILES,
-    MIRRORS,
     _describe,
     _DownloadUnavailable,
     _find,
     _idx_paths,
     candidate_dirs,
-    download_fashion_mnist,
+    idx_source,
 )
+from .sources import download as fetch_idx
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -45,11 +43,11 @@ class Dataset:
 # ---------------------------------------------------------------- loading
 
 
-def _read_dir(directory: Path, layout: str) -> list[np.ndarray]:
+def _read_dir(directory: Path, layout: str, name: str = "fashion-mnist") -> list[np.ndarray]:
     arrays = []
     for split in ("train", "test"):
         if layout == "csv":
-            arrays.extend(read_csv(directory / CSV_FILES[split]))
+            arrays.extend(read_csv(directory / idx_source(name).csv_files[split]))
             continue
         paths = _idx_paths(directory)
         image_path, label_path = (paths[name] for name in IDX_FILES[split])
@@ -97,38 +95,59 @@ def load_fashion_mnist(
     sets the number of test images on its own (a class-balanced subset of that many; all of them when
     it is at least the test set's size).
     """
-    for name, value in (("limit", limit), ("test_limit", test_limit)):
+    return load_idx_dataset("fashion-mnist", data_dir, download=download, limit=limit,
+                            test_limit=test_limit, opener=opener)  # fmt: skip
+
+
+def load_idx_dataset(
+    name: str,
+    data_dir=None,
+    *,
+    download: bool = True,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    opener=None,
+) -> Dataset:
+    """Find (or download) the IDX data set ``name`` ("fashion-mnist", "mnist" or "kmnist") and load it,
+    as :func:`load_fashion_mnist` does; MNIST and KMNIST are searched in ``data_dir``, else the user cache
+    (``~/.cache/cnnx/mnist``, ...), then downloaded. The result carries the data set's class names."""
+    for option, value in (("limit", limit), ("test_limit", test_limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
-    candidates = candidate_dirs(data_dir)
-    found = _find(data_dir)
+            raise ConfigError(f"{option} must be a positive whole number, got {value!r}")
+    source = idx_source(name)
+    candidates = candidate_dirs(data_dir, name)
+    found = _find(data_dir, name)
+    csv = source.csv_files
     if found:
         label, directory, layout = found
-    elif candidates[0][0] in ("--data-dir", ENV_VAR):  # an explicit choice never falls through
+    elif candidates[0][0] in ("--data-dir", source.env_var):  # an explicit choice never falls through
         label, directory = candidates[0]
         raise DataError(
-            f"{label} {directory} has no Fashion-MNIST ({_describe(directory)}): expected the four IDX "
-            f"files (train-images-idx3-ubyte[.gz], ...) or {CSV_FILES['train']} and {CSV_FILES['test']}"
+            f"{label} {directory} has no {source.title} ({_describe(directory, name)}): expected the four "
+            f"IDX files (train-images-idx3-ubyte[.gz], ...) or {csv['train']} and {csv['test']}"
         )
     else:
-        tried = [f"{label} {path} ({_describe(path)})" for label, path in candidates]
+        tried = [f"{label} {path} ({_describe(path, name)})" for label, path in candidates]
         try:
             if not download:
                 raise _DownloadUnavailable("download disabled")
-            directory, layout, label = download_fashion_mnist(opener=opener), "idx", "downloaded to"
+            directory, layout, label = fetch_idx(name, opener=opener), "idx", "downloaded to"
         except _DownloadUnavailable as exc:
+            fixes = ["pass --data-dir DIR"]
+            fixes += [f"set {source.env_var}=DIR"] if source.env_var else []
+            fixes[-1] += " (the IDX files or the Kaggle CSVs)"
+            fixes += [f"`apt-get install {source.package}`"] if source.package else []
+            fixes += [f"allow the download from {source.mirrors[0]}"]
             raise DataError(
-                f"Fashion-MNIST not found; tried {', '.join(tried)}, {exc}. Fix: pass --data-dir DIR "
-                f"or set {ENV_VAR}=DIR (the IDX files or the Kaggle CSVs), or `apt-get install "
-                f"dataset-fashion-mnist`, or allow the download from {MIRRORS[0]}"
+                f"{source.title} not found; tried {', '.join(tried)}, {exc}. Fix: " + ", or ".join(fixes)
             ) from None
-    arrays = _read_dir(directory, layout)
+    arrays = _read_dir(directory, layout, name)
     sizes = [(0, limit), (2, test_limit if test_limit is not None else limit and math.ceil(limit / 6))]
     for i, size in sizes:
         if size is not None and size < len(arrays[i]):
             keep = balanced_subset(arrays[i + 1], size)
             arrays[i], arrays[i + 1] = arrays[i][keep], arrays[i + 1][keep]
-    return Dataset(*arrays, source=f"{label} {directory} ({layout})")
+    return Dataset(*arrays, source=f"{label} {directory} ({layout})", class_names=source.class_names)
 
 
 def scale_pixels(images_uint8, dtype="float32") -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Where Fashion-MNIST lives: the places searched, the file layouts, and the verified download."""
+"""Where the IDX data sets live (Fashion-MNIST, MNIST, KMNIST): the places searched, the file layouts,
+and the verified download."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 import urllib.request
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
@@ -37,23 +39,95 @@ PAYLOAD_SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
+# MNIST and KMNIST are published as the same four IDX names. Their SHA-256 digests are those of the .gz
+# archives as served, the figures TensorFlow Datasets records for these URLs (its url_checksums/mnist.txt
+# and kmnist.txt): no digest of the decompressed payload is published for them, and no Debian package
+# re-compresses them. The archive sizes are from the same records.
+MNIST_MIRRORS = (
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+MNIST_ARCHIVE_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}  # archives of 9,912,422, 28,881, 1,648,877 and 4,542 bytes
+KMNIST_MIRRORS = (
+    "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+    "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+)
+KMNIST_ARCHIVE_SHA256 = {
+    "train-images-idx3-ubyte.gz": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+    "train-labels-idx1-ubyte.gz": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+    "t10k-images-idx3-ubyte.gz": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+    "t10k-labels-idx1-ubyte.gz": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+}  # archives of 18,165,135, 29,497, 3,041,136 and 5,120 bytes
+# Kuzushiji-MNIST's ten classes are ten hiragana (Clanuwat et al., 2018), named here in romaji.
+KMNIST_CLASSES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """A data set published as the four IDX files: where it is searched and where it is fetched from.
+
+    ``hashed`` says what ``sha256`` digests: "payload" (the decompressed IDX bytes, which any
+    re-compression keeps) or "archive" (the .gz file as served)."""
+
+    name: str  # the --dataset name
+    title: str
+    mirrors: tuple[str, ...]
+    sha256: dict
+    hashed: str
+    system_dir: Path | None = None  # where a system package installs it
+    package: str | None = None  # that Debian package
+    class_names: tuple[str, ...] | None = None  # None: Fashion-MNIST's own (cnnx.data.CLASS_NAMES)
+    env_var: str | None = None  # a variable that names its folder
+
+    @property
+    def csv_files(self) -> dict[str, str]:
+        """The Kaggle CSV layout's file names (``fashion-mnist_train.csv``, ``mnist_test.csv``, ...)."""
+        return CSV_FILES if self.name == "fashion-mnist" else {s: f"{self.name}_{s}.csv" for s in CSV_FILES}
+
+
+IDX_DATASETS = ("fashion-mnist", "mnist", "kmnist")
+
+
+def idx_source(name: str = "fashion-mnist") -> IdxSource:
+    """The :class:`IdxSource` of data set ``name`` (one of :data:`IDX_DATASETS`). Fashion-MNIST's is
+    built from this module's names when asked, so a test that patches ``MIRRORS`` patches it."""
+    if name == "fashion-mnist":
+        return IdxSource(name, "Fashion-MNIST", MIRRORS, PAYLOAD_SHA256, "payload", SYSTEM_DIR,
+                         "dataset-fashion-mnist", env_var=ENV_VAR)  # fmt: skip
+    if name == "mnist":
+        return IdxSource(name, "MNIST", MNIST_MIRRORS, MNIST_ARCHIVE_SHA256, "archive",
+                         class_names=tuple(str(d) for d in range(10)))  # fmt: skip
+    if name == "kmnist":
+        return IdxSource(name, "KMNIST", KMNIST_MIRRORS, KMNIST_ARCHIVE_SHA256, "archive",
+                         class_names=KMNIST_CLASSES)  # fmt: skip
+    raise ValueError(f"no IDX data set named {name!r}: choose one of {', '.join(IDX_DATASETS)}")
+
 
 # ---------------------------------------------------------------- discovery
 
 
-def cache_dir() -> Path:
-    """Where downloads go: ``$XDG_CACHE_HOME/cnnx/fashion-mnist`` (default ``~/.cache/...``)."""
+def cache_dir(name: str = "fashion-mnist") -> Path:
+    """Where downloads go: ``$XDG_CACHE_HOME/cnnx/<data set>`` (default ``~/.cache/cnnx/fashion-mnist``)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnnx" / "fashion-mnist"
+    return Path(base) / "cnnx" / name
 
 
-def candidate_dirs(data_dir=None) -> list[tuple[str, Path]]:
-    """The places searched, in order, as (label, directory); an explicit choice is the only place."""
+def candidate_dirs(data_dir=None, name: str = "fashion-mnist") -> list[tuple[str, Path]]:
+    """The places searched, in order, as (label, directory); an explicit choice is the only place. For
+    Fashion-MNIST: ``data_dir``, else ``$CNNX_DATA``, else the user cache, then the system package; for
+    the others, ``data_dir`` else the user cache."""
+    source = idx_source(name)
     if data_dir is not None:
         return [("--data-dir", Path(data_dir).expanduser())]
-    if os.environ.get(ENV_VAR):
-        return [(ENV_VAR, Path(os.environ[ENV_VAR]).expanduser())]
-    return [("user cache", cache_dir()), ("system package", SYSTEM_DIR)]
+    if source.env_var and os.environ.get(source.env_var):
+        return [(source.env_var, Path(os.environ[source.env_var]).expanduser())]
+    places = [("user cache", cache_dir(name))]
+    return places + [("system package", source.system_dir)] if source.system_dir else places
 
 
 def _is_file(path: Path) -> bool:
@@ -79,37 +153,38 @@ def _idx_paths(directory: Path) -> dict[str, Path | None]:
     return found
 
 
-def _layout(directory: Path) -> str | None:
+def _layout(directory: Path, name: str = "fashion-mnist") -> str | None:
     if all(_idx_paths(directory).values()):
         return "idx"
-    if all(_is_file(directory / name) for name in CSV_FILES.values()):
+    if all(_is_file(directory / file) for file in idx_source(name).csv_files.values()):
         return "csv"
     return None
 
 
-def _describe(directory: Path) -> str:
+def _describe(directory: Path, name: str = "fashion-mnist") -> str:
     """Why ``directory`` is not usable, in a few words."""
     if not _is_dir(directory):
         return "does not exist"
-    idx_missing = [name for name, path in _idx_paths(directory).items() if path is None]
-    csv_missing = [name for name in CSV_FILES.values() if not _is_file(directory / name)]
-    for missing, total in ((idx_missing, len(PAYLOAD_SHA256)), (csv_missing, len(CSV_FILES))):
+    source = idx_source(name)
+    idx_missing = [file for file, path in _idx_paths(directory).items() if path is None]
+    csv_missing = [file for file in source.csv_files.values() if not _is_file(directory / file)]
+    for missing, total in ((idx_missing, len(source.sha256)), (csv_missing, len(source.csv_files))):
         if len(missing) < total:
             return "incomplete, lacks " + ", ".join(missing)
-    return "no Fashion-MNIST files"
+    return f"no {source.title} files"
 
 
-def _find(data_dir) -> tuple[str, Path, str] | None:
-    for label, directory in candidate_dirs(data_dir):
-        layout = _layout(directory)
+def _find(data_dir, name: str = "fashion-mnist") -> tuple[str, Path, str] | None:
+    for label, directory in candidate_dirs(data_dir, name):
+        layout = _layout(directory, name)
         if layout:
             return label, directory, layout
     return None
 
 
-def find_dataset(data_dir=None) -> tuple[Path, str] | None:
+def find_dataset(data_dir=None, name: str = "fashion-mnist") -> tuple[Path, str] | None:
     """The first candidate directory holding a complete layout, as (directory, "idx" | "csv"), or None."""
-    found = _find(data_dir)
+    found = _find(data_dir, name)
     return found[1:] if found else None
 
 
@@ -120,14 +195,18 @@ class _DownloadUnavailable(DataError):
     """No mirror could be reached; the caller folds this into the 'nothing found' message."""
 
 
-def _copy_verified(response, handle, name: str, expected: str) -> None:
-    """Stream ``response`` into ``handle`` while hashing the decompressed payload; DataError if it differs."""
+def _copy_verified(response, handle, name: str, expected: str, hashed: str = "payload") -> None:
+    """Stream ``response`` into ``handle`` while hashing the decompressed payload (or, for ``hashed=
+    "archive"``, the bytes as served) and checking that it is one whole gzip stream; DataError if not."""
     digest, unzip = hashlib.sha256(), zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16+: expect a gzip header
     try:
         for chunk in iter(lambda: response.read(1 << 20), b""):
             handle.write(chunk)
-            digest.update(unzip.decompress(chunk))
-        digest.update(unzip.flush())
+            payload = unzip.decompress(chunk)
+            digest.update(chunk if hashed == "archive" else payload)
+        tail = unzip.flush()
+        if hashed != "archive":
+            digest.update(tail)
     except zlib.error as exc:
         raise DataError(f"{name}: the download is not valid gzip data ({exc})") from exc
     if not unzip.eof:
@@ -137,31 +216,39 @@ def _copy_verified(response, handle, name: str, expected: str) -> None:
 
 
 def download_fashion_mnist(directory=None, *, opener=None) -> Path:
-    """Fetch the official IDX files missing from ``directory`` (default: the cache), each verified.
+    """Fetch Fashion-MNIST's official IDX files missing from ``directory`` (default: the cache), each
+    verified against ``PAYLOAD_SHA256``: see :func:`download`."""
+    return download("fashion-mnist", directory, opener=opener)
+
+
+def download(name: str, directory=None, *, opener=None) -> Path:
+    """Fetch data set ``name``'s official IDX files missing from ``directory`` (default: its cache).
 
     ``opener(url, timeout=...)`` returns a readable, closable response (default ``urllib.request.urlopen``).
-    A file is renamed into place only after its decompressed SHA-256 matches ``PAYLOAD_SHA256``.
+    A file is renamed into place only after its SHA-256 (of the decompressed payload or of the archive,
+    see :class:`IdxSource`) matches the recorded one; the mirrors are tried in order.
     """
-    directory = Path(directory) if directory is not None else cache_dir()
+    source = idx_source(name)
+    directory = Path(directory) if directory is not None else cache_dir(name)
     opener = opener or urllib.request.urlopen
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{directory}: cannot create the download folder ({exc.strerror or exc})") from exc
-    for name, expected in PAYLOAD_SHA256.items():
-        target = directory / name
+    for file, expected in source.sha256.items():
+        target = directory / file
         if _is_file(target):  # only verified downloads are ever renamed into place
             continue
         failures = []
-        for base in MIRRORS:
-            print(f"cnnx: downloading {base}{name}", file=sys.stderr)
+        for base in source.mirrors:
+            print(f"cnnx: downloading {base}{file}", file=sys.stderr)
             try:
                 # A DataError from the check propagates and atomic_write deletes the temporary file.
-                with atomic_write(target) as handle, opener(base + name, timeout=60) as response:
-                    _copy_verified(response, handle, name, expected)
+                with atomic_write(target) as handle, opener(base + file, timeout=60) as response:
+                    _copy_verified(response, handle, file, expected, source.hashed)
                 break
             except OSError as exc:  # URLError, HTTPError, timeouts, a full disk: try the next mirror
-                failures.append(f"{base}{name}: {getattr(exc, 'reason', None) or exc}")
+                failures.append(f"{base}{file}: {getattr(exc, 'reason', None) or exc}")
         else:
             raise _DownloadUnavailable("download failed (" + "; ".join(failures) + ")")
     return directory

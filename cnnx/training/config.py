@@ -125,8 +125,8 @@ class RunConfig:
     - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it;
     - ``augment``: random transforms of every training batch, e.g. ``"rotate=10,zoom=0.1,shift=2,flip,
       erase=0.5"`` (see :mod:`cnnx.data.augment`);
-    - ``dataset``: fashion-mnist (``data_dir`` or the search order) or digits (see
-      :mod:`cnnx.data.catalog`);
+    - ``dataset``: fashion-mnist (``data_dir`` or the search order), mnist or kmnist (``data_dir``, the
+      user cache or a verified download) or digits (see :mod:`cnnx.data.catalog`);
     - ``validation``: a seeded, stratified fraction of the training set held out and scored every
       epoch (``val_loss``, ``val_accuracy``), whose best epoch's weights are kept in ``best.npz``;
       ``early_stopping``: stop once the validation loss has not improved for that many epochs.
