@@ -86,6 +86,34 @@ def test_a_region_gives_blas_one_thread_and_the_pool_blas_count_then_restores_it
         assert blas_threads() == 2, "the region did not give BLAS its threads back"
 
 
+LATE_BLAS = """
+from threadpoolctl import threadpool_info, threadpool_limits
+from cnnx.backends import NumpyBackend
+counts = lambda: [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+backend = NumpyBackend()
+with threadpool_limits(limits=2, user_api="blas"):
+    with backend.parallel_region():  # the first region looks for BLAS libraries: only NumPy's is loaded
+        pass
+    before = len(counts())
+    import scipy.linalg  # its wheel brings a BLAS library of its own
+    if len(counts()) == before:
+        raise SystemExit(3)
+    with backend.parallel_region():
+        assert counts() == [1] * len(counts()), counts()
+    assert counts() == [2] * len(counts()), counts()
+"""
+
+
+def test_a_blas_library_loaded_after_the_first_region_is_pinned_by_the_next_one():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", LATE_BLAS], capture_output=True, text=True, timeout=120)
+    if result.returncode == 3:
+        pytest.skip("scipy brought no BLAS library of its own")
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_blas_limit_of_one_switches_the_pool_off():
     with threadpool_limits(limits=1, user_api="blas"):
         backend = NumpyBackend()
