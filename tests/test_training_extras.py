@@ -186,3 +186,60 @@ def test_cnnx_train_takes_the_extras_and_records_them(tmp_path):
         cli, ["train", "--resume", str(out), "--epochs", "3", "--lr-schedule", "cosine"]
     )
     assert again.exit_code == 1 and "--lr-schedule 'cosine' contradicts the run" in again.output
+
+
+# -- the dropout rate --------------------------------------------------------------------------------------
+
+
+def test_dropout_sets_every_dropout_layer_and_is_part_of_the_run(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_blob_idx(tmp_path / "data", train=64, test=20)
+    out = tmp_path / "run"
+    args = ["train", "--model", "seed-dropout", "--dropout", "0.1", "--epochs", "1", "--batch-size", "16",
+            "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["config"]["dropout"] == 0.1
+    from cnnx.io import load_model
+
+    model = load_model(out / "model.npz")
+    rates = [layer.p for layer in model.layers if type(layer).__name__ == "Dropout"]
+    assert rates == [0.1, 0.1] and model.name == "seed-dropout"
+    again = CliRunner().invoke(cli, ["train", "--resume", str(out), "--epochs", "2", "--dropout", "0.2"])
+    assert again.exit_code != 0 and "dropout" in again.output and "\n" not in again.output.strip()
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [({"dropout": 1.5}, "dropout must be a probability in [0, 1), got 1.5"),
+     ({"dropout": -0.1}, "dropout must be a probability in [0, 1)"),
+     ({"model": "seed", "dropout": 0.3}, "dropout: model 'seed' has no Dropout layer to set (presets with "
+                                         "dropout: seed-dropout, cnn-bn, vgg-bn)")],
+)  # fmt: skip
+def test_a_bad_dropout_is_one_line_naming_it(values, fragment):
+    with pytest.raises(ConfigError) as refused:
+        RunConfig(**values)
+    assert fragment in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_wrong_options_the_issue_names_are_one_line_errors_naming_them(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_blob_idx(tmp_path / "data", train=20, test=10)
+    cases = {
+        ("--augment", "rotate=abc"): "rotate",
+        ("--dropout", "1.5"): "--dropout",
+        ("--lr-schedule", "triangle"): "--lr-schedule",
+        ("--dataset", "cifar"): "--dataset",
+        ("--validation", "0.9"): "--validation",
+    }
+    for (option, value), named in cases.items():
+        result = CliRunner().invoke(cli, ["train", option, value, "--data-dir", str(tmp_path / "data"),
+                                          "--out", str(tmp_path / "r")])  # fmt: skip
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code in (1, 2) and named in lines[-1], (option, result.output)
+        assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+    # A validation split that leaves no training data: 20 images, half held out, batches of 16.
+    result = CliRunner().invoke(cli, ["train", "--validation", "0.5", "--limit", "2", "--data-dir",
+                                      str(tmp_path / "data"), "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output

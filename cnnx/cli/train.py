@@ -44,6 +44,7 @@ FIELDS = {
     "dataset": "dataset",
     "validation": "validation",
     "early_stopping": "early_stopping",
+    "dropout": "dropout",
 }
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
@@ -66,7 +67,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
     "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
     "checkpoint_every, on_divergence, max_steps, log_every, eval_every, weight_decay, lr_schedule, "
-    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment, dataset, validation, early_stopping); "
+    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment, dataset, validation, early_stopping, "
+    "dropout); "
     "options given here override the file.",
 )
 @device_option(DEFAULTS.device)
@@ -228,6 +230,14 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     default=None,
     metavar="EPOCHS",
     help="With --validation: stop once the validation loss has not improved for EPOCHS epochs.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=None,
+    metavar="P",
+    help="Set every Dropout layer of the model to rate P (seed-dropout, cnn-bn and vgg-bn have them; "
+    "default: the model's own rates).",
 )
 @click.option(
     "--augment",

@@ -131,6 +131,35 @@ def preset_architecture(name: str, input_shape=IMAGE_SHAPE, classes: int = 10) -
     return architecture
 
 
+def with_dropout(model, p: float) -> list[dict]:
+    """The description of ``model`` (a preset name or a description list) with every Dropout layer's
+    rate set to ``p``, nested ones included. A model without a Dropout layer is a ConfigError."""
+    architecture = copy.deepcopy(PRESETS[model][0] if isinstance(model, str) and model in PRESETS else model)
+    if not isinstance(architecture, list):
+        raise ConfigError(f"unknown model {short_repr(model)}: choose one of {', '.join(PRESETS)}")
+    found = []
+
+    def visit(entry):
+        if isinstance(entry, dict):
+            if entry.get("type") == "Dropout":
+                entry.setdefault("config", {})["p"] = p
+                found.append(entry)
+            for value in entry.values():
+                visit(value)
+        elif isinstance(entry, list):
+            for item in entry:
+                visit(item)
+
+    visit(architecture)
+    if not found:
+        with_it = [name for name, (layers, _) in PRESETS.items() if "'Dropout'" in repr(layers)]
+        raise ConfigError(
+            f"dropout: model {short_repr(model) if not isinstance(model, list) else 'custom'} has no "
+            f"Dropout layer to set (presets with dropout: {', '.join(with_it)})"
+        )
+    return architecture
+
+
 def build_model(
     model="seed", *, backend=None, dtype="float32", seed=0, input_shape=IMAGE_SHAPE, name: str | None = None
 ) -> Sequential:

@@ -21,7 +21,7 @@ from cnnx.checks import is_whole_number, short_repr
 from cnnx.data.augment import format_augment, parse_augment
 from cnnx.data.catalog import DATASETS
 from cnnx.errors import CnnxError, ConfigError
-from cnnx.nn.presets import PRESETS
+from cnnx.nn.presets import PRESETS, with_dropout
 from cnnx.nn.registry import check_architecture
 from cnnx.optim import OPTIMIZERS, SCHEDULES
 
@@ -37,7 +37,7 @@ MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean 
 IDENTITY = (
     "model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit",
     "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment",
-    "dataset", "validation",
+    "dataset", "validation", "dropout",
 )  # fmt: skip
 # What may change when a run is resumed.
 CHANGEABLE = (
@@ -97,6 +97,10 @@ _CHECKS = {
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "validation": (_optional(lambda v: _positive_number(v) and v <= 0.5), "a fraction in (0, 0.5]"),
     "early_stopping": (_optional(_whole(1)), "a whole number of epochs >= 1"),
+    "dropout": (
+        _optional(lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1),
+        "a probability in [0, 1)",
+    ),
 }
 
 
@@ -129,7 +133,8 @@ class RunConfig:
       user cache or a verified download) or digits (see :mod:`cnnx.data.catalog`);
     - ``validation``: a seeded, stratified fraction of the training set held out and scored every
       epoch (``val_loss``, ``val_accuracy``), whose best epoch's weights are kept in ``best.npz``;
-      ``early_stopping``: stop once the validation loss has not improved for that many epochs.
+      ``early_stopping``: stop once the validation loss has not improved for that many epochs;
+    - ``dropout``: the rate of every Dropout layer of the model (None: the model's own rates).
     """
 
     model: str | list = "seed"
@@ -159,6 +164,7 @@ class RunConfig:
     dataset: str = "fashion-mnist"
     validation: float | None = None
     early_stopping: int | None = None
+    dropout: float | None = None
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable
@@ -172,6 +178,8 @@ class RunConfig:
             raise ConfigError("early_stopping needs a validation split (validation = 0.1, say) to watch")
         if self.augment is not None:
             object.__setattr__(self, "augment", format_augment(parse_augment(self.augment)) or None)
+        if self.dropout is not None:
+            with_dropout(self.model, self.dropout)  # a model without a Dropout layer is refused here
         if isinstance(self.model, list):
             try:
                 check_architecture(self.model)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnnx.backends import get_backend
 from cnnx.data import class_count, load_dataset
-from cnnx.nn.presets import build_model, preset_architecture
+from cnnx.nn.presets import build_model, preset_architecture, with_dropout
 from cnnx.optim import make_optimizer
 
 from .config import RunConfig
@@ -50,7 +50,8 @@ def run_training(
     built = model is None and optimizer is None
     if model is None:
         model = build_model(
-            config.model,
+            _description(config),
+            name=config.model if isinstance(config.model, str) else None,
             backend=backend,
             dtype=config.dtype,
             seed=config.seed,
@@ -72,7 +73,7 @@ def run_training(
     classes = class_count(dataset)
     if built and isinstance(config.model, str) and classes != model.output_shapes()[-1][0]:
         # A preset adapts to the data's number of classes (a folder of another data set's files).
-        architecture = preset_architecture(config.model, config.input_shape, classes)
+        architecture = _description(config, classes)
         model = build_model(architecture, backend=backend, dtype=config.dtype, seed=config.seed,
                             input_shape=config.input_shape, name=config.model)  # fmt: skip
         optimizer = make_optimizer(
@@ -115,3 +116,12 @@ def run_training(
         config={**config.to_dict(), "lr": optimizer.lr, "backend": backend.name},
         on_start=started,
     )
+
+
+def _description(config: RunConfig, classes: int | None = None):
+    """What :func:`build_model` builds for ``config``: its model, a preset adapted to ``classes`` when
+    given, with every Dropout layer at ``config.dropout`` when that is set."""
+    model = config.model
+    if isinstance(model, str) and (classes is not None or config.dropout is not None):
+        model = preset_architecture(model, config.input_shape, 10 if classes is None else classes)
+    return model if config.dropout is None else with_dropout(model, config.dropout)
