@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call for a machine with a CUDA GPU: the GPU parity cases, the float32/float64 parity tables, a
+# benchmark of every preset against PyTorch on the GPU, and one epoch of cnn-bn trained with
+# `cnnx train --device gpu`. Everything it prints also goes to files under OUT_DIR.
+#
+#   experiments/gpu_check.sh [OUT_DIR] [DATA_DIR]
+#
+# OUT_DIR defaults to gpu-check/ (or $OUT when set); DATA_DIR (the four Fashion-MNIST IDX files)
+# defaults to the usual search order. Needs cnnx installed with CuPy, and a CUDA build of PyTorch for
+# the comparison. Keep CUPY_TF32 unset: cnnx's float32 bounds assume full float32 products.
+set -u -o pipefail
+out=${1:-${OUT:-gpu-check}}
+data=${2:-}
+mkdir -p "$out"
+python=${PYTHON:-python}
+status=0
+step() {  # step NAME COMMAND...: run it, keep its output in $out/NAME.txt, remember a failure
+    local name=$1
+    shift
+    echo "== $name: $*" | tee "$out/$name.txt"
+    "$@" 2>&1 | tee -a "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc" | tee -a "$out/$name.txt"
+    [ "$rc" -eq 0 ] || status=1
+}
+unset CUPY_TF32
+step info "$python" -m cnnx info
+step gpu-tests "$python" -m pytest tests -m gpu -rs -q --durations=10 -p no:cacheprovider
+step parity-tables "$python" tests/test_parity.py
+for model in seed mlp seed-dropout cnn-bn vgg-bn resnet gru; do
+    step "bench-$model" "$python" -m cnnx bench --device gpu --model "$model" --batch-size 128 \
+        --compare torch --steps 30 --warmup 5 --repeats 3
+done
+train=("$python" -m cnnx train --device gpu --model cnn-bn --epochs 1 --seed 0 --out "$out/cnn-bn-gpu")
+[ -n "$data" ] && train+=(--data-dir "$data")
+step train-cnn-bn "${train[@]}"
+exit $status
