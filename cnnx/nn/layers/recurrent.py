@@ -68,42 +68,45 @@ class GRU(Layer):
         inputs = inputs.reshape(n, steps, 3 * hs)  # every step's input products, in one matrix product
         h = xp.zeros((n, hs), dtype=self.dtype)
         history = []
+        previous = xp.empty((steps, n, hs), dtype=self.dtype) if train else None  # h_{t-1} of every step
         for t in range(steps):
             hidden = h @ w_h + b_h  # (N, 3H)
             r = _sigmoid(xp, inputs[:, t, :hs] + hidden[:, :hs])
             z = _sigmoid(xp, inputs[:, t, hs : 2 * hs] + hidden[:, hs : 2 * hs])
             candidate = xp.tanh(inputs[:, t, 2 * hs :] + r * hidden[:, 2 * hs :])
             if train:
-                history.append((h, r, z, candidate, hidden[:, 2 * hs :]))
+                previous[t] = h
+                history.append((r, z, candidate, hidden[:, 2 * hs :]))
             h = (1 - z) * candidate + z * h
-        self.saved = (seq, history, shape) if train else None
+        self.saved = (seq, previous, history, shape) if train else None
         return h
 
     def backward(self, dy):
         xp = self.xp
-        seq, history, shape = self.saved
+        seq, previous, history, shape = self.saved
         self.saved = None
         n, steps, d = seq.shape
         hs = self.hidden_size
         w_h = self.params["W_h"]
         d_inputs = xp.empty((n, steps, 3 * hs), dtype=self.dtype)
-        dw_h = xp.zeros_like(w_h)
-        db_h = xp.zeros((3 * hs,), dtype=self.dtype)
+        d_hidden = xp.empty((steps, n, 3 * hs), dtype=self.dtype)  # what reaches h_{t-1} W_h + b_h
         dh = dy
         for t in reversed(range(steps)):
-            h_prev, r, z, candidate, hidden_n = history[t]
+            r, z, candidate, hidden_n = history[t]
             d_candidate = dh * (1 - z) * (1 - candidate * candidate)  # through tanh
-            dz = dh * (h_prev - candidate) * z * (1 - z)  # through the update gate's sigmoid
+            dz = dh * (previous[t] - candidate) * z * (1 - z)  # through the update gate's sigmoid
             dr = d_candidate * hidden_n * r * (1 - r)  # through the reset gate's sigmoid
             d_inputs[:, t, :hs], d_inputs[:, t, hs : 2 * hs], d_inputs[:, t, 2 * hs :] = dr, dz, d_candidate
-            d_hidden = xp.concatenate([dr, dz, d_candidate * r], axis=1)  # (N, 3H)
-            dw_h += h_prev.T @ d_hidden
-            db_h += d_hidden.sum(axis=0)
-            dh = dh * z + d_hidden @ w_h.T
+            d_hidden[t, :, :hs], d_hidden[t, :, hs : 2 * hs] = dr, dz
+            xp.multiply(d_candidate, r, out=d_hidden[t, :, 2 * hs :])
+            dh = dh * z + d_hidden[t] @ w_h.T
+        # The weight gradients of every step at once: one product over all (step, sample) rows.
+        flat_h = d_hidden.reshape(steps * n, 3 * hs)
+        self.grads["W_h"] = previous.reshape(steps * n, hs).T @ flat_h
+        self.grads["b_h"] = flat_h.sum(axis=0)
         flat = d_inputs.reshape(n * steps, 3 * hs)
         self.grads["W_i"] = seq.reshape(n * steps, d).T @ flat
         self.grads["b_i"] = flat.sum(axis=0)
-        self.grads["W_h"], self.grads["b_h"] = dw_h, db_h
         dx = (flat @ self.params["W_i"].T).reshape(n, steps, d)
         if len(shape) == 4:
             n, c, rows, w = shape
