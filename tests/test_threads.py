@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from cnnx import functional as F
 from cnnx.backends import NumpyBackend
 from cnnx.backends.numpy_backend import MIN_SPLIT_WORK, blas_threads, keep_freed_memory
-from cnnx.layers import Conv2D, MaxPool2D, ReLU
+from cnnx.layers import BatchNorm1D, BatchNorm2D, Conv2D, MaxPool2D, ReLU
 from cnnx.nn import build_model
 from cnnx.optim import Adam
 from cnnx.training import evaluate, train_step
@@ -178,6 +178,8 @@ LAYERS = {
     "pool even": (lambda b: MaxPool2D(2, backend=b, dtype="float64"), (9, 16, 26, 26)),
     "pool odd": (lambda b: MaxPool2D(2, backend=b, dtype="float64"), (9, 16, 27, 25)),
     "relu": (lambda b: ReLU(backend=b, dtype="float64"), (9, 16, 26, 26)),
+    "batch norm 2d": (lambda b: BatchNorm2D(16, backend=b, dtype="float64"), (9, 16, 26, 26)),
+    "batch norm 1d": (lambda b: BatchNorm1D(4096, backend=b, dtype="float64"), (33, 4096)),
 }  # fmt: skip
 
 

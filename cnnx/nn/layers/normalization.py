@@ -43,17 +43,23 @@ class _BatchNorm(Layer):
     def _ungroup(self, groups, shape):
         raise NotImplementedError
 
-    def _channel_sums(self, g, h=None):
-        """Per-feature sums of ``g`` (or of ``g * h``) over the batch and every position. Each sample's
-        sum is taken on its own (a product with a vector of ones, or an einsum), then the samples' sums
-        are added: shorter runs of float32 additions than one sum over every row, and whole-batch calls,
-        so the result does not depend on how the backend cuts the elementwise passes over threads."""
-        xp = self.xp
-        if h is None:
-            per_sample = xp.matmul(xp.ones((g.shape[1],), dtype=g.dtype), g)
-        else:
-            per_sample = xp.einsum("npc,npc->nc", g, h)
-        return per_sample.sum(axis=0)
+    def _channel_sums(self, g, h=None, fused=None):
+        """Per-feature sums of ``g`` (or of ``g * h``) over the batch and every position, cut over the
+        backend's threads by samples. Each sample's sum is taken on its own (a product with a vector of
+        ones, or an einsum), which gives the same numbers however the batch is cut, and the samples'
+        sums are then added in one piece: shorter runs of float32 additions than one sum over every
+        row. ``fused(s)``, when given, runs on each part first (an elementwise pass that writes ``h``)."""
+        xp, n = self.xp, g.shape[0]
+        sums = xp.empty((n, g.shape[2]), dtype=g.dtype)
+        ones = xp.ones((g.shape[1],), dtype=g.dtype)
+
+        def part(s):
+            if fused is not None:
+                fused(s)
+            sums[s] = xp.matmul(ones, g[s]) if h is None else xp.einsum("npc,npc->nc", g[s], h[s])
+
+        self.backend.split_batch(part, n, g.size * (1 if fused is None else 2))
+        return sums.sum(axis=0)
 
     def _tiled(self, v, g):
         """``v`` (one number per feature) repeated for every position of a sample: the elementwise passes
@@ -88,9 +94,9 @@ class _BatchNorm(Layer):
             )
         mean = self._channel_sums(g) / m
         normed, mean_t = xp.empty_like(flat), self._tiled(mean, g)
-        # normed holds x - mean until the variance is known
-        self.backend.split_batch(lambda s: xp.subtract(flat[s], mean_t, out=normed[s]), n, work)
-        var = self._channel_sums(normed.reshape(g.shape), normed.reshape(g.shape)) / m
+        centred = normed.reshape(g.shape)  # normed holds x - mean until the variance is known
+        fill = lambda s: xp.subtract(flat[s], mean_t, out=normed[s])  # noqa: E731
+        var = self._channel_sums(centred, centred, fused=fill) / m
         inv_std = 1 / xp.sqrt(var + self.eps)
         inv_std_t, gamma_t, beta_t = self._tiled(inv_std, g), self._tiled(gamma, g), self._tiled(beta, g)
 
