@@ -98,9 +98,10 @@ with threadpool_limits(limits=2, user_api="blas"):
     import scipy.linalg  # its wheel brings a BLAS library of its own
     if len(counts()) == before:
         raise SystemExit(3)
+    outside = counts()  # scipy's library starts with its own count (set by the environment, say)
     with backend.parallel_region():
         assert counts() == [1] * len(counts()), counts()
-    assert counts() == [2] * len(counts()), counts()
+    assert counts() == outside, (counts(), outside)
 """
 
 
