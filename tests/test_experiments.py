@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import time
@@ -269,10 +270,24 @@ def test_naming_experiments_and_all_together_is_a_usage_error(study):
     assert result.exit_code == 2 and "name the experiments to run, or give --all" in result.output
 
 
-def test_the_same_grid_runs_on_a_dask_cluster_with_two_worker_processes(study):
+def test_the_same_grid_runs_on_a_dask_cluster_with_two_worker_processes(study, request):
     distributed = pytest.importorskip(
         "dask.distributed", reason="the cluster extra (dask[distributed]) is not installed"
     )
+    # Starting a LocalCluster in this process sets these in os.environ for its workers (distributed's
+    # pre-spawn environment). Put them back afterwards, so that later tests' subprocesses do not
+    # inherit one BLAS thread.
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    saved = {name: os.environ.get(name) for name in names}
+
+    def restore():
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    request.addfinalizer(restore)
     folder, results = study
     specs = select(find_experiments(folder), [], ("report",))
     with distributed.LocalCluster(
