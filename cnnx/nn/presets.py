@@ -32,17 +32,16 @@ def _conv_block(n_in: int, n_out: int) -> list[dict]:
     return [conv, layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
 
 
-def _bn_block(n_in: int, n_out: int) -> list[dict]:
-    """A 3x3 'same' convolution (no bias: the batch norm would cancel it), batch norm, ReLU, 2x2 max
-    pooling: halves the image, loses no border."""
-    conv = layer("Conv2D", in_channels=n_in, out_channels=n_out, kernel_size=3, padding="same", bias=False)
-    return [conv, layer("BatchNorm2D", num_features=n_out), layer("ReLU"), layer("MaxPool2D", kernel_size=2)]
-
-
 def _conv_bn_relu(n_in: int, n_out: int) -> list[dict]:
-    """A 3x3 'same' convolution without bias, batch norm, ReLU: the unit of a VGG-style stack."""
+    """A 3x3 'same' convolution (no bias: the batch norm would cancel it), batch norm, ReLU: the unit of
+    a VGG-style stack."""
     conv = layer("Conv2D", in_channels=n_in, out_channels=n_out, kernel_size=3, padding="same", bias=False)
     return [conv, layer("BatchNorm2D", num_features=n_out), layer("ReLU")]
+
+
+def _bn_block(n_in: int, n_out: int) -> list[dict]:
+    """:func:`_conv_bn_relu`, then 2x2 max pooling: halves the image, loses no border."""
+    return [*_conv_bn_relu(n_in, n_out), layer("MaxPool2D", kernel_size=2)]
 
 
 def _residual_block(n_in: int, n_out: int, stride: int) -> list[dict]:
@@ -131,32 +130,31 @@ def preset_architecture(name: str, input_shape=IMAGE_SHAPE, classes: int = 10) -
     return architecture
 
 
+def _dropout_layers(entry) -> list[dict]:
+    """The Dropout descriptions in a description (a list, a layer, its config), nested ones included."""
+    if isinstance(entry, list):
+        return [found for item in entry for found in _dropout_layers(item)]
+    if not isinstance(entry, dict):
+        return []
+    own = [entry] if entry.get("type") == "Dropout" else []
+    return own + [found for value in entry.values() for found in _dropout_layers(value)]
+
+
 def with_dropout(model, p: float) -> list[dict]:
     """The description of ``model`` (a preset name or a description list) with every Dropout layer's
     rate set to ``p``, nested ones included. A model without a Dropout layer is a ConfigError."""
     architecture = copy.deepcopy(PRESETS[model][0] if isinstance(model, str) and model in PRESETS else model)
     if not isinstance(architecture, list):
         raise ConfigError(f"unknown model {short_repr(model)}: choose one of {', '.join(PRESETS)}")
-    found = []
-
-    def visit(entry):
-        if isinstance(entry, dict):
-            if entry.get("type") == "Dropout":
-                entry.setdefault("config", {})["p"] = p
-                found.append(entry)
-            for value in entry.values():
-                visit(value)
-        elif isinstance(entry, list):
-            for item in entry:
-                visit(item)
-
-    visit(architecture)
-    if not found:
-        with_it = [name for name, (layers, _) in PRESETS.items() if "'Dropout'" in repr(layers)]
+    dropouts = _dropout_layers(architecture)
+    if not dropouts:
+        with_it = [name for name, (layers, _) in PRESETS.items() if _dropout_layers(layers)]
         raise ConfigError(
             f"dropout: model {short_repr(model) if not isinstance(model, list) else 'custom'} has no "
             f"Dropout layer to set (presets with dropout: {', '.join(with_it)})"
         )
+    for entry in dropouts:
+        entry.setdefault("config", {})["p"] = p
     return architecture
 
 
