@@ -95,8 +95,11 @@ class _BatchNorm(Layer):
         mean = self._channel_sums(g) / m
         normed, mean_t = xp.empty_like(flat), self._tiled(mean, g)
         centred = normed.reshape(g.shape)  # normed holds x - mean until the variance is known
-        fill = lambda s: xp.subtract(flat[s], mean_t, out=normed[s])  # noqa: E731
-        var = self._channel_sums(centred, centred, fused=fill) / m
+
+        def centre(s):
+            xp.subtract(flat[s], mean_t, out=normed[s])
+
+        var = self._channel_sums(centred, centred, fused=centre) / m
         inv_std = 1 / xp.sqrt(var + self.eps)
         inv_std_t, gamma_t, beta_t = self._tiled(inv_std, g), self._tiled(gamma, g), self._tiled(beta, g)
 
