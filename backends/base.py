@@ -36,6 +36,13 @@ class Backend:
         """
         fn(slice(0, n))
 
+    def cache_block(self, n: int, item_bytes: int) -> int:
+        """How many of ``n`` items a kernel should take at a time when each needs ``item_bytes`` of
+        scratch memory (the unfolded windows of one image, say). Here, and on a GPU, all of them: one
+        large kernel is fastest there. The CPU backend answers with as many as fit in a core's cache, so
+        that scratch written by one step is still in cache when the next step reads it."""
+        return n
+
     @contextmanager
     def parallel_region(self):
         """A block of work (a training run, an evaluation) in which :meth:`split_batch` has the machine

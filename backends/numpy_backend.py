@@ -16,6 +16,11 @@ from .base import Backend
 # microseconds, about what NumPy needs for this much elementwise work.
 MIN_SPLIT_WORK = 1 << 16
 
+# Scratch of about this size per block (see cache_block) stays in a core's L2 cache between being written
+# and being read. Measured for the convolutions of the presets on 2 cores: blocks of 1 to 2 MiB of
+# unfolded windows ran the forward 20-30 % faster than unfolding the whole batch to memory first.
+CACHE_BLOCK_BYTES = 2 << 20
+
 
 class NumpyBackend(Backend):
     """NumPy on the host.
@@ -77,6 +82,9 @@ class NumpyBackend(Backend):
         for error in errors:
             if error is not None:
                 raise error
+
+    def cache_block(self, n: int, item_bytes: int) -> int:
+        return max(1, min(n, CACHE_BLOCK_BYTES // max(1, item_bytes)))
 
     @contextmanager
     def parallel_region(self):

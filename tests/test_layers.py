@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cnnx.backends import NumpyBackend
 from cnnx.errors import ConfigError
 from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
@@ -48,6 +49,52 @@ def test_conv2d_gradients_match_finite_differences(backend, rng, kernel, stride,
     layer = Conv2D(2, 3, kernel, stride, padding, rng=rng, backend=backend, dtype="float64")
     errors = check_gradients(layer, rng.standard_normal((2, 2, 7, 6)), rng)
     assert max(errors.values()) < 1e-6, errors
+
+
+class SmallBlocks(NumpyBackend):
+    """The CPU backend with blocks of two images: small batches then take the convolution's blocked path
+    (unfold a block, multiply it, unfold it again for dW), which real batches take on the CPU."""
+
+    def cache_block(self, n, item_bytes):
+        return min(n, 2)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 0), (3, 2, 1), (1, 1, 2), (5, 1, "same")])
+def test_blocked_conv2d_matches_naive_loops(dtype, rng, kernel, stride, padding):
+    backend = SmallBlocks(threads=2)
+    layer = Conv2D(3, 4, kernel, stride, padding, rng=rng, backend=backend, dtype=dtype)
+    layer.params["b"][...] = rng.standard_normal(4)
+    x = rng.standard_normal((5, 3, 9, 8)).astype(dtype)  # blocks of 2, 2 and 1 images
+    with backend.parallel_region():
+        y = layer.forward(x)
+        assert layer.cols is None and layer.block == 2, "the blocked path keeps no columns"
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = layer.backward(dy)
+    pad = (kernel - 1) // 2 if padding == "same" else padding
+    w = layer.params["W"]
+    assert_close(y, ref.conv2d(x, w, layer.params["b"], stride, pad), TOL[dtype], "blocked Conv2D forward")
+    ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dy, stride, pad)
+    assert_close(dx, ref_dx, TOL[dtype], "blocked Conv2D dx")
+    assert_close(layer.grads["W"], ref_dw, TOL[dtype], "blocked Conv2D dW")
+    assert_close(layer.grads["b"], ref_db, TOL[dtype], "blocked Conv2D db")
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, "same"), (3, 2, 1)])
+def test_blocked_conv2d_gradients_match_finite_differences(rng, kernel, stride, padding):
+    layer = Conv2D(2, 3, kernel, stride, padding, rng=rng, backend=SmallBlocks(), dtype="float64")
+    errors = check_gradients(layer, rng.standard_normal((3, 2, 7, 6)), rng)
+    assert layer.block == 2
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_the_cpu_backend_blocks_about_two_mib_of_windows_and_other_backends_take_the_batch():
+    from cnnx.backends import Backend
+
+    window = 784 * 288 * 4  # one 28x28 image unfolded for a 3x3 convolution of 32 channels: 903 KiB
+    assert NumpyBackend().cache_block(128, window) == 2
+    assert NumpyBackend().cache_block(128, 10**9) == 1  # at least one image
+    assert NumpyBackend().cache_block(3, 1) == 3  # never more than the batch
+    assert Backend().cache_block(128, window) == 128  # a GPU: one kernel over the whole batch
 
 
 def test_conv2d_output_shape_follows_the_floor_formula():

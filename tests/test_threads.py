@@ -202,6 +202,26 @@ def test_threaded_layers_give_the_unthreaded_numbers_to_the_bit(rng, name, train
             )
 
 
+class SmallBlocks(NumpyBackend):
+    def cache_block(self, n, item_bytes):  # blocks of two images: the blocked convolution at test sizes
+        return min(n, 2)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_blocked_convolution_gives_the_unthreaded_numbers_to_the_bit(rng, train):
+    def make(backend):
+        return Conv2D(4, 8, 3, padding="same", rng=0, backend=backend, dtype="float64")
+
+    x = rng.standard_normal((9, 4, 12, 11))
+    dy = rng.standard_normal((9, 8, 12, 11))
+    one = layer_pass(make, SmallBlocks(threads=1), x, dy, train)
+    three = layer_pass(make, SmallBlocks(threads=3), x, dy, train)
+    assert np.array_equal(one[0], three[0])
+    if train:
+        assert np.array_equal(one[1], three[1])
+        assert all(np.array_equal(one[2][key], three[2][key]) for key in one[2])
+
+
 def train_a_little(threads, images, labels):
     backend = NumpyBackend(threads=threads)
     model = build_model("seed", seed=3, backend=backend)

@@ -74,7 +74,8 @@ class Conv2D(Layer):
         self.bias = bias
         if bias:
             self.params["b"] = self._zeros((self.out_channels,))
-        self.cols = self.x_shape = self._cols_cache = None
+        self.cols = self.x = self.x_shape = self._cols_cache = None
+        self.block = None
 
     def forward(self, x, train=True):
         n, c, h, w = x.shape
@@ -85,9 +86,28 @@ class Conv2D(Layer):
         # Channels last inside: each window row is a contiguous run and the product below is one GEMM
         # whose (N*OH*OW, F) result is already the NHWC output (see functional.py).
         x = F.pad_nhwc(xp, F.to_nhwc(x), self.pads)  # (N, H', W', C)
-        kernels, b = self._kernel_matrix(), self.params.get("b")  # (F, K), (F,) or None
+        kernels, b = self._kernel_matrix(), self.params.get("b")  # (K, F), (F,) or None
         q, k = oh * ow, self.kh * self.kw * c  # output pixels per image, numbers per window
         y = xp.empty((n * q, self.out_channels), dtype=self.dtype)
+        block = self._block(n, q * k * y.itemsize)
+        self.cols, self.x, self.x_shape = None, (x if train else None), (x.shape if train else None)
+        if block < n:  # unfold a few images at a time, into a buffer that stays in cache
+            self.block = block
+
+            def part(s):
+                buffer = xp.empty(
+                    (min(block, s.stop - s.start), oh, ow, self.kh, self.kw, c), dtype=self.dtype
+                )
+                for start in range(s.start, s.stop, block):
+                    stop = min(start + block, s.stop)
+                    cols = self._unfold(x[start:stop], buffer[: stop - start])
+                    xp.matmul(cols, kernels, out=y[start * q : stop * q])
+                    if b is not None:
+                        F.bias_add_rows(xp, y[start * q : stop * q], b, q)
+
+            self.backend.split_batch(part, n, n * q * k)
+            return F.to_nchw(y.reshape(n, oh, ow, self.out_channels))
+        # The whole batch at once (a GPU; or few numbers per image): the columns are kept for backward.
         if self._by_tap:
             buffer = self._cols_buffer((self.kh, self.kw, n, oh, ow), train)
             cols = buffer.reshape(k, n * q)
@@ -95,29 +115,83 @@ class Conv2D(Layer):
             buffer = self._cols_buffer((n, oh, ow, self.kh, self.kw, c), train)
             cols = buffer.reshape(n * q, k)
 
-        def part(s):  # images s: unfold them, multiply their rows, add the bias
+        def whole(s):  # images s: unfold them, multiply their rows, add the bias
             rows = slice(s.start * q, s.stop * q)
             if self._by_tap:
                 F.fill_taps(xp, x[s], self.kh, self.kw, self.stride, buffer[:, :, s])
-                xp.matmul(cols[:, rows].T, kernels.T, out=y[rows])
+                xp.matmul(cols[:, rows].T, kernels, out=y[rows])
             else:
                 F.fill_windows(xp, x[s], self.kh, self.kw, self.stride, buffer[s])
-                xp.matmul(cols[rows], kernels.T, out=y[rows])
+                xp.matmul(cols[rows], kernels, out=y[rows])
             if b is not None:
                 F.bias_add_rows(xp, y[rows], b, q)
 
-        self.backend.split_batch(part, n, cols.size)
-        self.cols, self.x_shape = (cols, x.shape) if train else (None, None)
+        self.backend.split_batch(whole, n, cols.size)
+        self.cols = cols if train else None
         return F.to_nchw(y.reshape(n, oh, ow, self.out_channels))
 
     def backward(self, dy):
-        oh, ow = dy.shape[2], dy.shape[3]
-        dy = self._param_grads(dy)  # (N*OH*OW, F)
-        xp, (n, c), q = self.xp, (self.x_shape[0], self.x_shape[3]), oh * ow
-        kernels = self._kernel_matrix().T if self._by_tap else F.kernel_planes(self.params["W"])
-        dx = xp.empty(self.x_shape, dtype=dy.dtype)  # (N, H', W', C)
+        return self._backward(dy, input_grad=True)
 
-        def part(s):  # what images s send back through every tap, folded into their dx
+    def backward_params(self, dy) -> None:
+        self._backward(dy, input_grad=False)
+
+    def _backward(self, dy, input_grad: bool):
+        xp, (n, f, oh, ow) = self.xp, dy.shape
+        q, c, x_shape = oh * ow, self.in_channels, self.x_shape
+        dy = F.to_nhwc(dy).reshape(n * q, f)  # free when dy is channels last, as ours is
+        if self.bias:
+            self.grads["b"] = F.bias_grad_rows(dy, q)
+        dw = self._blocked_weight_grad(dy, oh, ow) if self.cols is None else self._whole_weight_grad(dy)
+        self.grads["W"] = xp.ascontiguousarray(dw.reshape(self.kh, self.kw, c, f).transpose(3, 2, 0, 1))
+        self.cols = self.x = None
+        if not input_grad:
+            return None
+        dx = self._input_grad(dy, x_shape, oh, ow)
+        ph, pw = self.pads
+        if ph or pw:
+            dx = dx[:, ph : dx.shape[1] - ph, pw : dx.shape[2] - pw]
+        return F.to_nchw(dx)
+
+    def _blocked_weight_grad(self, dy, oh, ow):
+        """dW (K, F) block by block: each block's windows are unfolded again (the forward kept none) and
+        multiplied by the block's rows of dy while they are in cache. The blocks are the forward's, fixed
+        by the batch and the layer, and their shares of dW are added in block order, so the cut over
+        threads changes no number."""
+        xp, block, x = self.xp, self.block, self.x
+        n, q, k, f = x.shape[0], oh * ow, self.kh * self.kw * self.in_channels, dy.shape[1]
+        shares = xp.empty((-(-n // block), k, f), dtype=dy.dtype)
+
+        def part(s):  # blocks s
+            buffer = xp.empty((block, oh, ow, self.kh, self.kw, self.in_channels), dtype=dy.dtype)
+            for i in range(s.start, s.stop):
+                start, stop = i * block, min(n, (i + 1) * block)
+                cols = self._unfold(x[start:stop], buffer[: stop - start])
+                xp.matmul(cols.T, dy[start * q : stop * q], out=shares[i])
+
+        self.backend.split_batch(part, shares.shape[0], n * q * k)
+        return shares.sum(axis=0)
+
+    def _whole_weight_grad(self, dy):
+        """dW (K, F) from the kept columns."""
+        xp, k = self.xp, self.kh * self.kw * self.in_channels
+        if self._by_tap:  # (K, rows) @ (rows, F): a tiny result from long sums, fastest in one piece
+            return xp.matmul(self.cols, dy)
+        dw = xp.empty((k, dy.shape[1]), dtype=dy.dtype)
+
+        def part(s):  # rows s of dW: each part sums over every row of dy, so the cut changes no number
+            dw[s] = xp.matmul(self.cols[:, s].T, dy)  # (K part, rows) @ (rows, F)
+
+        self.backend.split_batch(part, k, self.cols.size)
+        return dw
+
+    def _input_grad(self, dy, x_shape, oh, ow):
+        """dx (N, H', W', C), image by image, from the kernels: what every tap sends back, folded in."""
+        xp, n, q = self.xp, x_shape[0], oh * ow
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        kernels = self._kernel_matrix() if self._by_tap else F.kernel_planes(self.params["W"])
+
+        def part(s):
             rows = slice(s.start * q, s.stop * q)
             dx[s] = 0
             if self._by_tap:
@@ -126,36 +200,18 @@ class Conv2D(Layer):
             else:  # one product per kernel offset, each added in while it is in cache
                 F.fold_tap_products(xp, dy[rows], kernels, dx[s], self.kh, self.kw, self.stride)
 
-        self.backend.split_batch(part, n, n * q * self.kh * self.kw * c)
-        ph, pw = self.pads
-        if ph or pw:
-            dx = dx[:, ph : dx.shape[1] - ph, pw : dx.shape[2] - pw]
-        return F.to_nchw(dx)
+        self.backend.split_batch(part, n, n * q * self.kh * self.kw * dx.shape[3])
+        return dx
 
-    def backward_params(self, dy) -> None:
-        self._param_grads(dy)
+    def _block(self, n: int, window_bytes: int) -> int:
+        """Images per unfolded block: the whole batch for single-channel input (see _by_tap) and where
+        the backend says so (a GPU); otherwise as many as fit in cache."""
+        return n if self._by_tap else self.backend.cache_block(n, window_bytes)
 
-    def _param_grads(self, dy):
-        """Fill grads from dy (N, F, OH, OW); returns dy as the (N*OH*OW, F) matrix dx is made from."""
-        xp = self.xp
-        n, f, oh, ow = dy.shape
-        dy = F.to_nhwc(dy).reshape(n * oh * ow, f)  # free when dy is channels last, as ours is
-        k = self.kh * self.kw * self.in_channels
-
-        if self._by_tap:  # (K, rows) @ (rows, F): a tiny result from long sums, fastest in one piece
-            dw = xp.matmul(self.cols, dy).T
-        else:
-            dw = xp.empty((f, k), dtype=dy.dtype)
-
-            def part(s):  # columns s of dW: each part sums over every row, so the cut changes no number
-                dw[:, s] = xp.matmul(dy.T, self.cols[:, s])  # (F, rows) @ (rows, K part)
-
-            self.backend.split_batch(part, k, self.cols.size)
-        self.grads["W"] = dw.reshape(f, self.kh, self.kw, self.in_channels).transpose(0, 3, 1, 2).copy()
-        if self.bias:
-            self.grads["b"] = F.bias_grad_rows(dy, oh * ow)
-        self.cols = None
-        return dy
+    def _unfold(self, x, buffer):
+        """The windows of images ``x`` (padded NHWC) as rows, written into ``buffer``."""
+        F.fill_windows(self.xp, x, self.kh, self.kw, self.stride, buffer)
+        return buffer.reshape(-1, self.kh * self.kw * self.in_channels)
 
     @property
     def _by_tap(self) -> bool:
@@ -168,8 +224,10 @@ class Conv2D(Layer):
         return self.in_channels == 1
 
     def _kernel_matrix(self):
-        """W as (F, kh*kw*C), the (i, j, c) order of an im2col_nhwc row (a small copy each step)."""
-        return self.params["W"].transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
+        """W as one kernel per column, (kh*kw*C, F) in the (i, j, c) order of an im2col_nhwc row: a small
+        contiguous copy each step."""
+        w = self.params["W"]
+        return self.xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, self.out_channels)
 
     def _cols_buffer(self, shape, train: bool):
         """The im2col buffer, kept from step to step: the same shape comes back every step, and refilling
