@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cnnx.backends import BackendUnavailable, get_backend
-from cnnx.bench.benchmark import parse_batch_sizes, profile_layers, run_benchmark
+from cnnx.bench.benchmark import parse_batch_sizes, run_benchmark
+from cnnx.bench.profile import format_profile, profile_layers
 from cnnx.cli.bench import bench
 from cnnx.errors import CnnxError, ConfigError
 from cnnx.nn.presets import PRESETS
@@ -77,6 +78,34 @@ def test_profile_times_every_layer_and_the_optimizer():
         and labels[2] == " 2 MaxPool2D 2/2"
         and labels[7] == " 7 Dense 1600->128"
     ), labels
+
+
+def test_profile_runs_the_layers_as_a_training_step_does():
+    # The mlp's Flatten sits below the first Dense: training never runs its backward, nor the Dense's
+    # input gradient (the Dense computes only its own gradients).
+    profile = profile_layers("mlp", 4, steps=1, warmup=0)
+    rows = profile["layers"]
+    assert rows[0]["layer"] == " 0 Flatten" and rows[0]["backward_ms"] is None, rows[0]
+    assert all(row["backward_ms"] is not None for row in rows[1:]), rows
+    assert "torch_forward_ms" not in rows[0] and "torch_step_ms" not in profile
+    table = format_profile(profile)
+    assert " 0 Flatten" in table and "-" in table.splitlines()[2] and "torch" not in table, table
+
+
+def test_profile_with_torch_times_the_twin_module_by_module():
+    pytest.importorskip("torch", reason="PyTorch is not installed: nothing to compare against")
+    profile = profile_layers("seed", 8, steps=2, warmup=1, compare="torch")
+    rows = profile["layers"]
+    assert len(rows) == 14
+    for row in rows:
+        for key in ("forward_ms", "backward_ms", "torch_forward_ms", "torch_backward_ms"):
+            assert row[key] is not None and 0 <= row[key] < 60_000, (row["layer"], key, row[key])
+    # The first convolution's weight gradient is made after PyTorch's backward hook for it would fire:
+    # it must still be timed, not show the hook's few microseconds.
+    assert rows[0]["torch_backward_ms"] > 0.2 * rows[0]["torch_forward_ms"], rows[0]
+    assert profile["torch_optimizer_ms"] > 0 and profile["torch_step_ms"] > 0
+    table = format_profile(profile)
+    assert "torch fw" in table and "torch sum" in table and "PyTorch" in table, table
 
 
 @pytest.mark.parametrize("model", sorted(PRESETS))

@@ -16,10 +16,8 @@ both sides synchronise the device before every clock reading.
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
-import time
 
 import numpy as np  # host: synthetic batches and results live on the host
 
@@ -166,102 +164,6 @@ def run_benchmark(
     return result
 
 
-def _layer_label(layer) -> str:
-    """The layer's type and its size settings, short: "Conv2D 1->32 3x3", "Dense 1600->128"."""
-    config = layer.config()
-    if "in_channels" in config:
-        kernel = "x".join(map(str, config["kernel_size"]))
-        return f"{layer.layer_type} {config['in_channels']}->{config['out_channels']} {kernel}"
-    if "in_features" in config:
-        return f"{layer.layer_type} {config['in_features']}->{config['out_features']}"
-    sizes = [str(value) for value in config.values() if isinstance(value, int)]
-    return " ".join([layer.layer_type, "/".join(sizes)]) if sizes else layer.layer_type
-
-
-def profile_layers(
-    model: str = "seed",
-    batch_size: int = 128,
-    *,
-    device="cpu",
-    dtype: str = "float32",
-    steps: int = 20,
-    warmup: int = 3,
-    repeats: int = 1,
-    seed: int = 0,
-    lr: float = 1e-3,
-) -> dict:
-    """Milliseconds of each layer's forward and backward, the loss and the Adam step (cnnx only).
-
-    Each of ``repeats`` runs takes the median of ``steps`` steps after ``warmup``; each piece then
-    reports its best run, which on a shared machine is the closest to its undisturbed cost (a median
-    over runs would still count the runs another process slowed down). The device is synchronised
-    around every timed piece, so on a GPU the pieces add up to more than a free-running step.
-    """
-    _check_settings(model, (batch_size,), dtype, steps, warmup, repeats, None)
-    from cnnx.nn.losses import softmax_cross_entropy
-
-    backend = get_backend(device)
-    runner = CnnxRunner(model, backend, dtype, seed, lr)
-    layers, xp = runner.model.layers, runner.model.xp
-    batches = synthetic_batches(
-        batch_size, runner.model.input_shape, runner.model.output_shapes()[-1][0], seed
-    )
-    keys = [("forward", i) for i in range(len(layers))] + [("backward", i) for i in range(len(layers))]
-    keys += [("loss", 0), ("optimizer", 0)]
-    best = {key: math.inf for key in keys}
-
-    def timed(times, key, step, work):
-        backend.synchronize()
-        start = time.perf_counter()
-        out = work()
-        backend.synchronize()
-        if step >= warmup:
-            times[key].append(time.perf_counter() - start)
-        return out
-
-    with backend.parallel_region():  # as cnnx train's epochs run (see NumpyBackend)
-        for _ in range(repeats):
-            times = {key: [] for key in keys}
-            for step in range(warmup + steps):
-                x, labels = batches[step % len(batches)]
-                h = backend.to_device(x, runner.dtype)
-                labels = backend.to_device(labels)
-                for i, layer in enumerate(layers):
-                    h = timed(times, ("forward", i), step, lambda layer=layer, h=h: layer.forward(h, True))
-                _, grad = timed(
-                    times, ("loss", 0), step, lambda h=h, y=labels: softmax_cross_entropy(xp, h, y)
-                )
-                for i in reversed(range(len(layers))):
-                    grad = timed(times, ("backward", i), step, lambda i=i, g=grad: layers[i].backward(g))
-                timed(times, ("optimizer", 0), step, runner.optimizer.step)
-            for key in keys:
-                best[key] = min(best[key], statistics.median(times[key]) * 1e3)
-
-    rows = [
-        {
-            "layer": f"{i:>2} {_layer_label(layer)}",
-            "forward_ms": best[("forward", i)],
-            "backward_ms": best[("backward", i)],
-        }
-        for i, layer in enumerate(layers)
-    ]
-    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows) + best[("loss", 0)]
-    total += best[("optimizer", 0)]
-    return {
-        "model": model,
-        "batch_size": batch_size,
-        "device": backend.describe(),
-        "dtype": dtype,
-        "steps": steps,
-        "repeats": repeats,
-        "layers": rows,
-        "loss_ms": best[("loss", 0)],
-        "optimizer_ms": best[("optimizer", 0)],
-        "step_ms": total,
-        "seconds_per_epoch": EPOCH_IMAGES / batch_size * total / 1e3,
-    }
-
-
 # -- reports and the command ----------------------------------------------------------------------
 
 
@@ -310,21 +212,6 @@ def format_report(result: dict) -> str:
         + (", both frameworks loaded" if result["compare"] else "")
         + ("" if result["rss_reset"] else " (no reset possible here: the peak since the process started)"),
     ]
-    return "\n".join(lines)
-
-
-def format_profile(profile: dict) -> str:
-    """The per-layer table of :func:`profile_layers`."""
-    lines = [
-        f"per-layer profile: {profile['model']}, batch {profile['batch_size']}, {profile['device']}, "
-        f"{profile['dtype']}; ms, the best of {profile['repeats']} runs' medians of {profile['steps']} steps",
-        f"{'layer':<24} {'forward':>8} {'backward':>8}",
-    ]
-    for row in profile["layers"]:
-        lines.append(f"{row['layer']:<24} {row['forward_ms']:>8.2f} {row['backward_ms']:>8.2f}")
-    lines.append(f"{'loss':<24} {profile['loss_ms']:>8.2f}")
-    lines.append(f"{'optimizer (Adam)':<24} {profile['optimizer_ms']:>8.2f}")
-    lines.append(f"{'sum':<24} {profile['step_ms']:>8.2f}  -> {profile['seconds_per_epoch']:.1f} s per epoch")
     return "\n".join(lines)
 
 

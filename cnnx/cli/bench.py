@@ -6,15 +6,8 @@ import json
 
 import click
 
-from cnnx.bench.benchmark import (
-    COMPARE,
-    DTYPES,
-    format_profile,
-    format_report,
-    parse_batch_sizes,
-    profile_layers,
-    run_benchmark,
-)
+from cnnx.bench.benchmark import COMPARE, DTYPES, format_report, parse_batch_sizes, run_benchmark
+from cnnx.bench.profile import format_profile, profile_layers
 
 from .options import data_dir_option, device_option, model_option
 
@@ -49,7 +42,8 @@ from .options import data_dir_option, device_option, model_option
 @click.option(
     "--profile",
     is_flag=True,
-    help="Also time each layer's forward and backward and the optimizer (cnnx only; best of --repeats runs).",
+    help="Also time each layer's forward and backward and the optimizer, as a training step runs them (best "
+    "of --repeats runs); with --compare torch, PyTorch's twin module by module beside them.",
 )
 @click.option(
     "--epoch",
@@ -116,8 +110,15 @@ def bench(
     if profile:
         result["profile"] = [
             profile_layers(
-                model_name, size, device=device, dtype=dtype, steps=steps, warmup=warmup, repeats=repeats
-            )
+                model_name,
+                size,
+                device=device,
+                dtype=dtype,
+                steps=steps,
+                warmup=warmup,
+                repeats=repeats,
+                compare=compare,
+            )  # fmt: skip
             for size in sizes
         ]
     if as_json:
