@@ -87,6 +87,44 @@ def test_blocked_conv2d_gradients_match_finite_differences(rng, kernel, stride, 
     assert max(errors.values()) < 1e-6, errors
 
 
+@pytest.mark.parametrize("kernel, padding", [(3, 0), (3, "same"), (5, 1), (1, 0), (5, 4), (3, 3)])
+def test_a_blocked_conv2d_that_does_not_widen_gathers_its_input_gradient(dtype, rng, kernel, padding):
+    # 4 -> 3 channels at stride 1: dx is the correlation of the padded dy with the flipped kernels,
+    # except where the padding exceeds kernel size - 1 (3, 3): then it is folded tap by tap.
+    backend = SmallBlocks(threads=2)
+    layer = Conv2D(4, 3, kernel, 1, padding, rng=rng, backend=backend, dtype=dtype)
+    x = rng.standard_normal((5, 4, 9, 8)).astype(dtype)
+    with backend.parallel_region():
+        y = layer.forward(x)
+        pad = (kernel - 1) // 2 if padding == "same" else padding
+        assert layer._gathers_input_grad(5, pad, pad) == (pad <= kernel - 1)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = layer.backward(dy)
+    ref_dx, ref_dw, _ = ref.conv2d_backward(x, layer.params["W"], dy, 1, pad)
+    assert dx.shape == x.shape
+    assert_close(dx, ref_dx, TOL[dtype], "gathered Conv2D dx")
+    assert_close(layer.grads["W"], ref_dw, TOL[dtype], "blocked Conv2D dW")
+
+
+def test_gathered_input_gradients_match_finite_differences(rng):
+    layer = Conv2D(3, 2, 3, padding="same", rng=rng, backend=SmallBlocks(), dtype="float64")
+    errors = check_gradients(layer, rng.standard_normal((3, 3, 7, 6)), rng)
+    assert layer._gathers_input_grad(3, 1, 1)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_widening_strided_or_whole_batch_convolutions_fold_their_input_gradient(rng):
+    x = rng.standard_normal((5, 4, 9, 8))
+    cases = {
+        "widening": (Conv2D(4, 6, 3, padding="same", backend=SmallBlocks(), dtype="float64"), 5),
+        "strided": (Conv2D(4, 3, 3, stride=2, padding=1, backend=SmallBlocks(), dtype="float64"), 5),
+        "one block (a GPU's)": (Conv2D(4, 3, 3, padding="same", backend=NumpyBackend(), dtype="float64"), 5),
+    }
+    for name, (layer, n) in cases.items():
+        layer.forward(x)
+        assert not layer._gathers_input_grad(n, *layer.pads), name
+
+
 def test_the_cpu_backend_blocks_about_two_mib_of_windows_and_other_backends_take_the_batch():
     from cnnx.backends import Backend
 

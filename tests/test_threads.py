@@ -208,12 +208,13 @@ class SmallBlocks(NumpyBackend):
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_the_blocked_convolution_gives_the_unthreaded_numbers_to_the_bit(rng, train):
+@pytest.mark.parametrize("channels", [(4, 8), (8, 4)])  # widening folds dx, narrowing gathers it
+def test_the_blocked_convolution_gives_the_unthreaded_numbers_to_the_bit(rng, train, channels):
     def make(backend):
-        return Conv2D(4, 8, 3, padding="same", rng=0, backend=backend, dtype="float64")
+        return Conv2D(*channels, 3, padding="same", rng=0, backend=backend, dtype="float64")
 
-    x = rng.standard_normal((9, 4, 12, 11))
-    dy = rng.standard_normal((9, 8, 12, 11))
+    x = rng.standard_normal((9, channels[0], 12, 11))
+    dy = rng.standard_normal((9, channels[1], 12, 11))
     one = layer_pass(make, SmallBlocks(threads=1), x, dy, train)
     three = layer_pass(make, SmallBlocks(threads=3), x, dy, train)
     assert np.array_equal(one[0], three[0])

@@ -91,8 +91,8 @@ class Conv2D(Layer):
         y = xp.empty((n * q, self.out_channels), dtype=self.dtype)
         block = self._block(n, q * k * y.itemsize)
         self.cols, self.x, self.x_shape = None, (x if train else None), (x.shape if train else None)
+        self.block = block
         if block < n:  # unfold a few images at a time, into a buffer that stays in cache
-            self.block = block
 
             def part(s):
                 buffer = xp.empty(
@@ -147,11 +147,46 @@ class Conv2D(Layer):
         self.cols = self.x = None
         if not input_grad:
             return None
-        dx = self._input_grad(dy, x_shape, oh, ow)
         ph, pw = self.pads
+        if self._gathers_input_grad(n, ph, pw):
+            return F.to_nchw(self._gathered_input_grad(dy, (n, oh, ow, f)))
+        dx = self._input_grad(dy, x_shape, oh, ow)
         if ph or pw:
             dx = dx[:, ph : dx.shape[1] - ph, pw : dx.shape[2] - pw]
         return F.to_nchw(dx)
+
+    def _gathers_input_grad(self, n: int, ph: int, pw: int) -> bool:
+        """Whether dx is better made as a convolution of dy (see _gathered_input_grad) than by folding
+        every tap's product back: for stride 1 on the CPU's blocked path, where the layer does not widen
+        (F <= C). Measured on 2 cores, batch 128: 32->32 at 28x28 29 -> 23 ms, 16->16 14 -> 12 ms; a
+        widening 32->64 layer went the other way (8.8 -> 10.6 ms), and so does a GPU's single block."""
+        fits = ph <= self.kh - 1 and pw <= self.kw - 1
+        narrow = self.out_channels <= self.in_channels and not self._by_tap
+        return self.stride == 1 and fits and narrow and self.block < n
+
+    def _gathered_input_grad(self, dy, dy_shape):
+        """dx (N, H, W, C) of a stride-1 convolution as the 'valid' correlation of dy, padded by kernel
+        size - 1 - padding, with the kernels flipped and transposed: every input pixel gathers what the
+        windows over it send back. Unfolded and multiplied block by block, like the forward."""
+        xp, n, f = self.xp, dy_shape[0], dy_shape[3]
+        kh, kw, (ph, pw), c = self.kh, self.kw, self.pads, self.in_channels
+        dy = F.pad_nhwc(xp, dy.reshape(dy_shape), (kh - 1 - ph, kw - 1 - pw))
+        h, w = dy.shape[1] - kh + 1, dy.shape[2] - kw + 1  # the input's own height and width
+        flipped = xp.ascontiguousarray(self.params["W"][:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
+        flipped = flipped.reshape(kh * kw * f, c)  # rows in the (i, j, f) order of an unfolded window of dy
+        dx = xp.empty((n * h * w, c), dtype=dy.dtype)
+        block = self.backend.cache_block(n, h * w * kh * kw * f * dx.itemsize)
+
+        def part(s):
+            buffer = xp.empty((min(block, s.stop - s.start), h, w, kh, kw, f), dtype=dy.dtype)
+            for start in range(s.start, s.stop, block):
+                stop = min(start + block, s.stop)
+                F.fill_windows(xp, dy[start:stop], kh, kw, 1, buffer[: stop - start])
+                windows = buffer[: stop - start].reshape(-1, kh * kw * f)
+                xp.matmul(windows, flipped, out=dx[start * h * w : stop * h * w])
+
+        self.backend.split_batch(part, n, n * h * w * kh * kw * f)
+        return dx.reshape(n, h, w, c)
 
     def _blocked_weight_grad(self, dy, oh, ow):
         """dW (K, F) block by block: each block's windows are unfolded again (the forward kept none) and
