@@ -159,7 +159,7 @@ class Conv2D(Layer):
         """Whether dx is better made as a convolution of dy (see _gathered_input_grad) than by folding
         every tap's product back: for stride 1 on the CPU's blocked path, where the layer does not widen
         (F <= C). Measured on 2 cores, batch 128: 32->32 at 28x28 29 -> 23 ms, 16->16 14 -> 12 ms; a
-        widening 32->64 layer went the other way (8.8 -> 10.6 ms), and so does a GPU's single block."""
+        widening 32->64 layer went the other way (8.8 -> 10.6 ms). A GPU (one block) keeps the fold."""
         fits = ph <= self.kh - 1 and pw <= self.kw - 1
         narrow = self.out_channels <= self.in_channels and not self._by_tap
         return self.stride == 1 and fits and narrow and self.block < n
