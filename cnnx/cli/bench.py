@@ -97,30 +97,11 @@ def bench(
         else:
             click.echo("\n\n".join(format_epoch_report(result) for result in results))
         return
-    result = run_benchmark(
-        model_name,
-        sizes,
-        device=device,
-        dtype=dtype,
-        steps=steps,
-        warmup=warmup,
-        repeats=repeats,
-        compare=compare,
-    )
+    settings = {"device": device, "dtype": dtype, "steps": steps, "warmup": warmup, "repeats": repeats,
+                "compare": compare}  # fmt: skip
+    result = run_benchmark(model_name, sizes, **settings)
     if profile:
-        result["profile"] = [
-            profile_layers(
-                model_name,
-                size,
-                device=device,
-                dtype=dtype,
-                steps=steps,
-                warmup=warmup,
-                repeats=repeats,
-                compare=compare,
-            )  # fmt: skip
-            for size in sizes
-        ]
+        result["profile"] = [profile_layers(model_name, size, **settings) for size in sizes]
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
