@@ -64,12 +64,11 @@ def profile_layers(
     layers = ours.model.layers
     keys = [(part, i) for part in ("forward", "backward") for i in range(len(layers))]
     keys += [("loss", 0), ("optimizer", 0)]
-    best = {"cnnx": dict.fromkeys(keys, math.inf), "torch": dict.fromkeys(keys, math.inf)}
-    for _ in range(repeats):
-        for name, run in (("cnnx", _cnnx_run), ("torch", _torch_run)):
-            if name == "torch" and twin is None:
-                continue
-            times = run(ours if name == "cnnx" else twin, batches, steps, warmup, keys)
+    frameworks = [("cnnx", ours, _cnnx_run)] + ([("torch", twin, _torch_run)] if twin is not None else [])
+    best = {name: dict.fromkeys(keys, math.inf) for name, _, _ in frameworks}
+    for repeat in range(repeats):
+        for name, runner, run in frameworks if repeat % 2 == 0 else frameworks[::-1]:  # neither always first
+            times = run(runner, batches, steps, warmup, keys)
             for key, values in times.items():
                 if values:
                     best[name][key] = min(best[name][key], statistics.median(values) * 1e3)
@@ -96,9 +95,8 @@ def profile_layers(
         "compare": compare,
         "layers": rows,
     }
-    for prefix, name in (("", "cnnx"), ("torch_", "torch")):
-        if name == "torch" and twin is None:
-            continue
+    for name, _, _ in frameworks:
+        prefix = "" if name == "cnnx" else f"{name}_"
         result[f"{prefix}loss_ms"] = ms(name, ("loss", 0))
         result[f"{prefix}optimizer_ms"] = ms(name, ("optimizer", 0))
         total = sum(ms(name, key) or 0.0 for key in keys)
