@@ -90,8 +90,9 @@ class Conv2D(Layer):
         q, k = oh * ow, self.kh * self.kw * c  # output pixels per image, numbers per window
         y = xp.empty((n * q, self.out_channels), dtype=self.dtype)
         block = self._block(n, q * k * y.itemsize)
-        self.cols, self.x, self.x_shape = None, (x if train else None), (x.shape if train else None)
-        self.block = block
+        self.block, self.x_shape = block, (x.shape if train else None)
+        # The blocked backward unfolds the padded input again; the whole-batch one keeps the columns.
+        self.cols, self.x = None, (x if train and block < n else None)
         if block < n:  # unfold a few images at a time, into a buffer that stays in cache
 
             def part(s):
