@@ -23,3 +23,7 @@ class DivergenceError(CnnxError):
 
 class ResourceError(CnnxError):
     """The machine ran short: no room on the disk, an unwritable directory, or not enough memory."""
+
+
+class RunLockedError(ConfigError):
+    """Another process is writing the run directory (training or resuming it): one writer at a time."""
