@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from cnnx.backends import available_backends
 from cnnx.data import Dataset
 from cnnx.errors import CnnxError
+from cnnx.nn.datainfo import MAX_CLASS_CHARS, DataInfo, check_data_info
 from cnnx.nn.model import Sequential, build_from_architecture
 from cnnx.nn.presets import PRESETS, preset_architecture
 from cnnx.optim import make_optimizer
@@ -36,6 +37,15 @@ def _numbers(X: np.ndarray) -> np.ndarray:
     """Validated rows of features as numbers: uint8 (pixels) and other numeric dtypes stay, anything else
     that scikit-learn's checks let through (objects holding numbers) becomes float64."""
     return X if X.dtype.kind in "biuf" else X.astype(np.float64)
+
+
+def _class_name(label) -> str:
+    """A label as a model file names its class: ``str(label)``, escaped where it is not printable and
+    cut to the length a file allows."""
+    text = str(label)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text[:MAX_CLASS_CHARS] or repr(text)
 
 
 def _flat(X):
@@ -275,6 +285,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 "input_shape": list(model.input_shape),
                 "dtype": str(model.dtype),
                 "state": model.state_dict(),
+                "data_info": None if model.data_info is None else model.data_info.to_json(),
             }
         return state
 
@@ -285,6 +296,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             self.model_ = self._rebuild(
                 host["architecture"], host["input_shape"], host["dtype"], host["state"]
             )
+            if host.get("data_info") is not None:
+                self.model_.data_info = check_data_info(host["data_info"])
             self.optimizer_ = make_optimizer(self.optimizer, self.model_, self.lr)
 
     def _rebuild(self, architecture, input_shape, dtype, state) -> Sequential:
@@ -297,11 +310,24 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def save_model(self, path):
         """Write the fitted network as a cnnx model file (``cnnx predict`` and ``cnnx evaluate`` read it),
-        with this estimator's classes and settings; :meth:`from_model_file` rebuilds the estimator."""
+        with this estimator's classes and settings; :meth:`from_model_file` rebuilds the estimator. The
+        file names the classes as ``str(label)`` of each of ``classes_``."""
         check_is_fitted(self, "model_")
+        self.model_.data_info = self._data_info()
         meta = {"sklearn": {"classes": self.classes_.tolist(), "params": self.get_params(),
                             "n_features_in": int(self.n_features_in_)}}  # fmt: skip
         return self.model_.save(path, meta=meta)
+
+    def _data_info(self) -> DataInfo:
+        """What the fitted network's inputs and outputs mean: arrays of this estimator's classes, with the
+        image shape and pixel scaling that training recorded."""
+        trained, shape = self.model_.data_info, tuple(self.model_.input_shape)
+        if trained is not None:
+            image_shape, scaling = trained.image_shape, trained.scaling
+        else:  # unpickled from a cnnx that did not record it: images are pixels, features are numbers
+            image_shape = shape if len(shape) == 3 else None
+            scaling = "pixels/255" if image_shape else "none"
+        return DataInfo("arrays", tuple(map(_class_name, self.classes_)), image_shape, scaling)
 
     @classmethod
     def from_model_file(cls, path, device="cpu") -> CNNClassifier:

@@ -1,5 +1,5 @@
-"""Click options that several commands share, declared once: ``--device``, ``--model`` and
-``--data-dir``."""
+"""Click options that several commands share, declared once (``--device``, ``--model``, ``--data-dir``,
+``--dataset``), and loading the model file a command was given."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from cnnx.backends import DEVICES
-from cnnx.errors import CheckpointError
+from cnnx.data.catalog import DATASETS
+from cnnx.errors import CheckpointError, ConfigError
 from cnnx.nn.presets import PRESETS
 
 DEVICE_HELP = (
@@ -18,7 +19,12 @@ MODEL_HELP = (
     "Architecture preset: " + "; ".join(f"{name}, {text}" for name, (_, text) in PRESETS.items()) + "."
 )
 DATA_DIR_HELP = (
-    "Directory with the four Fashion-MNIST IDX files or the Kaggle CSVs (default: search, then download)."
+    "Directory with the data set's four IDX files or its Kaggle-style CSVs, or an image folder "
+    "(train/<class>/*.png and test/<class>/...); default: the data set's search order, then a download."
+)
+DATASET_HELP = (
+    "fashion-mnist (the default; --data-dir or the search order), mnist or kmnist (--data-dir, the user "
+    "cache, or a verified download), or digits (scikit-learn's 8x8 digits, upsampled to 28x28, offline)."
 )
 
 
@@ -65,15 +71,50 @@ def model_file(path: Path) -> Path:
     )
 
 
-def load_image_model(model_path: Path, device: str):
-    """Load a model file (or a run directory's, see :func:`model_file`) for the commands that feed it
-    Fashion-MNIST images (1x28x28)."""
+def check_output_file(path: Path) -> Path:
+    """Check, before any work, that a file can be written at ``path``: its folder exists and takes files,
+    and ``path`` is not a folder. A one-line ConfigError otherwise, naming the path the user gave."""
+    import os
+
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; name a file to write")
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: {folder} is not writable")
+    return path
+
+
+def dataset_option(help_text: str = DATASET_HELP):
+    """``--dataset NAME``, one of the data sets a run can name (default: None, the command's own)."""
+    return click.option("--dataset", type=click.Choice(DATASETS), default=None, help=help_text)
+
+
+def load_classifier(model_path: Path, device: str):
+    """Load a model file for a command that classifies with it: its ``data_info`` names the classes
+    (a file of format 2 or older is read as a Fashion-MNIST model). A model whose output is not one
+    score per class is a one-line error."""
     from cnnx.io import load_model  # the model-file reader: imported when a command needs it
 
     model = load_model(model_path, device=device)
-    if model.input_shape != (1, 28, 28):
+    if model.data_info is None:
         raise CheckpointError(
-            f"{model_path}: the model takes inputs of shape {model.input_shape}, "
-            "Fashion-MNIST images are (1, 28, 28)"
+            f"{model_path}: the model outputs {'x'.join(map(str, model.output_shapes()[-1]))} values per "
+            "input, not one score per class: it is not a classifier"
         )
     return model
+
+
+def picture_size(model, model_path: Path) -> int:
+    """The side of the square grey pictures ``model`` takes (28 for Fashion-MNIST's), or a one-line error
+    for a model that does not take pictures (features, colour or non-square images)."""
+    info = model.data_info
+    if not info.takes_pictures or info.image_shape[0] != 1 or info.image_shape[1] != info.image_shape[2]:
+        shape = f"inputs of shape {model.input_shape}"
+        what = "numbers used as they are" if info.scaling == "none" else shape
+        raise CheckpointError(
+            f"{model_path}: the model takes {what}, not square grey pictures; classify its data from Python "
+            "(model.predict_proba)"
+        )
+    return info.image_shape[1]

@@ -18,10 +18,11 @@ import click
 from cnnx.errors import CnnxError
 from cnnx.training.plots import PREVIEW_ROWS
 
-from .options import device_option, load_image_model, model_file
+from .options import check_output_file, device_option, load_classifier, model_file, picture_size
 
 FORMATS = ("human", "json", "csv")
 PROGRESS_FROM = 10  # files: from this many on, a progress bar on stderr (where it is a terminal)
+THUMBNAIL_SIDE = 256  # pixels: what the preview keeps of each original (it draws them a few cm wide)
 
 
 @click.command(short_help="Classify images with a saved model.")
@@ -33,7 +34,7 @@ PROGRESS_FROM = 10  # files: from this many on, a progress bar on stderr (where 
     type=click.IntRange(min=1),
     default=3,
     show_default=True,
-    help="How many classes to list per image, most probable first.",
+    help="How many classes to list per image, most probable first (at most the model's classes).",
 )
 @click.option(
     "--format",
@@ -63,16 +64,20 @@ def predict(model_path, files, top, output_format, invert, preview, device):
     files (.gz or raw) and Kaggle-style CSVs.
 
     Each picture is prepared the way Fashion-MNIST's images were made from product photos: grey (transparent
-    parts over white), background trimmed, longest edge resized to 28 pixels, centred on black, negated
-    when its background is light. A 28x28 picture on black, like the data set's own, passes unchanged.
+    parts over white), background trimmed, longest edge resized to the model's image size (28 pixels for
+    Fashion-MNIST), centred on black, negated when its background is light. A 28x28 picture on black,
+    like the data set's own, passes unchanged. The classes are named as the model file names them.
     MODEL is a model file, or a run directory (its best.npz when it kept one, else its model.npz).
     """
-    from cnnx.data import CLASS_NAMES, image_files, prepare_image, read_image_file
+    from cnnx.data import image_files, prepare_image, read_image_file
 
+    if preview is not None:
+        check_output_file(preview)  # before the work, not after it
     model_path = model_file(model_path)
-    model = load_image_model(model_path, device)
-    size = model.input_shape[-1]
-    names = CLASS_NAMES if model.output_shapes()[-1][0] == len(CLASS_NAMES) else None
+    model = load_classifier(model_path, device)
+    size = picture_size(model, model_path)
+    names = model.data_info.classes
+    top = min(top, len(names))
     paths = image_files(files)
     failed, records, shown = 0, [], []
     stderr = sys.stderr  # the bar goes where errors go, never into JSON or CSV on stdout
@@ -87,21 +92,15 @@ def predict(model_path, files, top, output_format, invert, preview, device):
                 continue
             probabilities = model.predict_proba([image for image, _ in prepared])
             for i, ((image, steps), row) in enumerate(zip(prepared, probabilities, strict=True)):
-                best = row.argsort()[::-1][:top]
-                record = {
-                    "path": str(path),
-                    "index": i if len(images) > 1 else None,
-                    "top": [
-                        {"class": names[k] if names else str(k), "probability": round(float(row[k]), 6)}
-                        for k in best
-                    ],  # fmt: skip
-                    "preprocessing": steps,
-                }
+                record = _record(path, i if len(images) > 1 else None, row, names, top, steps)
                 records.append(record)
+                where = _where(record)
+                if steps.get("low_contrast"):
+                    click.echo(f"cnnx: warning: {where}: the prepared image has almost no contrast (blank or "
+                               "uniform?); its classes mean little", err=True)  # fmt: skip
                 if preview is not None and len(shown) < PREVIEW_ROWS:  # the preview draws no more
-                    shown.append((images[i], image, record))
+                    shown.append((_thumbnail(images[i]), image, record))
                 if output_format == "human":
-                    where = str(path) if record["index"] is None else f"{path}[{i}]"
                     ranked = ", ".join(f"{c['class']} {c['probability']:.3f}" for c in record["top"])
                     click.echo(f"{where}: {ranked}")
     if output_format == "json":
@@ -115,6 +114,35 @@ def predict(model_path, files, top, output_format, invert, preview, device):
         click.echo(f"preview written to {preview}", err=True)
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def _record(path: Path, index: int | None, row, names, top: int, steps: dict) -> dict:
+    """What ``--format json`` prints for one image: its path, index in a multi-image file, the ``top``
+    classes with probabilities, and the preparation done."""
+    best = row.argsort()[::-1][:top]
+    ranked = [{"class": names[k], "probability": round(float(row[k]), 6)} for k in best]
+    return {"path": str(path), "index": index, "top": ranked, "preprocessing": steps}
+
+
+def _where(record: dict) -> str:
+    """An image's place for a line of text: its path (a character that is not printable, a newline in a
+    file name say, escaped so that it cannot forge a line), and its index inside a multi-image file."""
+    path = record["path"]
+    if not path.isprintable():
+        path = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+    return path if record["index"] is None else f"{path}[{record['index']}]"
+
+
+def _thumbnail(image):
+    """The original picture, at most :data:`THUMBNAIL_SIDE` pixels a side: all the preview draws of it."""
+    import numpy as np  # host
+    from PIL import Image
+
+    if max(image.shape) <= THUMBNAIL_SIDE:
+        return image
+    small = Image.fromarray(image)
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    return np.asarray(small)
 
 
 def _one_line(exc: BaseException, path: Path) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..nn.datainfo import FASHION_MNIST_CLASSES
 from .readers import read_csv, read_idx
 from .sources import (
     IDX_FILES,
@@ -21,9 +22,7 @@ from .sources import (
 )
 from .sources import download as fetch_idx
 
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+CLASS_NAMES = FASHION_MNIST_CLASSES  # defined with what a model file says of its classes
 SUBSET_SEED = 20170825  # the day Fashion-MNIST was published; any fixed number would do
 
 

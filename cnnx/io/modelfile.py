@@ -21,6 +21,7 @@ import numpy as np  # host: model files are read on the host
 
 from cnnx.checks import is_whole_number, short_repr
 from cnnx.errors import CheckpointError, ConfigError
+from cnnx.nn.datainfo import DataInfo, check_data_info, check_fits, legacy_data_info
 from cnnx.nn.model import build_from_architecture
 from cnnx.nn.registry import MAX_PARAMETERS, check_architecture
 from cnnx.nn.saving import (
@@ -34,12 +35,14 @@ from cnnx.nn.saving import (
 )
 
 # Caps of the file itself; the caps of what it describes live with the layer registry.
-MAX_INPUT_SIDE = 4096  # each of the three input dimensions
+MAX_INPUT_SIDE = 1 << 16  # each input dimension (a flat input of 65,536 features at most)
+MAX_INPUT_VALUES = 1 << 24  # values in one input sample: a 4096 x 4096 image
 MAX_NAME_CHARS = 100
 MAX_HEADER_CHARS = 1 << 20
 MAX_MEMBERS = 4096  # arrays in one archive: parameters, buffers, streams and optimizer moments
 DTYPES = ("float32", "float64")
-HEADER_FIELDS = {"format", "version", "name", "dtype", "input_shape", "architecture", "meta"}
+HEADER_FIELDS = {"format", "version", "name", "dtype", "input_shape", "architecture", "meta", "data"}
+OPTIONAL_FIELDS = {"meta", "data"}  # data: format 3 on
 _SEGMENT = r"(?:\d{1,4}|[A-Za-z]\w{0,31})"  # a layer index or a key
 _STATE_NAME = rf"{_SEGMENT}(?:\.{_SEGMENT}){{1,24}}"  # "3.W", "4.body.0.W"
 _ARRAY_NAME = re.compile(rf"((param|buffer|rng)/{_STATE_NAME}|optim/[\w./-]{{1,200}})")
@@ -60,7 +63,9 @@ def check_header(header) -> None:
             f"format version {version} is newer than this cnnx reads (up to {FORMAT_VERSION}): upgrade cnnx"
         )
     unknown = sorted(str(key)[:40] for key in set(header) - HEADER_FIELDS)
-    missing = sorted(HEADER_FIELDS - {"meta"} - set(header))
+    missing = sorted(HEADER_FIELDS - OPTIONAL_FIELDS - set(header))
+    if "data" in header and version < 3:
+        unknown = unknown or ["data"]
     if unknown or missing:
         problem = f"unexpected field {unknown[0]!r}" if unknown else f"no field {missing[0]!r}"
         raise CheckpointError(f"malformed header ({problem})")
@@ -69,16 +74,21 @@ def check_header(header) -> None:
         raise CheckpointError(f"the model name must be 1 to {MAX_NAME_CHARS} printable characters")
     if dtype not in DTYPES:
         raise CheckpointError(f"the model dtype must be one of {', '.join(DTYPES)}, got {short_repr(dtype)}")
+    dims, count = ((1, 2, 3), "1 to 3") if version >= 3 else ((3,), "three")  # flat inputs: format 3 on
     if not (
         isinstance(shape, list)
-        and len(shape) == 3
+        and len(shape) in dims
         and all(is_whole_number(v) and 1 <= v <= MAX_INPUT_SIDE for v in shape)
+        and math.prod(shape) <= MAX_INPUT_VALUES
     ):
         raise CheckpointError(
-            f"input_shape must be three whole numbers in 1..{MAX_INPUT_SIDE}, got {short_repr(shape)}"
+            f"input_shape must be {count} whole numbers in "
+            f"1..{MAX_INPUT_SIDE} (at most {MAX_INPUT_VALUES:,} values), got {short_repr(shape)}"
         )
     if "meta" in header and not isinstance(header["meta"], dict):
         raise CheckpointError("malformed header (meta is not an object)")
+    if "data" in header:
+        check_data_info(header["data"])
     check_architecture(header["architecture"])
 
 
@@ -220,6 +230,21 @@ def load_model(path, *, device=None, dtype=None):
             name=header["name"],
         )
         model.load_state_dict(model_state(arrays))
+        model.data_info = header_data_info(header, model)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return model
+
+
+def header_data_info(header: dict, model) -> DataInfo | None:
+    """What the model of a checked header means (its ``data`` field, checked to fit the model), or for a
+    file written before format 3 what such files meant (:func:`cnnx.nn.datainfo.legacy_data_info`). None
+    for an old file whose model is not a classifier (its output is not one vector of scores)."""
+    output = model.output_shapes()[-1]
+    if "data" not in header:
+        return legacy_data_info(model.input_shape, output[0]) if len(output) == 1 and output[0] >= 2 else None
+    if len(output) != 1:
+        raise CheckpointError(f"the file names classes, but the model's output has shape {output}")
+    info = check_data_info(header["data"])
+    check_fits(info, model.input_shape, output[0])
+    return info

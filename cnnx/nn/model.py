@@ -44,6 +44,9 @@ class Sequential(Layer):
         self.layers = list(layers)
         self.input_shape = IMAGE_SHAPE if input_shape is None else tuple(input_shape)
         self.name = name
+        # What the inputs and outputs mean (a cnnx.nn.datainfo.DataInfo: the data set, its class names,
+        # the pixel scaling), when known: a training run sets it, a model file carries it.
+        self.data_info = None
         # Layers built by hand get distinct, repeatable streams (their names differ); build_model reseeds
         # them from the run's seed, and a model that holds this one reseeds them under its own names.
         self.seed_streams(0)
@@ -149,6 +152,7 @@ class Sequential(Layer):
             name=self.name,
         )
         copy.load_state_dict(self.state_dict())
+        copy.data_info = self.data_info
         return copy
 
     def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:  # host
@@ -216,5 +220,6 @@ def build_from_architecture(
                 raise CheckpointError(f"layer {path} outputs {math.prod(shape):,} values per image "
                                       f"(the cap is {MAX_ACTIVATION:,})")  # fmt: skip
     except (ValueError, ConfigError) as exc:
-        raise CheckpointError(f"the architecture does not fit together: {exc}") from None
+        shape = "x".join(map(str, model.input_shape))
+        raise CheckpointError(f"the architecture does not fit together on inputs of {shape}: {exc}") from None
     return model

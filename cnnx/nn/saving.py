@@ -3,14 +3,16 @@
 Members (each a stored, uncompressed ``.npy``):
 
 - ``__cnnx__``: the header, a JSON string: format, version, name, dtype, input shape, the architecture
-  (nested layer descriptions) and, for a training checkpoint, its ``meta``;
+  (nested layer descriptions), what the inputs and outputs mean (``data``, see
+  :mod:`cnnx.nn.datainfo`: the data set, its class names, the image shape and the pixel scaling) when
+  the model knows it, and, for a training checkpoint, its ``meta``;
 - ``param/<name>``: every parameter, ``buffer/<name>``: every buffer, in the model's dtype;
 - ``rng/<name>``: every layer's random stream, its state packed as six uint64 numbers;
 - a checkpoint adds ``optim/...`` arrays (the optimizer's state).
 
 Names are the model's nested names (``param/4.body.0.W``). Reading is the other half and lives in
 :mod:`cnnx.io.modelfile`, which trusts nothing in the file. Version 1 files (cnnx 0.1: flat
-architectures, parameters only) are still read.
+architectures, parameters only) and version 2 (no ``data``, image inputs only) are still read.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from cnnx.fileio import atomic_write
 from .random import pack_state
 
 FORMAT = "cnnx-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the data field, and inputs of one or two dimensions (flat features)
 HEADER_KEY = "__cnnx__"
 PARAM_PREFIX = "param/"
 BUFFER_PREFIX = "buffer/"
@@ -35,7 +37,7 @@ OPTIM_PREFIX = "optim/"
 
 def header(model) -> dict:
     """The JSON header of ``model``'s file."""
-    return {
+    fields = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "name": model.name,
@@ -43,6 +45,9 @@ def header(model) -> dict:
         "input_shape": list(model.input_shape),
         "architecture": model.architecture(),
     }
+    if model.data_info is not None:
+        fields["data"] = model.data_info.to_json()
+    return fields
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:  # host

@@ -96,6 +96,8 @@ class Run:
                               f"{self.optimizer.config()}")  # fmt: skip
         if checkpoint.header["architecture"] != self.model.architecture():
             raise ConfigError(f"cannot resume {path}: the model's architecture differs from the checkpoint's")
+        if tuple(checkpoint.header["input_shape"]) != self.model.input_shape:
+            raise ConfigError(f"cannot resume {path}: the model's input shape differs from the checkpoint's")
         done, batch = meta["epoch"], meta["batch"]
         if batch > self.batches or len(meta["history"]) != done:
             raise ConfigError(

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnx.backends import get_backend
-from cnnx.data import class_count, load_dataset
+from cnnx.data import class_count, class_names, load_dataset
+from cnnx.nn.datainfo import DataInfo
 from cnnx.nn.presets import build_model, preset_architecture, with_dropout
 from cnnx.optim import make_optimizer
 
@@ -80,6 +81,8 @@ def run_training(
             config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
         )
 
+    model.data_info = describe_data(config, dataset, model)  # what the files written will say
+
     def started(run: Run) -> None:
         if echo is not None:
             verb = f"resuming {run.out}:" if resume else "training"
@@ -125,3 +128,18 @@ def _description(config: RunConfig, classes: int | None = None):
     if isinstance(model, str) and (classes is not None or config.dropout is not None):
         model = preset_architecture(model, config.input_shape, 10 if classes is None else classes)
     return model if config.dropout is None else with_dropout(model, config.dropout)
+
+
+def describe_data(config: RunConfig, dataset, model) -> DataInfo:
+    """What ``model``'s inputs and outputs mean after training on ``dataset``: the data set's name, its
+    class names, the shape of one image (None for rows of features) and the scaling of its numbers."""
+    images = dataset.train_images
+    scaling = "pixels/255" if images.dtype == "uint8" else "none"  # as model_inputs makes the batches
+    if images.ndim == 3:
+        image_shape = (1, *images.shape[1:])
+    elif images.ndim == 4:
+        image_shape = images.shape[1:]
+    else:
+        image_shape = tuple(config.input_shape) if len(config.input_shape) == 3 else None
+    names = class_names(dataset, model.output_shapes()[-1][0])
+    return DataInfo(config.dataset, tuple(names), image_shape, scaling, config.data_dir)
