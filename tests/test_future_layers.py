@@ -303,8 +303,12 @@ def test_gru_matches_its_equations_step_by_step(backend, dtype, rng):
     assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-12, "GRU")
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 4), (2, 1, 5, 4)])
+@pytest.mark.parametrize(
+    "shape", [(3, 5, 4), (2, 1, 5, 4), (2, 2, 5, 2)], ids=["sequence", "grey", "2-channel"]
+)
 def test_gru_gradients_match_finite_differences_through_time(backend, rng, shape):
+    # Two channels of width 2: each step reads 4 numbers from two channels, so a dx put back in the
+    # wrong order (rows and channels mixed up) differs, which one channel cannot show.
     layer = GRU(4, 3, rng=0, backend=backend, dtype="float64")
     for name in ("b_i", "b_h"):
         layer.params[name][...] = backend.to_device(rng.standard_normal(9) * 0.5, "float64")
