@@ -82,13 +82,32 @@ def test_dropout_draws_from_its_seeded_stream_the_same_mask_on_every_backend(bac
         x = backend.to_device(np.ones((3, 10)), "float32")
         masks.append(backend.to_host(model.forward(x)))
     assert np.array_equal(*masks), "the same seed drew different masks"
-    reference = np.random.default_rng(0)  # and the draw is the documented one: uniform float32 >= p
-    model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(10,))
-    model.layers[0].rng.bit_generator.state = reference.bit_generator.state
-    expected = (np.random.default_rng(0).random((3, 10), dtype=np.float32) >= 0.5) * 2.0
-    assert np.array_equal(
-        backend.to_host(model.forward(backend.to_device(np.ones((3, 10)), "float32"))), expected
-    )
+
+
+def test_dropout_draws_its_mask_from_its_own_stream_as_uniform_float32_at_least_p(backend):
+    # A stream state no fixed seed of a layer's own would give (not 0): a layer that drew from a fresh
+    # default_rng(0), or from any generator but its stream, draws another mask.
+    layer = Dropout(0.5, backend=backend)
+    layer.rng.bit_generator.state = np.random.default_rng(2024).bit_generator.state
+    expected = (np.random.default_rng(2024).random((3, 10), dtype=np.float32) >= 0.5) * 2.0
+    y = backend.to_host(layer.forward(backend.to_device(np.ones((3, 10)), "float32")))
+    assert np.array_equal(y, expected), f"{int(np.sum(y != expected))} of 30 values differ from the stream's"
+
+
+def test_two_training_forwards_of_one_dropout_layer_draw_different_masks(backend):
+    layer = Dropout(0.5, backend=backend)
+    x = backend.to_device(np.ones((4, 50)), "float32")
+    first, second = (backend.to_host(layer.forward(x)) for _ in range(2))
+    assert not np.array_equal(first, second), "the second training step dropped the same 200 values"
+
+
+def test_another_seed_draws_another_dropout_mask(backend):
+    masks = []
+    for seed in (7, 8):
+        model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(50,))
+        model.seed_streams(seed)
+        masks.append(backend.to_host(model.forward(backend.to_device(np.ones((4, 50)), "float32"))))
+    assert not np.array_equal(*masks), "seeds 7 and 8 drew the same mask"
 
 
 def test_two_dropout_layers_of_a_model_draw_different_masks():
