@@ -274,14 +274,48 @@ def test_same_padding_goes_through_the_architecture_checks_and_back():
 # -- presets ----------------------------------------------------------------------------------------------
 
 
+def preset_after_a_training_step(name, rng):
+    """Preset ``name`` in float64 after one Adam step on 6 random images (its batch-norm averages have
+    moved off 0 and 1, so evaluating with batch statistics instead would show), and the images."""
+    model = build_model(name, dtype="float64", seed=0)
+    x = rng.random((6, 1, 28, 28))
+    loss, _ = train_step(model, make_optimizer("adam", model, 1e-3), x, rng.integers(0, 10, 6))
+    assert np.isfinite(float(loss)), f"{name}: the training step's loss is {float(loss)}"
+    return model, x
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_trains_a_step_and_predicts_deterministically_in_evaluation(name, rng):
-    model = build_model(name, seed=0)
-    optimizer = make_optimizer("adam", model, 1e-3)
-    x = rng.random((8, 1, 28, 28), dtype=np.float32)
-    loss, _ = train_step(model, optimizer, x, rng.integers(0, 10, 8))
-    assert np.isfinite(float(loss))
-    assert np.array_equal(model.predict_proba(x), model.predict_proba(x)), "evaluation is random"
+def test_every_preset_predicts_without_changing_a_weight_buffer_or_random_stream(name, rng):
+    model, x = preset_after_a_training_step(name, rng)
+    before = model.state_dict()
+    model.predict_proba(x)
+    after = model.state_dict()
+    changed = [key for key, value in before.items() if not np.array_equal(value, after[key])]
+    assert not changed, f"{name}: evaluation changed {changed}"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_gives_an_image_alone_the_probabilities_of_its_row_in_a_batch(name, rng):
+    # Evaluation must not depend on the other images: no batch statistics, no random masks.
+    model, x = preset_after_a_training_step(name, rng)
+    batch = model.predict_proba(x)
+    alone = np.concatenate([model.predict_proba(x[i : i + 1]) for i in range(len(x))])
+    assert_close(alone, batch, 1e-10, f"{name}: images alone and in a batch")
+
+
+def test_a_residual_block_evaluates_its_shortcut_with_the_running_averages_and_leaves_them(rng):
+    kw = {"backend": "cpu", "dtype": "float64"}
+    body = cnnx.nn.Sequential([Conv2D(2, 3, 3, padding="same", rng=0, **kw), BatchNorm2D(3, **kw)])
+    shortcut = cnnx.nn.Sequential([Conv2D(2, 3, 1, rng=1, **kw), BatchNorm2D(3, **kw)])
+    block = cnnx.layers.Residual(body, shortcut)
+    x = rng.standard_normal((4, 2, 5, 5)) * 2 + 1
+    block.forward(x)  # training: both branches' averages move
+    before = block.state_dict()
+    y = block.forward(x, train=False)
+    changed = [key for key, value in before.items() if not np.array_equal(value, block.state_dict()[key])]
+    assert not changed, f"evaluation changed {changed}"
+    expected = body.forward(x, train=False) + shortcut.forward(x, train=False)
+    assert_close(y, expected, 1e-12, "the block against its two branches evaluated apart")
 
 
 @pytest.mark.parametrize("name", ["seed-dropout", "cnn-bn"])
