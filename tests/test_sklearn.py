@@ -106,6 +106,26 @@ def test_partial_fit_trains_one_epoch_at_a_time_and_warm_start_continues(images)
         estimator.partial_fit(x[:5], np.array([11] * 5))
 
 
+def test_partial_fit_takes_the_classes_in_any_order_and_keeps_them_sorted(images):
+    x, y = images[0][:40], np.where(images[1][:40] % 2, 7, 3)
+    estimator = CNNClassifier(model="mlp", batch_size=20, random_state=0)
+    estimator.partial_fit(x, y, classes=[7, 3]).partial_fit(x, y, classes=[3, 7])
+    assert estimator.classes_.tolist() == [3, 7], f"classes_ {estimator.classes_.tolist()}"
+    assert set(estimator.predict(x)) <= {3, 7} and estimator.predict_proba(x).shape == (40, 2)
+
+
+@pytest.mark.parametrize("way", ["warm_start", "partial_fit"])
+def test_training_again_continues_the_same_optimizer_so_its_steps_add_up(images, way):
+    x, y = images[0][:60], images[1][:60]  # 3 steps of 20 an epoch
+    estimator = CNNClassifier(model="mlp", epochs=2, batch_size=20, random_state=0, warm_start=True)
+    train = estimator.fit if way == "warm_start" else lambda x, y: estimator.partial_fit(x, y, np.arange(10))
+    train(x, y)
+    first, steps = estimator.optimizer_, estimator.optimizer_.steps
+    train(x, y)
+    assert estimator.optimizer_ is first, "the second call trained with a new optimizer"
+    assert estimator.optimizer_.steps == 2 * steps, f"{steps} steps, then {estimator.optimizer_.steps} in all"
+
+
 def test_a_validation_fraction_is_scored_every_epoch(images):
     x, y, _, _ = images
     estimator = CNNClassifier(model="mlp", epochs=2, random_state=0, validation_fraction=0.2).fit(x, y)
