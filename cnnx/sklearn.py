@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -31,6 +32,9 @@ from cnnx.optim import make_optimizer
 from cnnx.training import RunConfig, run_training
 
 IMAGE_SHAPE = (1, 28, 28)
+# The largest number RunConfig takes in input_shape (its check in cnnx/training/config.py; a test holds
+# the two together): an "mlp" on more features is refused here, in words about X, not about input_shape.
+MAX_INPUT_SIZE = 1 << 16
 
 
 def _numbers(X: np.ndarray) -> np.ndarray:
@@ -50,12 +54,31 @@ def _class_name(label) -> str:
 
 def _flat(X):
     """Images (n, 28, 28) or (n, 1, 28, 28) as rows of features (n, 784), before scikit-learn's checks
-    see them, so that ``n_features_in_`` counts pixels; anything else goes to the checks as it is."""
+    see them, so that ``n_features_in_`` counts pixels; anything else goes to the checks as it is. No
+    images at all become (0, 784) too, for the checks to refuse in their words."""
     if getattr(X, "ndim", None) is None and isinstance(X, (list, tuple)):
         X = np.asarray(X)
     if getattr(X, "ndim", 2) > 2:
-        return np.asarray(X).reshape(len(X), -1)
+        X = np.asarray(X)
+        return X.reshape(len(X), math.prod(X.shape[1:]))  # not -1, which 0 images cannot resolve
     return X
+
+
+def _check_representable(X: np.ndarray, dtype) -> None:
+    """Refuse finite values too large for the model's ``dtype``: cast, they would become inf and the
+    probabilities NaN. A ``dtype`` that is not a float is left to RunConfig to name."""
+    try:
+        limit = float(np.finfo(dtype).max)
+    except (TypeError, ValueError):
+        return
+    if X.dtype.kind != "f" or X.dtype.itemsize <= np.dtype(dtype).itemsize or X.size == 0:
+        return
+    largest = max(float(X.max()), -float(X.min()))  # no |X| copy of a large X
+    if largest > limit:
+        raise ValueError(
+            f"X holds a value of magnitude {largest:.3g} and the model computes in {np.dtype(dtype)}, "
+            f"whose largest is {limit:.3g}: scale X down (or fit with dtype='float64')"
+        )
 
 
 class CNNClassifier(ClassifierMixin, BaseEstimator):
@@ -84,6 +107,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         epoch (the ``test_*`` columns of ``history_``).
     random_state : int, RandomState or None, default=None
         Seeds the initial weights, the random streams, the batch order and the validation split.
+        Anything else (a NumPy Generator included) is a ValueError, as in scikit-learn's estimators.
     warm_start : bool, default=False
         When True, ``fit`` continues training the fitted network (and its optimizer) instead of
         starting anew.
@@ -91,8 +115,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         0: silent; 1: one line per epoch.
 
     Inputs: ``X`` of uint8 pixels (scaled to [0, 1] as in training) or of any other numbers (used as
-    they are), shaped (n, 784), (n, 28, 28), (n, 1, 28, 28) or, for "mlp", any (n, features). ``y``:
-    any labels, strings included.
+    they are; a value beyond the range of the model's dtype is a ValueError), shaped (n, 784), (n, 28, 28),
+    (n, 1, 28, 28) or, for "mlp", any (n, features) up to 65,536 features. ``y``: any labels, strings
+    included.
 
     Attributes: ``classes_``, ``n_features_in_``, ``model_`` (the trained :class:`cnnx.nn.Sequential`),
     ``history_`` (one row per epoch, as in a run's metrics.json).
@@ -176,6 +201,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 f"got 1 class ({self.classes_[0]!r})"
             )
         seed = self._seed()
+        _check_representable(X, self.dtype if fresh else self.model_.dtype)
         x_train, y_train, x_val, y_val = self._split(X, encoded, seed)
         input_shape = self._input_shape(X.shape[1])
         try:
@@ -214,14 +240,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _seed(self) -> int:
+        """The run's seed: an int itself; otherwise a draw from scikit-learn's ``check_random_state``, which
+        takes None (NumPy's global RandomState) or a RandomState and refuses anything else (a string, a
+        float, a NumPy Generator) with a ValueError, as scikit-learn's own estimators do."""
         if isinstance(self.random_state, numbers.Integral) and not isinstance(self.random_state, bool):
             return int(self.random_state) % 2**32
-        rng = (
-            self.random_state
-            if isinstance(self.random_state, np.random.RandomState)
-            else np.random.mtrand._rand
-        )
-        return int(rng.randint(0, 2**31 - 1))
+        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
 
     def _split(self, X, y, seed):
         fraction = float(self.validation_fraction)
@@ -243,6 +267,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.image_shape is not None:
             shape = tuple(int(v) for v in self.image_shape)
         elif self.model == "mlp":
+            if n_features > MAX_INPUT_SIZE:
+                raise ValueError(
+                    f"the 'mlp' model takes at most {MAX_INPUT_SIZE:,} features, X has {n_features:,}: "
+                    "reduce them first, or pass image_shape=(channels, height, width)"
+                )
             shape = (n_features,)
         elif n_features == math.prod(IMAGE_SHAPE):
             shape = IMAGE_SHAPE
@@ -263,6 +292,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities (n, classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "model_")
         X = _numbers(validate_data(self, _flat(X), reset=False, dtype=None, ensure_all_finite=True))
+        _check_representable(X, self.model_.dtype)
         if X.dtype != np.uint8:
             X = X.astype(self.model_.dtype)
         return self.model_.predict_proba(X).astype(np.float64)

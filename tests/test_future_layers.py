@@ -82,13 +82,32 @@ def test_dropout_draws_from_its_seeded_stream_the_same_mask_on_every_backend(bac
         x = backend.to_device(np.ones((3, 10)), "float32")
         masks.append(backend.to_host(model.forward(x)))
     assert np.array_equal(*masks), "the same seed drew different masks"
-    reference = np.random.default_rng(0)  # and the draw is the documented one: uniform float32 >= p
-    model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(10,))
-    model.layers[0].rng.bit_generator.state = reference.bit_generator.state
-    expected = (np.random.default_rng(0).random((3, 10), dtype=np.float32) >= 0.5) * 2.0
-    assert np.array_equal(
-        backend.to_host(model.forward(backend.to_device(np.ones((3, 10)), "float32"))), expected
-    )
+
+
+def test_dropout_draws_its_mask_from_its_own_stream_as_uniform_float32_at_least_p(backend):
+    # A stream state no fixed seed of a layer's own would give (not 0): a layer that drew from a fresh
+    # default_rng(0), or from any generator but its stream, draws another mask.
+    layer = Dropout(0.5, backend=backend)
+    layer.rng.bit_generator.state = np.random.default_rng(2024).bit_generator.state
+    expected = (np.random.default_rng(2024).random((3, 10), dtype=np.float32) >= 0.5) * 2.0
+    y = backend.to_host(layer.forward(backend.to_device(np.ones((3, 10)), "float32")))
+    assert np.array_equal(y, expected), f"{int(np.sum(y != expected))} of 30 values differ from the stream's"
+
+
+def test_two_training_forwards_of_one_dropout_layer_draw_different_masks(backend):
+    layer = Dropout(0.5, backend=backend)
+    x = backend.to_device(np.ones((4, 50)), "float32")
+    first, second = (backend.to_host(layer.forward(x)) for _ in range(2))
+    assert not np.array_equal(first, second), "the second training step dropped the same 200 values"
+
+
+def test_another_seed_draws_another_dropout_mask(backend):
+    masks = []
+    for seed in (7, 8):
+        model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(50,))
+        model.seed_streams(seed)
+        masks.append(backend.to_host(model.forward(backend.to_device(np.ones((4, 50)), "float32"))))
+    assert not np.array_equal(*masks), "seeds 7 and 8 drew the same mask"
 
 
 def test_two_dropout_layers_of_a_model_draw_different_masks():
@@ -255,14 +274,48 @@ def test_same_padding_goes_through_the_architecture_checks_and_back():
 # -- presets ----------------------------------------------------------------------------------------------
 
 
+def preset_after_a_training_step(name, rng):
+    """Preset ``name`` in float64 after one Adam step on 6 random images (its batch-norm averages have
+    moved off 0 and 1, so evaluating with batch statistics instead would show), and the images."""
+    model = build_model(name, dtype="float64", seed=0)
+    x = rng.random((6, 1, 28, 28))
+    loss, _ = train_step(model, make_optimizer("adam", model, 1e-3), x, rng.integers(0, 10, 6))
+    assert np.isfinite(float(loss)), f"{name}: the training step's loss is {float(loss)}"
+    return model, x
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_trains_a_step_and_predicts_deterministically_in_evaluation(name, rng):
-    model = build_model(name, seed=0)
-    optimizer = make_optimizer("adam", model, 1e-3)
-    x = rng.random((8, 1, 28, 28), dtype=np.float32)
-    loss, _ = train_step(model, optimizer, x, rng.integers(0, 10, 8))
-    assert np.isfinite(float(loss))
-    assert np.array_equal(model.predict_proba(x), model.predict_proba(x)), "evaluation is random"
+def test_every_preset_predicts_without_changing_a_weight_buffer_or_random_stream(name, rng):
+    model, x = preset_after_a_training_step(name, rng)
+    before = model.state_dict()
+    model.predict_proba(x)
+    after = model.state_dict()
+    changed = [key for key, value in before.items() if not np.array_equal(value, after[key])]
+    assert not changed, f"{name}: evaluation changed {changed}"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_gives_an_image_alone_the_probabilities_of_its_row_in_a_batch(name, rng):
+    # Evaluation must not depend on the other images: no batch statistics, no random masks.
+    model, x = preset_after_a_training_step(name, rng)
+    batch = model.predict_proba(x)
+    alone = np.concatenate([model.predict_proba(x[i : i + 1]) for i in range(len(x))])
+    assert_close(alone, batch, 1e-10, f"{name}: images alone and in a batch")
+
+
+def test_a_residual_block_evaluates_its_shortcut_with_the_running_averages_and_leaves_them(rng):
+    kw = {"backend": "cpu", "dtype": "float64"}
+    body = cnnx.nn.Sequential([Conv2D(2, 3, 3, padding="same", rng=0, **kw), BatchNorm2D(3, **kw)])
+    shortcut = cnnx.nn.Sequential([Conv2D(2, 3, 1, rng=1, **kw), BatchNorm2D(3, **kw)])
+    block = cnnx.layers.Residual(body, shortcut)
+    x = rng.standard_normal((4, 2, 5, 5)) * 2 + 1
+    block.forward(x)  # training: both branches' averages move
+    before = block.state_dict()
+    y = block.forward(x, train=False)
+    changed = [key for key, value in before.items() if not np.array_equal(value, block.state_dict()[key])]
+    assert not changed, f"evaluation changed {changed}"
+    expected = body.forward(x, train=False) + shortcut.forward(x, train=False)
+    assert_close(y, expected, 1e-12, "the block against its two branches evaluated apart")
 
 
 @pytest.mark.parametrize("name", ["seed-dropout", "cnn-bn"])
@@ -303,8 +356,12 @@ def test_gru_matches_its_equations_step_by_step(backend, dtype, rng):
     assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-12, "GRU")
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 4), (2, 1, 5, 4)])
+@pytest.mark.parametrize(
+    "shape", [(3, 5, 4), (2, 1, 5, 4), (2, 2, 5, 2)], ids=["sequence", "grey", "2-channel"]
+)
 def test_gru_gradients_match_finite_differences_through_time(backend, rng, shape):
+    # Two channels of width 2: each step reads 4 numbers from two channels, so a dx put back in the
+    # wrong order (rows and channels mixed up) differs, which one channel cannot show.
     layer = GRU(4, 3, rng=0, backend=backend, dtype="float64")
     for name in ("b_i", "b_h"):
         layer.params[name][...] = backend.to_device(rng.standard_normal(9) * 0.5, "float64")

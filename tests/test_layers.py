@@ -113,6 +113,16 @@ def test_gathered_input_gradients_match_finite_differences(rng):
     assert max(errors.values()) < 1e-6, errors
 
 
+@pytest.mark.parametrize("kernel", [(3, 5), (5, 3)], ids=["3x5", "5x3"])
+def test_a_gathered_input_gradient_with_a_non_square_same_kernel_matches_finite_differences(rng, kernel):
+    # "same" pads (kh - 1) / 2 rows but (kw - 1) / 2 columns: a gather that mixed up the two (or the
+    # kernel's height and width) gives a square kernel's dx unchanged, and only a non-square one shows it.
+    layer = Conv2D(3, 2, kernel, padding="same", rng=rng, backend=SmallBlocks(), dtype="float64")
+    errors = check_gradients(layer, rng.standard_normal((3, 3, 6, 7)), rng)
+    assert layer._gathers_input_grad(3, *layer.pads), "the test meant the gathered path but took another"
+    assert max(errors.values()) < 1e-6, errors
+
+
 def test_widening_strided_or_whole_batch_convolutions_fold_their_input_gradient(rng):
     x = rng.standard_normal((5, 4, 9, 8))
     cases = {

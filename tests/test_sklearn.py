@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cnnx.sklearn import CNNClassifier
+from cnnx.sklearn import MAX_INPUT_SIZE, CNNClassifier
 
 # float64, so that predictions on a subset equal those on the whole batch to the 1e-7 the checks demand;
 # lr 1e-2 and 20 epochs, so that the checks' easy problems are learnt (they require accuracy > 0.83).
@@ -106,6 +106,26 @@ def test_partial_fit_trains_one_epoch_at_a_time_and_warm_start_continues(images)
         estimator.partial_fit(x[:5], np.array([11] * 5))
 
 
+def test_partial_fit_takes_the_classes_in_any_order_and_keeps_them_sorted(images):
+    x, y = images[0][:40], np.where(images[1][:40] % 2, 7, 3)
+    estimator = CNNClassifier(model="mlp", batch_size=20, random_state=0)
+    estimator.partial_fit(x, y, classes=[7, 3]).partial_fit(x, y, classes=[3, 7])
+    assert estimator.classes_.tolist() == [3, 7], f"classes_ {estimator.classes_.tolist()}"
+    assert set(estimator.predict(x)) <= {3, 7} and estimator.predict_proba(x).shape == (40, 2)
+
+
+@pytest.mark.parametrize("way", ["warm_start", "partial_fit"])
+def test_training_again_continues_the_same_optimizer_so_its_steps_add_up(images, way):
+    x, y = images[0][:60], images[1][:60]  # 3 steps of 20 an epoch
+    estimator = CNNClassifier(model="mlp", epochs=2, batch_size=20, random_state=0, warm_start=True)
+    train = estimator.fit if way == "warm_start" else lambda x, y: estimator.partial_fit(x, y, np.arange(10))
+    train(x, y)
+    first, steps = estimator.optimizer_, estimator.optimizer_.steps
+    train(x, y)
+    assert estimator.optimizer_ is first, "the second call trained with a new optimizer"
+    assert estimator.optimizer_.steps == 2 * steps, f"{steps} steps, then {estimator.optimizer_.steps} in all"
+
+
 def test_a_validation_fraction_is_scored_every_epoch(images):
     x, y, _, _ = images
     estimator = CNNClassifier(model="mlp", epochs=2, random_state=0, validation_fraction=0.2).fit(x, y)
@@ -130,6 +150,73 @@ def test_bad_input_is_a_scikit_learn_style_error(images, make, error, fragment):
     x, y, _, _ = images
     with pytest.raises(error, match=fragment):
         make(small_cnn(), x, y)
+
+
+@pytest.fixture(scope="module")
+def fitted_mlp(images):
+    return CNNClassifier(model="mlp", epochs=1, batch_size=20, random_state=0).fit(
+        images[0][:40], images[1][:40]
+    )
+
+
+# Each way into the estimator, as (estimator, X, y) -> call; predicting ones use the fitted "mlp".
+ENTRY_POINTS = {
+    "fit": lambda e, x, y: e.fit(x, y),
+    "partial_fit": lambda e, x, y: e.partial_fit(x, y, classes=np.arange(10)),
+    "predict": lambda e, x, y: e.predict(x),
+    "predict_proba": lambda e, x, y: e.predict_proba(x),
+}
+
+
+def estimator_for(entry: str, fitted_mlp, **params) -> CNNClassifier:
+    if entry.startswith("predict"):
+        return fitted_mlp
+    return CNNClassifier(model="mlp", epochs=1, batch_size=20, random_state=0).set_params(**params)
+
+
+@pytest.mark.parametrize("entry", ["fit", "partial_fit"])
+@pytest.mark.parametrize(
+    "random_state", ["abc", 1.5, np.random.default_rng(0)], ids=["string", "float", "Generator"]
+)
+def test_a_random_state_scikit_learn_refuses_is_refused_in_its_words(images, entry, random_state):
+    x, y = images[0][:20], images[1][:20]
+    estimator = CNNClassifier(model="mlp", epochs=1, random_state=random_state)
+    with pytest.raises(ValueError, match="cannot be used to seed a numpy.random.RandomState instance"):
+        ENTRY_POINTS[entry](estimator, x, y)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_finite_values_beyond_the_model_s_float32_are_refused_with_the_largest_magnitude(
+    images, fitted_mlp, entry
+):
+    x, y = images[0][:20].reshape(20, -1) / 255.0, images[1][:20]
+    x[3, 7] = -1e39  # finite in float64, inf in float32: the probabilities would come out NaN
+    with pytest.raises(ValueError, match=r"magnitude 1e\+39 .*float32") as info:
+        ENTRY_POINTS[entry](estimator_for(entry, fitted_mlp), x, y)
+    assert "\n" not in str(info.value), f"message spans lines: {info.value}"
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("shape", [(0, 784), (0, 28, 28), (0, 1, 28, 28)], ids=["flat", "square", "channel"])
+def test_no_samples_is_scikit_learn_s_own_error_whatever_the_shape(fitted_mlp, entry, shape):
+    with pytest.raises(ValueError, match=r"Found array with 0 sample\(s\) .* a minimum of 1 is required"):
+        ENTRY_POINTS[entry](estimator_for(entry, fitted_mlp), np.zeros(shape, np.uint8), np.zeros(0, int))
+
+
+@pytest.mark.parametrize("entry", ["fit", "partial_fit"])
+def test_mlp_features_beyond_the_input_cap_name_the_count_and_the_cap(entry):
+    x, y = np.zeros((4, MAX_INPUT_SIZE + 1), np.float32), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="'mlp' model takes at most 65,536 features, X has 65,537"):
+        ENTRY_POINTS[entry](CNNClassifier(model="mlp", epochs=1), x, y)
+
+
+def test_the_estimator_s_input_cap_is_the_run_configuration_s():
+    from cnnx.errors import ConfigError
+    from cnnx.training import RunConfig
+
+    assert RunConfig(model="mlp", input_shape=(MAX_INPUT_SIZE,)).input_shape == (MAX_INPUT_SIZE,)
+    with pytest.raises(ConfigError, match="input_shape"):
+        RunConfig(model="mlp", input_shape=(MAX_INPUT_SIZE + 1,))
 
 
 def test_a_pipeline_and_a_grid_search_over_lr_run_on_images(images):
