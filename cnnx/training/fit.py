@@ -36,6 +36,7 @@ from .rundir import (
     prepare_run_dir,
     remove_stale_temporaries,
 )
+from .shapes import check_classifier, check_input_shape
 
 MAX_SKIPS = 20  # consecutive skipped steps after which skip mode gives up: the run is not coming back
 
@@ -115,6 +116,8 @@ def train_run(
     for name, value in (("max_steps", max_steps), ("log_every", log_every), ("eval_every", eval_every)):
         if value is not None and (not is_whole_number(value) or value < 1):
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    check_classifier(model)
+    check_input_shape(model, dataset.train_images)
     held = None
     if validation is not None:
         dataset, *held = split_validation(dataset, validation, seed)

@@ -17,6 +17,7 @@ from .fit import train_run
 from .loop import Run
 from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
 from .schedule import Schedule
+from .shapes import check_classifier
 
 
 def run_training(
@@ -62,6 +63,7 @@ def run_training(
             config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
         )
     backend = model.backend
+    check_classifier(model)  # before the run directory and the data: the model must score classes
     out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
     if out is None and runs_root is not None:
         out, unique = default_run_dir(model.name, optimizer.name, root=runs_root), True
