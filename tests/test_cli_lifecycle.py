@@ -1,8 +1,10 @@
-"""The life of a run directory through ``cnnx train``: a model that is not a classifier of the data
-set's images, and a run file nested too deep or not a file, are one line and leave no run directory."""
+"""The life of a run directory through ``cnnx train``: a reader that closes the output early stops the
+printing, not the work; a model that is not a classifier of the data set's images, and a run file
+nested too deep or not a file, are one line and leave no run directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,8 +25,21 @@ def data_dir(tmp_path_factory):
     return write_blob_idx(tmp_path_factory.mktemp("fashion"), train=160, test=40)
 
 
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A completed `cnnx train` run: its directory (tests only read it)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = run("train", *FAST, "--data-dir", data_dir, "--out", out, "-q")
+    assert result.exit_code == 0, f"the run failed: {result.output}"
+    return out
+
+
 def run(*args) -> object:
     return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def status_of(out) -> str:
+    return json.loads((out / "metrics.json").read_text())["status"]
 
 
 def assert_one_line_error(result, fragment: str) -> None:
@@ -32,6 +47,32 @@ def assert_one_line_error(result, fragment: str) -> None:
     assert result.exit_code == 1, f"exit code {result.exit_code}, expected 1; stderr: {result.stderr!r}"
     assert len(lines) == 1 and lines[0].startswith("cnnx: error: "), f"stderr is not one error line: {lines}"
     assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+# -- a reader that goes away ------------------------------------------------------------------------------
+
+
+def into_a_closed_pipe(*args) -> subprocess.CompletedProcess:
+    """`python -m cnnx ARGS` with its standard output a pipe that nobody reads (`| head -0`)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        command = [sys.executable, "-m", "cnnx", *map(str, args)]
+        return subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writer)
+
+
+def test_train_into_a_closed_pipe_completes_its_run_and_exits_0(data_dir, tmp_path):
+    out = tmp_path / "run"
+    done = into_a_closed_pipe("train", *FAST, "--data-dir", data_dir, "--out", out)
+    assert (done.returncode, done.stderr) == (0, ""), f"exit {done.returncode}, stderr {done.stderr!r}"
+    assert status_of(out) == "completed" and (out / "model.npz").is_file(), f"status {status_of(out)}"
+
+
+def test_evaluate_into_a_closed_pipe_exits_0_without_an_error(data_dir, trained):
+    done = into_a_closed_pipe("evaluate", trained / "model.npz", "--data-dir", data_dir)
+    assert (done.returncode, done.stderr) == (0, ""), f"exit {done.returncode}, stderr {done.stderr!r}"
 
 
 # -- models that are not classifiers of the data, run files that are not run files ---------------------------

@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from cnnx.data.catalog import DATASETS
+from cnnx.fileio import echo
 from cnnx.optim import OPTIMIZERS, SCHEDULES
 from cnnx.training.config import DIVERGENCE_MODES, DTYPES, MAX_EPOCHS, RunConfig
 
@@ -303,7 +304,7 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
     from cnnx.training.rundir import CHECKPOINT
 
     def notify(name: str) -> None:
-        click.echo(
+        echo(
             f"\ncnnx: {name} received: finishing this step and writing a checkpoint "
             "(send it again to stop at once)",
             err=True,
@@ -319,16 +320,16 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
                 resume=resume,
                 stop=flag,
                 progress="none" if quiet else "auto",
-                echo=None if quiet else click.echo,
+                echo=None if quiet else echo,
                 on_start=lambda run: started.update(out=run.out),
             )
     except TrainingInterrupted as exc:
-        click.echo(
+        echo(
             f"cnnx: stopped by {exc.reason} at epoch {exc.epoch}, batch {exc.batch}; "
             f"checkpoint written to {exc.checkpoint}",
             err=True,
         )
-        click.echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+        echo(f"resume with: cnnx train --resume {started['out']}", err=True)
         ctx.exit(EXIT_STATUS.get(exc.reason, 130))
     except StopNow as exc:
         last = None if started["out"] is None else started["out"] / CHECKPOINT
@@ -336,7 +337,7 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
             kept = f"the last good checkpoint is {last}"
         else:
             kept = "no checkpoint was written yet"
-        click.echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
+        echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
         if last is not None and last.exists():
-            click.echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+            echo(f"resume with: cnnx train --resume {started['out']}", err=True)
         ctx.exit(EXIT_STATUS.get(exc.signal_name, 130))
