@@ -114,7 +114,7 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     show_default="runs/<timestamp>-<model>-<optimizer>",
-    help="Run directory; must be new or empty.",
+    help="Run directory; must be new, empty, or what a run killed before its first checkpoint left.",
 )
 @click.option(
     "--limit",
@@ -256,7 +256,9 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     metavar="RUN_DIR",
     help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings (--epochs and "
     "--max-steps may extend it; --lr, --device, --data-dir, --checkpoint-every, --on-divergence, "
-    "--log-every and --eval-every may change).",
+    "--log-every and --eval-every may change). A run killed after its last checkpoint is finished "
+    "(evaluated, recorded, drawn); one killed before its first starts again from scratch. Refused while "
+    "another process writes RUN_DIR.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
