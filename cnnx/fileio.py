@@ -5,13 +5,18 @@
 - Reading what a user names (a model file, a picture, a data file, a TOML file): only a regular file is
   opened. A FIFO would block the reader for ever and a device such as ``/dev/zero`` never ends, so
   :func:`open_regular` opens without blocking and checks what it opened before a byte is read.
+- Printing: a reader of the standard output that goes away (``cnnx train ... | head -2``) must not stop
+  the work. :func:`echo` and :func:`unless_closed` then point the stream at ``os.devnull`` for the rest
+  of the process, and the work goes on; nothing more is printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -105,3 +110,50 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def echo(message: str = "", *, err: bool = False) -> None:
+    """Print ``message`` and a newline (``click.echo``) on stdout, or stderr with ``err``, unless the
+    stream's reader has gone: see :func:`unless_closed`."""
+    import click  # imported where printing happens, as the command line already has it
+
+    with unless_closed(sys.stderr if err else sys.stdout):
+        click.echo(message, err=err)
+
+
+@contextlib.contextmanager
+def unless_closed(stream):
+    """Run a block that writes to ``stream`` (sys.stdout or sys.stderr). When the stream's reader has gone
+    (a pipe closed early: BrokenPipeError), the block ends there, quietly, and :func:`silence` points the
+    stream elsewhere."""
+    try:
+        yield
+    except BrokenPipeError:
+        silence(stream)
+
+
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at ``os.devnull``: its reader has gone, and later writes,
+    Python's flush at exit included, must go nowhere instead of failing."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # no descriptor behind it (a test's captured output): nothing to point elsewhere
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe whose reader has closed it (every write would fail with EPIPE)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows: no poll, and no such pipes to ask
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))

@@ -15,7 +15,7 @@ from cnnx.cli import cli
 from cnnx.data import Dataset
 from cnnx.errors import ConfigError
 from cnnx.training import RunConfig, TrainingInterrupted, resume_config, run_training
-from cnnx.training.rundir import METRICS, prepare_run_dir
+from cnnx.training.rundir import METRICS, claim_run_dir
 
 from helpers import StopAtStep, blobs, write_blob_idx
 
@@ -186,7 +186,7 @@ def test_resuming_with_another_identity_is_refused(stopped, given, fragment):
 
 
 def _claim(base: str) -> str:
-    return str(prepare_run_dir(base, unique=True))
+    return str(claim_run_dir(base, unique=True).path)
 
 
 def test_runs_started_at_the_same_moment_in_parallel_processes_get_directories_of_their_own(tmp_path):
@@ -198,6 +198,6 @@ def test_runs_started_at_the_same_moment_in_parallel_processes_get_directories_o
 
 
 def test_an_explicit_run_directory_that_another_run_claimed_is_refused(tmp_path):
-    prepare_run_dir(tmp_path / "run")
+    claim_run_dir(tmp_path / "run")
     with pytest.raises(ConfigError, match="is not empty"):
-        prepare_run_dir(tmp_path / "run")
+        claim_run_dir(tmp_path / "run")

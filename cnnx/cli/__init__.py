@@ -4,13 +4,19 @@ below (training, io, data, bench, experiments).
 A problem the user can fix (a :class:`~cnnx.errors.CnnxError`, or the operating system refusing a file)
 ends the command with one line, ``cnnx: error: <message>``, on stderr and exit status 1; click's own
 usage errors keep click's message and exit status 2. Anything else is a bug and shows its traceback.
+
+Output goes through :func:`cnnx.fileio.echo`: when its reader goes away (``cnnx train ... | head -2``),
+printing stops and the work goes on; a command whose work succeeded exits with status 0 all the same.
 """
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cnnx.errors import CnnxError
+from cnnx.fileio import echo, reader_gone, silence
 from cnnx.version import __version__
 
 from .augmentations import augmentations
@@ -28,7 +34,7 @@ class UserError(click.ClickException):
     exit_code = 1
 
     def show(self, file=None) -> None:
-        click.echo(f"cnnx: error: {self.message}", err=True)
+        echo(f"cnnx: error: {self.message}", err=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -46,6 +52,14 @@ class CnnxGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            # Output cut short by its reader (`cnnx evaluate | head`) is not an error; another pipe is.
+            gone = [stream for stream in (sys.stdout, sys.stderr) if reader_gone(stream)]
+            if not gone:
+                raise UserError(_one_line(exc)) from None
+            for stream in gone:
+                silence(stream)
+            return None
         except (CnnxError, OSError) as exc:
             raise UserError(_one_line(exc)) from None
 

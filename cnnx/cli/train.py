@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from cnnx.data.catalog import DATASETS
+from cnnx.fileio import echo
 from cnnx.optim import OPTIMIZERS, SCHEDULES
 from cnnx.training.config import DIVERGENCE_MODES, DTYPES, MAX_EPOCHS, RunConfig
 
@@ -113,7 +114,7 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     show_default="runs/<timestamp>-<model>-<optimizer>",
-    help="Run directory; must be new or empty.",
+    help="Run directory; must be new, empty, or what a run killed before its first checkpoint left.",
 )
 @click.option(
     "--limit",
@@ -255,7 +256,9 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     metavar="RUN_DIR",
     help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings (--epochs and "
     "--max-steps may extend it; --lr, --device, --data-dir, --checkpoint-every, --on-divergence, "
-    "--log-every and --eval-every may change).",
+    "--log-every and --eval-every may change). A run killed after its last checkpoint is finished "
+    "(evaluated, recorded, drawn); one killed before its first starts again from scratch. Refused while "
+    "another process writes RUN_DIR.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
@@ -303,7 +306,7 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
     from cnnx.training.rundir import CHECKPOINT
 
     def notify(name: str) -> None:
-        click.echo(
+        echo(
             f"\ncnnx: {name} received: finishing this step and writing a checkpoint "
             "(send it again to stop at once)",
             err=True,
@@ -319,16 +322,16 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
                 resume=resume,
                 stop=flag,
                 progress="none" if quiet else "auto",
-                echo=None if quiet else click.echo,
+                echo=None if quiet else echo,
                 on_start=lambda run: started.update(out=run.out),
             )
     except TrainingInterrupted as exc:
-        click.echo(
+        echo(
             f"cnnx: stopped by {exc.reason} at epoch {exc.epoch}, batch {exc.batch}; "
             f"checkpoint written to {exc.checkpoint}",
             err=True,
         )
-        click.echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+        echo(f"resume with: cnnx train --resume {started['out']}", err=True)
         ctx.exit(EXIT_STATUS.get(exc.reason, 130))
     except StopNow as exc:
         last = None if started["out"] is None else started["out"] / CHECKPOINT
@@ -336,7 +339,7 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
             kept = f"the last good checkpoint is {last}"
         else:
             kept = "no checkpoint was written yet"
-        click.echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
+        echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
         if last is not None and last.exists():
-            click.echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+            echo(f"resume with: cnnx train --resume {started['out']}", err=True)
         ctx.exit(EXIT_STATUS.get(exc.signal_name, 130))

@@ -21,6 +21,7 @@ from cnnx.checks import is_whole_number, short_repr
 from cnnx.data.augment import format_augment, parse_augment
 from cnnx.data.catalog import DATASETS
 from cnnx.errors import CnnxError, ConfigError
+from cnnx.fileio import open_regular
 from cnnx.nn.presets import PRESETS, with_dropout
 from cnnx.nn.registry import check_architecture
 from cnnx.optim import OPTIMIZERS, SCHEDULES
@@ -219,15 +220,22 @@ class RunConfig:
         the command line) win over the file. A relative ``data_dir`` is relative to the file."""
         path = Path(path)
         try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
+            # A FIFO or a device would block the read, or never end: only a regular file is opened.
+            with open_regular(path, "r", error=ConfigError, what="run config", encoding="utf-8") as handle:
+                values = tomllib.loads(handle.read())
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the run config ({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({' '.join(str(exc).split())})") from None
+        except RecursionError:  # tomllib parses nested arrays and inline tables by recursion
+            raise ConfigError(f"{path}: nested too deeply to be a run config") from None
         data_dir = values.get("data_dir")
         if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
             values["data_dir"] = str(path.parent / data_dir)
-        return cls.from_dict({**values, **(overrides or {})}, source=str(path))
+        try:
+            return cls.from_dict({**values, **(overrides or {})}, source=str(path))
+        except RecursionError:  # dotted keys nest without recursion in the parser, not in repr
+            raise ConfigError(f"{path}: nested too deeply to be a run config") from None
 
     def to_dict(self) -> dict:
         """The fields as JSON-friendly values (what run records store)."""

@@ -13,6 +13,7 @@ as a run that never stopped.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
@@ -27,15 +28,18 @@ from .early import EarlyStopping, split_validation
 from .interrupt import TrainingInterrupted
 from .loop import Run
 from .progress import PROGRESS_MODES, Reporter
-from .records import read_record, run_record
+from .records import read_record, results, run_record
 from .rundir import (
     CHECKPOINT,
     METRICS,
     check_run_dir,
+    claim_run_dir,
     estimate_run_bytes,
-    prepare_run_dir,
+    lock_run_dir,
     remove_stale_temporaries,
 )
+from .shapes import check_classifier, check_input_shape
+from .step import evaluate
 
 MAX_SKIPS = 20  # consecutive skipped steps after which skip mode gives up: the run is not coming back
 
@@ -83,12 +87,17 @@ def train_run(
 
     With ``out_dir``, ``metrics.json`` (whose ``status`` is running, completed, interrupted, diverged or
     failed) and the checkpoint ``model.npz`` are rewritten after every epoch, every ``checkpoint_every``
-    steps and when stopping; the figures after the last epoch. ``resume=True`` continues the run in
-    ``out_dir`` from its checkpoint: model and optimizer must be built as they were, ``batch_size`` and
-    ``seed`` must match, and ``epochs`` may be raised. ``config`` entries (``limit``, ``device``, ...)
-    are added to the recorded configuration. ``progress`` is "auto" (a bar on a terminal, else one line
-    per epoch), "bar", "lines" or "none". With ``unique_dir`` (a generated ``out_dir`` name), a directory
-    another run took first gets a numeric suffix instead of being an error. ``on_start(run)`` is called
+    steps and when stopping; the figures after the last epoch. The process holds the lock of
+    ``out_dir`` (see :mod:`cnnx.training.rundir`) until the run ends. ``out_dir`` may be a dead run's
+    claim (no checkpoint), begun again in place. ``resume=True`` continues the run in ``out_dir`` from
+    its checkpoint: model and optimizer must be built as they were, ``batch_size`` and ``seed`` must
+    match, and ``epochs`` may be raised. A run whose checkpoint is at its end but whose record is not
+    completed (killed during its final evaluation or figures) is finished instead: evaluated, recorded
+    and drawn, with no more training. Resuming a dead claim starts it again from scratch. ``config``
+    entries (``limit``, ``device``, ...) are added to the recorded configuration. ``progress`` is
+    "auto" (a bar on a terminal, else one line per epoch), "bar", "lines" or "none". With
+    ``unique_dir`` (a generated ``out_dir`` name), a directory another run took first gets a numeric
+    suffix instead of being an error. ``on_start(run)`` is called
     once the run directory is claimed and the record written, before the first step.
 
     ``max_steps`` ends the run after that many optimizer steps in all, in the middle of an epoch if need
@@ -115,6 +124,8 @@ def train_run(
     for name, value in (("max_steps", max_steps), ("log_every", log_every), ("eval_every", eval_every)):
         if value is not None and (not is_whole_number(value) or value < 1):
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    check_classifier(model)
+    check_input_shape(model, dataset.train_images)
     held = None
     if validation is not None:
         dataset, *held = split_validation(dataset, validation, seed)
@@ -140,36 +151,15 @@ def train_run(
     record = run_record(
         model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, extra=extra
     )
-    need = estimate_run_bytes(model, optimizer)
-    if resume:
-        if out_dir is None:
-            raise ConfigError("resuming needs the run directory (out_dir) that holds the checkpoint")
-        run.out = check_run_dir(out_dir, need_bytes=need, resume=True)
-        remove_stale_temporaries(run.out)
-        run.restore(load_checkpoint(run.out / CHECKPOINT), epochs, seed)
-        previous = read_record(run.out / METRICS) or record
-        for key in ("error", "stopped_at"):
-            previous.pop(key, None)
-        # The recorded settings stay; what may change on resuming (epochs, device, learning rate,
-        # intervals) is updated.
-        changeable = ("epochs", "lr", "device", "backend", "device_description", *extra)
-        previous["config"].update({k: record["config"][k] for k in changeable})
-        previous["resumes"] = previous.get("resumes", 0) + 1
-        record = previous
-    else:
-        run.out = None if out_dir is None else prepare_run_dir(out_dir, need_bytes=need, unique=unique_dir)
-        run.rng = shuffle_rng(seed)
-    record["status"] = "running"
-    record["curves"] = run.curves  # the run's own lists: every record written carries them as they grow
-    run.record = record
-    run.write_record()
+    _open_run(run, record, out_dir, resume=resume, unique=unique_dir, epochs=epochs, seed=seed,
+              need_bytes=estimate_run_bytes(model, optimizer), changeable=tuple(extra))  # fmt: skip
     if on_start is not None:
         on_start(run)
     reporter = Reporter(progress, epochs, run.batches)
     # NumPy's overflow warnings would only repeat, less clearly, what the divergence guard reports.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
-            predictions = run.train(epochs, reporter)
+            predictions = _evaluate_finished(run) if run.begun == "finishing" else run.train(epochs, reporter)
         except TrainingInterrupted as exc:
             run.finish(
                 "interrupted", stopped_at={"epoch": exc.epoch, "batch": exc.batch, "reason": exc.reason}
@@ -199,6 +189,82 @@ def train_run(
                                                               run.class_names))  # fmt: skip
         run.finish("completed")
     return run
+
+
+def _open_run(
+    run: Run, record: dict, out_dir, *, resume, unique, epochs, seed, need_bytes, changeable
+) -> None:
+    """Take up the run's directory, and write its first record: lock and restore a run to resume (or,
+    when its training had ended, to finish), or claim a new directory or a dead run's claim (also what
+    resuming a run that left no checkpoint does: it starts again, from scratch). A first write that
+    fails removes what claiming created. Without ``out_dir``, nothing is written. ``run.begun`` says
+    which it was: "new", "restarted" (a dead claim begun again), "resumed" or "finishing"."""
+    claim = None
+    if resume and out_dir is None:
+        raise ConfigError("resuming needs the run directory (out_dir) that holds the checkpoint")
+    if resume and (Path(out_dir) / CHECKPOINT).is_file():
+        run.out = check_run_dir(out_dir, need_bytes=need_bytes, resume=True)
+        run.lock = lock_run_dir(run.out)  # before anything in the directory is deleted or written
+        try:
+            remove_stale_temporaries(run.out)
+            record = _resumed_record(run, record, epochs, seed, changeable)
+        except BaseException:
+            run.lock.release()
+            raise
+    else:
+        if resume:  # no checkpoint: a dead run's claim starts again; anything else is refused here
+            check_run_dir(out_dir, need_bytes=need_bytes, resume=True)
+            run.begun = "restarted"
+        if out_dir is not None:
+            claim = claim_run_dir(out_dir, need_bytes=need_bytes, unique=unique)
+            run.out, run.lock = claim.path, claim.lock
+        run.rng = shuffle_rng(seed)
+    record["status"] = "running"
+    record["curves"] = run.curves  # the run's own lists: every record written carries them as they grow
+    run.record = record
+    try:
+        run.write_record()
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        elif run.lock is not None:
+            run.lock.release()
+        raise
+
+
+def _resumed_record(run: Run, record: dict, epochs: int, seed: int, changeable: tuple) -> dict:
+    """Restore ``run`` from its checkpoint; returns its record, updated for this resumption (the
+    ``changeable`` settings, besides epochs, learning rate and device, from ``record``)."""
+    previous = read_record(run.out / METRICS)
+    unfinished = previous is None or previous.get("status") != "completed"
+    run.restore(load_checkpoint(run.out / CHECKPOINT), epochs, seed, unfinished=unfinished)
+    if unfinished and run.batch_done == 0 and (run.epoch_done >= epochs or run.steps_done()
+                                               or _stopped_early(run)):  # fmt: skip
+        run.begun = "finishing"  # killed after its last checkpoint: evaluation, figures and status left
+    else:
+        run.begun = "resumed"
+    previous = previous or record
+    for key in ("error", "stopped_at"):
+        previous.pop(key, None)
+    # The recorded settings stay; what may change on resuming (epochs, device, learning rate,
+    # intervals) is updated.
+    changeable = ("epochs", "lr", "device", "backend", "device_description", *changeable)
+    previous["config"].update({k: record["config"][k] for k in changeable})
+    previous["resumes"] = previous.get("resumes", 0) + 1
+    return previous
+
+
+def _stopped_early(run: Run) -> bool:
+    early = run.early
+    return early is not None and early.patience is not None and early.waited >= early.patience
+
+
+def _evaluate_finished(run: Run) -> np.ndarray:
+    """For a run whose training had ended before its process was killed: the test predictions of its
+    last weights, and the results they give, in its record."""
+    _, _, predictions = evaluate(run.model, run.test_images, run.test_labels, run.batch_size)
+    run.record.update(results(run.history, run.test_labels, predictions, run.num_classes, run.class_names))
+    return predictions
 
 
 def _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips, progress, on_divergence):

@@ -69,6 +69,7 @@ class Run:
         self.consecutive_skips = 0
         self.snapshot = None if self.skip else Snapshot(model, optimizer)  # skip mode never updates badly
         self.stop, self.stopping, self.out, self.record = None, None, None, None
+        self.lock, self.begun = None, "new"  # the directory's RunLock; how fit._open_run took the run up
         # Step-level settings (RunConfig's max_steps, log_every, eval_every) and the curves they draw.
         self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
         self.augmenter = None  # a cnnx.data.Augmenter for the training batches, with its own generator
@@ -79,9 +80,9 @@ class Run:
 
     # -- resuming -------------------------------------------------------------------------------
 
-    def restore(self, checkpoint, epochs: int, seed: int) -> None:
-        """Load the checkpoint's weights, optimizer state, layer buffers and position, after checking
-        that it belongs to a run like this one."""
+    def restore(self, checkpoint, epochs: int, seed: int, unfinished: bool = False) -> None:
+        """Load the checkpoint's weights, optimizer state, layer buffers and position, after checking that
+        it belongs to a run like this one (and is not at its end, unless the run is ``unfinished``)."""
         meta, settings, path = checkpoint.meta, checkpoint.meta["settings"], checkpoint.path
         mine = {"batch_size": self.batch_size, "seed": seed, "train_size": len(self.images),
                 "test_size": len(self.test_images), "dtype": str(self.model.dtype)}  # fmt: skip
@@ -104,7 +105,7 @@ class Run:
                 f"cannot resume {path}: it stands at batch {batch} of epoch {done + 1} with "
                 f"{len(meta['history'])} history rows, which does not fit this run"
             )
-        if done >= epochs and batch == 0:
+        if done >= epochs and batch == 0 and not unfinished:
             raise ConfigError(
                 f"the run in {path.parent} already completed its {done} epochs: ask for more than {done} "
                 "epochs to train further"
@@ -137,7 +138,7 @@ class Run:
                 raise CheckpointError(
                     f"{path}: the augmentation generator state is unusable ({exc})"
                 ) from None
-        if self.max_steps is not None and self.step >= self.max_steps and batch == 0:
+        if self.max_steps is not None and self.step >= self.max_steps and batch == 0 and not unfinished:
             raise ConfigError(
                 f"the run in {path.parent} already took its {self.step} steps: ask for more than "
                 f"{self.step} steps to train further"
@@ -388,9 +389,12 @@ class Run:
             self.write(self.out / METRICS, lambda: write_json(self.out / METRICS, self.record))
 
     def finish(self, status: str, **fields) -> None:
-        """Record how the run ended; a record that cannot be written must not hide the real error."""
+        """Record how the run ended, then let go of the run directory's lock; a record that cannot be
+        written must not hide the real error."""
         if self.out is None:
             return
         self.record.update(status=status, steps_done=self.step, **fields)
         with contextlib.suppress(OSError, CnnxError):
             write_json(self.out / METRICS, self.record)
+        if self.lock is not None:
+            self.lock.release()

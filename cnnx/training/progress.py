@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from cnnx.fileio import echo, unless_closed
+
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 
 
@@ -30,28 +32,31 @@ class Reporter:
                 show_pos=True,
                 item_show_func=lambda text: text,
             )
-            self.bar.__enter__()
-            if done:
-                self.bar.update(done)
+            with unless_closed(sys.stdout):  # a closed output stops the printing, never the training
+                self.bar.__enter__()
+                if done:
+                    self.bar.update(done)
 
     def advance(self, text: str | None = None) -> None:
         if self.bar is not None:
-            self.bar.update(1, text)
+            with unless_closed(sys.stdout):
+                self.bar.update(1, text)
 
     def note(self, text: str) -> None:
         if self.mode != "none":
-            click.echo(("\n" if self.bar is not None else "") + text, err=True)
+            echo(("\n" if self.bar is not None else "") + text, err=True)
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            with unless_closed(sys.stdout):
+                self.bar.__exit__(None, None, None)
             self.bar = None
 
     def end(self, row: dict) -> None:
         self.close()
         if self.mode != "none":
             skipped = f"  {row['skipped']} skipped" if row.get("skipped") else ""
-            click.echo(
+            echo(
                 f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_accuracy']:.4f}  test loss {row['test_loss']:.4f} "
                 f"acc {row['test_accuracy']:.4f}{skipped}  {row['seconds']:.1f}s"

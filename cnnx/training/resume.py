@@ -10,7 +10,8 @@ from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io.checkpoint import load_checkpoint
 
 from .config import CHANGEABLE, IDENTITY, RunConfig
-from .rundir import CHECKPOINT
+from .records import read_record
+from .rundir import CHECKPOINT, METRICS, is_dead_claim
 
 
 def option_name(field: str) -> str:
@@ -40,16 +41,23 @@ def resume_config(run_dir, given: dict | None = None) -> RunConfig:
     ``given`` holds fields the user asked for. Those that identify the run must agree with the
     checkpoint (ConfigError naming the option otherwise); ``epochs`` may extend the run; the learning
     rate, device, data directory, checkpoint interval and divergence mode may change. A run that
-    completed its epochs needs more of them.
+    completed its epochs needs more of them; one whose checkpoint is at its end but whose record is not
+    completed (killed during its final evaluation or figures) is given its config to be finished. A
+    dead run's claim (no checkpoint, see :func:`cnnx.training.rundir.is_dead_claim`) gives the config
+    its record holds, to start it again from scratch.
     """
     run_dir, given = Path(run_dir), dict(given or {})
     if "out" in given:
         raise ConfigError(f"--out cannot be combined with --resume (the run directory is {run_dir})")
-    if not (run_dir / CHECKPOINT).is_file():
+    path, record = run_dir / CHECKPOINT, read_record(run_dir / METRICS)
+    if path.is_file():
+        meta = load_checkpoint(path).meta
+        recorded = recorded_config(path, meta)
+    elif is_dead_claim(run_dir):  # died before its first checkpoint: it starts again, from scratch
+        meta = None
+        recorded = recorded_config(run_dir / METRICS, {"settings": record["config"]})
+    else:
         raise ConfigError(f"{run_dir} holds no checkpoint ({CHECKPOINT}) to resume from")
-    path = run_dir / CHECKPOINT
-    meta = load_checkpoint(path).meta
-    recorded = recorded_config(path, meta)
     for key in IDENTITY:
         if key in given and given[key] != getattr(recorded, key):
             flag = option_name(key)
@@ -61,13 +69,17 @@ def resume_config(run_dir, given: dict | None = None) -> RunConfig:
     if unknown:
         raise ConfigError(f"{unknown[0]} is not a setting of a run")
     config = recorded.replace(**{key: value for key, value in given.items() if key in CHANGEABLE})
+    if meta is None:
+        return config
+    # A run killed after its last checkpoint (its record is not completed) is finished, not refused.
+    unfinished = record is None or record.get("status") != "completed"
     done, batch = meta["epoch"], meta["batch"]
-    if config.max_steps is not None and meta["step"] >= config.max_steps and batch == 0:
+    if config.max_steps is not None and meta["step"] >= config.max_steps and batch == 0 and not unfinished:
         raise ConfigError(
             f"the run in {run_dir} already took its {meta['step']} steps: "
             f"pass --max-steps N with N > {meta['step']} to train further"
         )
-    if done >= config.epochs and batch == 0:
+    if done >= config.epochs and batch == 0 and not unfinished:
         raise ConfigError(
             f"the run in {run_dir} already completed its {done} epochs: "
             f"pass --epochs N with N > {done} to train further"

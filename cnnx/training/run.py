@@ -18,6 +18,15 @@ from .fit import train_run
 from .loop import Run
 from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
 from .schedule import Schedule
+from .shapes import check_classifier
+
+# The first words of what a run says it does, by how it was taken up (Run.begun).
+BEGINNINGS = {
+    "new": "training",
+    "restarted": "starting {out} again from scratch (its run died before its first checkpoint):",
+    "resumed": "resuming {out}:",
+    "finishing": "finishing {out} (its training had ended; evaluating it and drawing its figures):",
+}
 
 
 def run_training(
@@ -37,8 +46,9 @@ def run_training(
     """Train as ``config`` says; returns the finished :class:`~cnnx.training.loop.Run` (its ``history``,
     ``model``, ``optimizer`` and ``out``, the run directory or None).
 
-    Files go to ``out_dir`` (new or empty; with ``resume=True``, the run to continue, whose checkpoint
-    must match ``config``: see :func:`cnnx.training.resume.resume_config`), or, with ``runs_root`` and
+    Files go to ``out_dir`` (new, empty or a dead run's claim; with ``resume=True``, the run to continue,
+    or to finish when its training had ended, whose checkpoint must match ``config``: see
+    :func:`cnnx.training.resume.resume_config`), or, with ``runs_root`` and
     no ``out_dir``, to a new ``<runs_root>/<timestamp>-<model>-<optimizer>`` that no other run shares;
     with neither, nothing is written. ``dataset`` (a :class:`cnnx.data.Dataset`) replaces loading
     Fashion-MNIST from ``config.data_dir``. ``stop``, ``progress``: as for :func:`cnnx.training.fit`.
@@ -63,6 +73,7 @@ def run_training(
             config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
         )
     backend = model.backend
+    check_classifier(model)  # before the run directory and the data: the model must score classes
     out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
     if out is None and runs_root is not None:
         out, unique = default_run_dir(model.name, optimizer.name, root=runs_root), True
@@ -85,7 +96,7 @@ def run_training(
 
     def started(run: Run) -> None:
         if echo is not None:
-            verb = f"resuming {run.out}:" if resume else "training"
+            verb = BEGINNINGS[run.begun].format(out=run.out)
             echo(f"{verb} {model.name} ({model.parameter_count():,} parameters, {config.dtype}) with "
                  f"{optimizer.name} lr {optimizer.lr:g} on {backend.describe()}")  # fmt: skip
             where = f"writing {run.out}" if run.out is not None else "writing no files"

@@ -1,28 +1,48 @@
-"""Run directories: checked before the minutes of loading and training (writable, enough space, new
-or resumable), then created and claimed by one run; the disk space a run needs; leftovers of a killed
-process."""
+"""Run directories: checked before the minutes of loading and training (writable, enough space, new,
+resumable or a dead run's claim, not locked), then created, locked and claimed by one run; the disk
+space a run needs; leftovers of a killed process.
+
+One process at a time writes a run directory: the one that trains or resumes it holds an advisory lock
+(``flock``) on the directory's ``.cnnx-lock`` file from before it deletes or writes anything until the
+run ends. The operating system drops the lock when the process ends, however it ends, so a killed run
+never leaves a stale lock behind; the file itself stays, holding the last holder's process id.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 
-from cnnx.errors import ConfigError, ResourceError
+from cnnx.errors import ConfigError, ResourceError, RunLockedError
 from cnnx.fileio import stale_temporaries
+
+from .early import BEST
+from .records import read_record
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no flock (Windows): runs go unlocked there
+    fcntl = None
 
 CHECKPOINT = "model.npz"
 METRICS = "metrics.json"
 FIGURES = ("curves.png", "confusion_matrix.png", "samples.png")
+LOCK = ".cnnx-lock"
 PROBE_PREFIX = ".cnnx-probe-"
 FIGURES_BYTES = 2 << 20  # three PNGs of a few hundred KiB at most, rounded up
 RECORD_BYTES = 1 << 20  # metrics.json, with room for long histories
+# The statuses of a run that died before its first checkpoint, whose directory may be started again.
+RESTARTABLE = ("running", "failed", "interrupted")
+WRITTEN = (CHECKPOINT, METRICS, *FIGURES, BEST)  # the files a run writes, each through a temporary file
 
 
 def default_run_dir(model_name: str, optimizer_name: str, root="runs") -> Path:
-    """``runs/<timestamp>-<model>-<optimizer>``: a name for a new run (:func:`prepare_run_dir` adds a
+    """``runs/<timestamp>-<model>-<optimizer>``: a name for a new run (:func:`claim_run_dir` adds a
     numeric suffix if another run takes it first)."""
     return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name}-{optimizer_name}"
 
@@ -30,16 +50,20 @@ def default_run_dir(model_name: str, optimizer_name: str, root="runs") -> Path:
 def check_run_dir(path, *, need_bytes: int = 0, resume: bool = False) -> Path:
     """Check, without creating anything, that a run can be written to ``path``.
 
-    A new run needs ``path`` absent or an empty directory; a resumed one needs its checkpoint there. The
-    directory (or, while it does not exist, its nearest existing parent) must accept a file (a probe file
-    is written and removed) and hold ``need_bytes`` of free space. Raises ConfigError with one line.
+    A new run needs ``path`` absent, empty or a dead run's claim (see :func:`is_dead_claim`); a resumed
+    one needs its checkpoint there, or a dead claim to start again from scratch. No live process may
+    hold the directory's lock (:class:`RunLockedError`). The directory (or, while it does not exist,
+    its nearest existing parent) must accept a file (a probe file is written and removed) and hold
+    ``need_bytes`` of free space. Raises ConfigError with one line.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run directory {path} exists and is not a directory")
-    if resume and not (path / CHECKPOINT).is_file():
+    if path.is_dir():
+        check_unlocked(path)
+    if resume and not (path / CHECKPOINT).is_file() and not is_dead_claim(path):
         raise ConfigError(f"{path} holds no checkpoint ({CHECKPOINT}) to resume from")
-    if not resume and path.is_dir() and any(path.iterdir()):
+    if not resume and path.is_dir() and not _is_empty(path) and not is_dead_claim(path):
         raise ConfigError(
             f"run directory {path} is not empty: choose another --out, remove it, or --resume it"
         )
@@ -53,26 +77,167 @@ def check_run_dir(path, *, need_bytes: int = 0, resume: bool = False) -> Path:
     return path
 
 
-def prepare_run_dir(path, *, need_bytes: int = 0, unique: bool = False) -> Path:
-    """Check the run directory with :func:`check_run_dir`, create it (and its parents) and claim it for
-    this process by creating its ``metrics.json`` exclusively: two runs started at the same moment, in
-    threads or processes, never share a directory. With ``unique`` (a generated name), a name that is
-    taken or not empty moves on to ``<name>-2``, ``<name>-3``, ...; otherwise it is a ConfigError."""
+def is_dead_claim(path) -> bool:
+    """Whether ``path`` holds only what a run that died before its first checkpoint left behind: its
+    ``metrics.json`` with a status in :data:`RESTARTABLE`, the lock file and half-written temporaries,
+    and no checkpoint. Such a directory may be started again in place (a live run's directory looks
+    the same: its lock tells them apart)."""
+    path = Path(path)
+    if not path.is_dir() or (path / CHECKPOINT).exists() or not (path / METRICS).is_file():
+        return False
+    if [entry.name for entry in _results(path)] != [METRICS]:
+        return False
+    record = read_record(path / METRICS)
+    return record is not None and record.get("status") in RESTARTABLE
+
+
+def _results(path: Path) -> list[Path]:
+    """What ``path`` holds besides the lock file, probes and the temporaries of killed writers."""
+    leftovers = {tmp for name in WRITTEN for tmp in stale_temporaries(path / name)}
+    ours = [entry for entry in path.iterdir() if entry.name == LOCK or entry.name.startswith(PROBE_PREFIX)]
+    return [entry for entry in path.iterdir() if entry not in leftovers and entry not in ours]
+
+
+def _is_empty(path: Path) -> bool:
+    return not _results(path)
+
+
+@dataclasses.dataclass
+class RunClaim:
+    """A run directory claimed by this process: its ``path``, the ``lock`` held on it, and what claiming
+    created (directories and files, outermost first), which :meth:`abandon` removes."""
+
+    path: Path
+    lock: RunLock
+    created: list[Path]
+
+    def abandon(self) -> None:
+        """Remove what claiming created, and only that, then release the lock: for a run whose very
+        first write failed, so that nothing of it is left behind."""
+        for created in reversed(self.created):
+            with contextlib.suppress(OSError):
+                created.rmdir() if created.is_dir() else created.unlink()
+        self.lock.release()
+
+
+def claim_run_dir(path, *, need_bytes: int = 0, unique: bool = False) -> RunClaim:
+    """Check the run directory with :func:`check_run_dir`, create it (and its parents), lock it and claim
+    it for this process by creating its ``metrics.json`` exclusively: two runs started at the same
+    moment, in threads or processes, never share a directory. A dead run's claim is taken over in place.
+    With ``unique`` (a generated name), a name that is taken, locked or not empty moves on to
+    ``<name>-2``, ``<name>-3``, ...; otherwise it is a ConfigError (:class:`RunLockedError` when locked)."""
     base, n = Path(path), 2
     path = base
     while True:
-        if unique and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if unique and path.exists() and (not path.is_dir() or not _is_empty(path)):
             path, n = base.with_name(f"{base.name}-{n}"), n + 1
             continue
-        path = check_run_dir(path, need_bytes=need_bytes)
-        path.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(path / METRICS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return path
-        except FileExistsError:
+            claim = _claim(check_run_dir(path, need_bytes=need_bytes))
+        except RunLockedError:
             if not unique:
-                raise ConfigError(f"run directory {path} was just taken by another run") from None
-            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+                raise
+            claim = None
+        if claim is not None:
+            return claim
+        if not unique:
+            raise ConfigError(f"run directory {path} was just taken by another run")
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+
+
+def _claim(path: Path) -> RunClaim | None:
+    """Create, lock and claim ``path``; None when another run claimed it first (the lock is then let go,
+    and what this call created is removed again)."""
+    created = [parent for parent in (path, *path.parents) if not parent.exists()][::-1]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_run_dir(path)
+    except BaseException:
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    claim = RunClaim(path, lock, created + ([path / LOCK] if lock.created else []))
+    if is_dead_claim(path):  # a run that died before its first checkpoint: start it again in place
+        remove_stale_temporaries(path)
+        return claim
+    try:
+        os.close(os.open(path / METRICS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        claim.abandon()
+        return None
+    claim.created.append(path / METRICS)
+    return claim
+
+
+class RunLock:
+    """The advisory lock one process holds on a run directory while it writes it (see the module's
+    docstring). ``created``: whether taking it created the lock file. Released by :meth:`release`, or by
+    the operating system when the process ends."""
+
+    def __init__(self, handle, created: bool):
+        self.handle, self.created = handle, created
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()  # closing the descriptor drops the flock
+
+
+def lock_run_dir(path) -> RunLock:
+    """Take the lock of the run directory ``path`` (which must exist), recording this process's id in
+    it. A live process holding it already is a one-line :class:`RunLockedError` naming the directory and
+    that process."""
+    lock_file, created = Path(path) / LOCK, True
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        fd, created = os.open(lock_file, os.O_RDWR), False
+    except OSError as exc:
+        raise ResourceError(f"cannot create the lock file {lock_file} ({exc.strerror or exc})") from None
+    handle = os.fdopen(fd, "r+b", buffering=0)  # closed (and so unlocked) when collected, at the latest
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n".encode())
+    except BlockingIOError:
+        error = _locked(path, handle)
+        handle.close()
+        raise error from None
+    except OSError as exc:
+        handle.close()
+        raise ResourceError(f"cannot lock {lock_file} ({exc.strerror or exc})") from None
+    return RunLock(handle, created)
+
+
+def check_unlocked(path) -> None:
+    """RunLockedError (one line) when a live process holds the lock of the run directory ``path``; takes
+    the lock only for an instant, and creates nothing."""
+    if fcntl is None or not (Path(path) / LOCK).is_file():
+        return
+    try:
+        handle = open(Path(path) / LOCK, "rb", buffering=0)
+    except OSError:
+        return  # an unreadable lock file: taking the lock itself will say what is wrong
+    with handle:
+        try:  # a shared lock: it conflicts with a writer's, not with another check's
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _locked(path, handle) from None
+        except OSError:
+            return  # a file system without flock: taking the lock itself will say so
+
+
+def _locked(path, handle) -> RunLockedError:
+    """The one line for a run directory locked by another process, with the process id it recorded."""
+    holder = ""
+    with contextlib.suppress(OSError, ValueError):
+        handle.seek(0)
+        holder = f" (pid {int(handle.read(32).decode('ascii').strip())})"
+    return RunLockedError(
+        f"run directory {path} is being written by another process{holder}: one writer at a time; wait "
+        "for it to end, or stop it"
+    )
 
 
 def probe_writable(directory) -> None:
@@ -114,7 +279,7 @@ def _mib(n: int) -> str:
 def remove_stale_temporaries(run_dir) -> list[Path]:
     """Delete what a killed process left half-written in ``run_dir`` (never a finished file)."""
     removed = []
-    for name in (CHECKPOINT, METRICS, *FIGURES):
+    for name in WRITTEN:
         for tmp in stale_temporaries(Path(run_dir) / name):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
