@@ -315,17 +315,6 @@ def test_a_worker_killed_by_a_signal_is_reported_as_killed(study, monkeypatch):
     assert summary["status"] == "killed" and "running the grid again resumes it" in summary["error"]
 
 
-def test_a_failed_run_makes_the_command_fail_with_one_line(study):
-    folder, results = study
-    path = folder / "tiny-sgd.toml"
-    path.write_text(path.read_text().replace('data_dir = "', 'data_dir = "/nonexistent'))
-    result = CliRunner().invoke(cli, ["experiment", "run", "tiny-sgd", "--protocol", "modern", "--dir",
-                                      str(folder),
-                                      "--results", str(results)])  # fmt: skip
-    assert result.exit_code == 1
-    assert "cnnx: error: 1 of 1 runs did not finish (tiny-sgd/modern-2-epochs)" in result.output
-
-
 def test_naming_experiments_and_all_together_is_a_usage_error(study):
     result = CliRunner().invoke(cli, ["experiment", "run", "tiny-adam", "--all", "--dir", str(study[0])])
     assert result.exit_code == 2 and "name the experiments to run, or give --all" in result.output
