@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,7 +21,9 @@ from cnnx.errors import ConfigError
 from cnnx.experiments import find_experiments, load_experiment, plan, run_grid, select, write_report
 from cnnx.experiments.grid import execute, run_dir, worker_command
 from cnnx.experiments.report import STUDY
+from cnnx.experiments.spec import REPORT_KEYS, RUN_KEYS, TOP_KEYS
 from cnnx.io.checkpoint import load_checkpoint
+from cnnx.training import RunConfig
 
 from helpers import write_blob_idx
 
@@ -97,6 +100,15 @@ BAD = [
     ("title = 3\n", "title must be a non-empty string"),
     ("[config\n", "not valid TOML"),
     ("", "runs must be a table of protocols"),
+    ('name = "esc\\n"\n[[runs.modern]]\n', "name must be lower-case"),
+    ('name = "trials"\n[[runs.modern]]\n', "'trials' is kept for the results' folder of trial runs"),
+    pytest.param(f"[config]\nmodel = {'[' * 500}{']' * 500}\n", "nested more than 32 deep", id="nested-500"),
+    pytest.param(f"[config]\nmodel = {'[' * 100}{']' * 100}\n", "nested more than 32 deep", id="nested-100"),
+    pytest.param(
+        f"[config]\noptimizer_options = {'{a = ' * 450}1{'}' * 450}\n",
+        "nested more than 32 deep",
+        id="inline-tables-450",
+    ),  # fmt: skip
 ]
 
 
@@ -108,6 +120,55 @@ def test_a_bad_experiment_file_is_one_line_naming_the_file_and_the_key(tmp_path,
         load_experiment(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_fifo_or_a_folder_named_as_an_experiment_file_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "pipe.toml")
+    (tmp_path / "folder.toml").mkdir()
+    with pytest.raises(
+        ConfigError, match=r"pipe\.toml: a FIFO \(named pipe\), not a regular TOML experiment"
+    ):
+        load_experiment(tmp_path / "pipe.toml")
+    with pytest.raises(ConfigError, match=r"folder\.toml: a directory, not a regular"):
+        load_experiment(tmp_path / "folder.toml")
+
+
+def test_a_relative_data_dir_in_an_experiment_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    (tmp_path / "study").mkdir()
+    path = tmp_path / "study" / "x.toml"
+    path.write_text('[config]\ndata_dir = "../data"\n[[runs.modern]]\nepochs = 1\n'
+                    '[[runs.report]]\nmax_steps = 3\ndata_dir = "own"\n')  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    modern, report = load_experiment(Path("..") / "study" / "x.toml").runs
+    assert modern.config.data_dir == str(tmp_path / "data")
+    assert report.config.data_dir == str(tmp_path / "study" / "own")
+
+
+def _documented_keys(label: str) -> set[str]:
+    """The keys experiments/README.md lists on its line starting with ``label`` (under **Keys.**)."""
+    text = (ROOT / "experiments" / "README.md").read_text()
+    section = text.split("- **Keys.**", 1)[1].split("\n\n", 1)[0]
+    items = re.split(r"\n  - ", section)
+    [item] = [i for i in items if i.startswith(label)]
+    return set(re.findall(r"`([a-z_]+)`", item.split(": ", 1)[1]))
+
+
+@pytest.mark.parametrize(
+    ("label", "keys"),
+    [
+        ("top level", TOP_KEYS),
+        ("`[report]`", REPORT_KEYS),
+        ("run settings", RunConfig.fields()),
+        ("a run's table besides", RUN_KEYS),
+    ],
+)
+def test_the_experiments_readme_lists_the_keys_the_code_takes(label, keys):
+    documented = _documented_keys(label)
+    assert documented == set(keys), (
+        f"experiments/README.md ({label}): missing {sorted(set(keys) - documented)}, "
+        f"not in the code {sorted(documented - set(keys))}"
+    )
 
 
 def test_two_files_with_one_name_and_an_empty_folder_are_errors(study, tmp_path):
@@ -252,17 +313,6 @@ def test_a_worker_killed_by_a_signal_is_reported_as_killed(study, monkeypatch):
     summary = execute({"key": spec.key, "config": spec.config.to_dict(), "run_dir": str(results / "x"),
                        "resume": False, "threads": None})  # fmt: skip
     assert summary["status"] == "killed" and "running the grid again resumes it" in summary["error"]
-
-
-def test_a_failed_run_makes_the_command_fail_with_one_line(study):
-    folder, results = study
-    path = folder / "tiny-sgd.toml"
-    path.write_text(path.read_text().replace('data_dir = "', 'data_dir = "/nonexistent'))
-    result = CliRunner().invoke(cli, ["experiment", "run", "tiny-sgd", "--protocol", "modern", "--dir",
-                                      str(folder),
-                                      "--results", str(results)])  # fmt: skip
-    assert result.exit_code == 1
-    assert "cnnx: error: 1 of 1 runs did not finish (tiny-sgd/modern-2-epochs)" in result.output
 
 
 def test_naming_experiments_and_all_together_is_a_usage_error(study):

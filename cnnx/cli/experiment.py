@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
 
 from cnnx.backends import DEVICES
-from cnnx.errors import CnnxError
+from cnnx.errors import CnnxError, ConfigError
 
 from .options import data_dir_option
 
@@ -45,19 +44,30 @@ def experiment() -> None:
 @_dir_option
 @_results_option
 def list_experiments(directory: Path, results: Path | None) -> None:
-    """Each experiment's runs and where they stand."""
+    """Each experiment's runs and where they stand, with the trials (--limit) recorded for them."""
     from cnnx.experiments import find_experiments
-    from cnnx.experiments.grid import read_metrics, run_dir
+    from cnnx.experiments.records import read_metrics
+    from cnnx.experiments.spec import with_settings
+    from cnnx.experiments.store import readable_dir, run_dir, staging_dir, trial_limits
 
     results = results or directory / "results"
+    limits = trial_limits(results)
     for item in find_experiments(directory):
         click.echo(f"{item.name}: {item.title}")
         for spec in item.runs:
-            record = read_metrics(run_dir(results, spec))
-            state = "not run" if record is None else record.get("status", "?")
-            if record is not None and record.get("status") == "completed":
-                state += f", test accuracy {record.get('test_accuracy', 0):.4f}"
+            final = run_dir(results, spec)
+            record = read_metrics(readable_dir(final))
+            state = "not run" if record is None else record.describe()
+            if record is not None and record.limit:
+                state += f" (a trial on {record.limit:,} images)"
+            staged = read_metrics(staging_dir(final))
+            if staged is not None:
+                state += f"; a replacement beside it: {staged.describe()}"
             click.echo(f"  {spec.protocol:<6} {spec.label:<12} {state}")
+            for limit in (n for n in limits if n != spec.config.limit):
+                trial = read_metrics(readable_dir(run_dir(results, with_settings(spec, limit=limit))))
+                if trial is not None:
+                    click.echo(f"  {'':<6} {'':<12} trial --limit {limit}: {trial.describe()}")
 
 
 @experiment.command("run")
@@ -99,7 +109,8 @@ def list_experiments(directory: Path, results: Path | None) -> None:
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="Train every run on a class-balanced subset of N images (a quick trial; recorded in each run).",
+    help="Train every run on a class-balanced subset of N images: a quick trial, kept apart from the full "
+    "runs (in RESULTS/trials/limit-N) and reported with `experiment report --limit N`.",
 )
 @click.option(
     "--device",
@@ -114,47 +125,70 @@ def run(names, run_all, protocol, jobs, cluster, threads, force, limit, device, 
     """Run the named experiments (or --all) and record each run in its own directory.
 
     Finished runs with the same settings are reused (--force runs them again); a run that stopped
-    (a killed worker, Ctrl-C) resumes from its last checkpoint. A run that diverges is recorded as
-    diverged at its step and the others carry on.
+    (a killed worker, Ctrl-C) resumes from its last checkpoint. A run that replaces another (--force,
+    changed settings) trains beside it and takes its place only once it finished. A run that diverges
+    is recorded as diverged at its step and the others carry on.
     """
     from cnnx.experiments import find_experiments, run_grid, select
+    from cnnx.experiments.grid import unfinished
+    from cnnx.experiments.spec import with_settings
+    from cnnx.experiments.store import grid_root
 
     if bool(names) == run_all:
         raise click.UsageError("name the experiments to run, or give --all (not both)")
     experiments = find_experiments(directory)
     protocols = ("modern", "report") if protocol == "all" else (protocol,)
-    specs = select(experiments, list(names), protocols)
     overrides = {
         k: v for k, v in (("limit", limit), ("device", device), ("data_dir", data_dir)) if v is not None
     }
-    if "data_dir" in overrides:
+    if "data_dir" in overrides:  # relative to where the command runs, unlike a file's
         overrides["data_dir"] = str(Path(overrides["data_dir"]).resolve())
-    if overrides:
-        specs = [dataclasses.replace(spec, config=spec.config.replace(**overrides)) for spec in specs]
-    summaries = run_grid(specs, results or directory / "results", jobs=jobs, cluster=cluster, force=force,
-                         threads=threads, echo=click.echo)  # fmt: skip
-    lost = [s for s in summaries if s["status"] not in ("completed", "diverged")]
-    if lost:
-        raise CnnxError(
-            f"{len(lost)} of {len(summaries)} runs did not finish ({', '.join(s['key'] for s in lost)}): "
-            "run the same command again to resume them"
-        )
+    specs = [with_settings(spec, **overrides) for spec in select(experiments, list(names), protocols)]
+    results = results or directory / "results"
+    if limit is not None:
+        click.echo(f"a trial on {limit:,} images: its runs go to {grid_root(results, limit)}, apart from the "
+                   "full runs")  # fmt: skip
+    summaries = run_grid(specs, results, jobs=jobs, cluster=cluster, force=force, threads=threads,
+                         echo=click.echo)  # fmt: skip
+    problem = unfinished(summaries)
+    if problem is not None:
+        raise CnnxError(problem)
 
 
 @experiment.command("report")
 @_dir_option
 @_results_option
 @click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Report the trial that `experiment run --limit N` made (its runs are kept apart from the full "
+    "runs).",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The report to write (default: DIR/REPORT.md); its figures go next to it.",
+    help="The report to write; its figures go next to it. Default: DIR/REPORT.md when every run finished "
+    "on the whole training set, else REPORT.md beside the runs (in the results folder, or the trial's).",
 )
-def report(directory: Path, results: Path | None, out: Path | None) -> None:
+def report(directory: Path, results: Path | None, limit: int | None, out: Path | None) -> None:
     """Write REPORT.md and its figures from the recorded runs."""
     from cnnx.experiments import find_experiments, write_report
+    from cnnx.experiments.report import NOT_RUN, collect, default_destination
+    from cnnx.experiments.store import grid_root
 
-    path = write_report(
-        find_experiments(directory), results or directory / "results", out or directory / "REPORT.md"
-    )
-    click.echo(f"wrote {path}")
+    experiments = find_experiments(directory)
+    results = results or directory / "results"
+    rows = collect(experiments, results, limit)
+    if all(row["status"] == NOT_RUN for row in rows):
+        raise ConfigError(
+            f"{grid_root(results, limit)}: no run of the experiments in {directory} has been recorded here: "
+            "run them first (cnnx experiment run)"
+        )
+    reason = None
+    if out is None:
+        out, reason = default_destination(rows, directory, results, limit)
+    path = write_report(experiments, results, out, limit=limit, rows=rows)
+    click.echo(f"wrote {path}" + (f" ({reason})" if reason else ""))

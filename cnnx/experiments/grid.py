@@ -1,10 +1,14 @@
 """Run a grid of experiment runs: each in a process of its own (:mod:`cnnx.experiments.worker`), several at
 once through joblib, on this machine or on a Dask cluster.
 
-- A run writes to ``<results>/<experiment>/<protocol>-<label>``, a directory every worker can reach.
+- A run writes to its directory under the results (:mod:`.store`), a folder every worker can reach;
+  trials on a subset (``limit``) have a folder of their own, apart from the full runs.
 - A finished run (completed, or diverged: that is a result too) with the same settings is reused
-  unless ``force``; a run that stopped early (a killed worker, a failure) is resumed from its last
-  checkpoint, or started again when it has none.
+  unless ``force``; a run that stopped early (a killed worker) is resumed from its last checkpoint.
+  Any other run already in the directory (forced, made with other settings, a damaged record, one that
+  stopped before its first checkpoint) is replaced by a run trained beside it, which takes its place
+  only once it finished: nothing already there is deleted before its replacement exists.
+- With ``cluster``, the scheduler is reached before anything on disk is touched.
 - Locally, ``jobs`` runs go at once, longest first, and each gets ``cores // jobs`` threads (BLAS and
   cnnx's pool), so they do not oversubscribe the cores. With ``cluster``, joblib's Dask backend sends
   the runs to the scheduler at that address; each Dask worker runs one run at a time per thread it
@@ -14,6 +18,7 @@ once through joblib, on this machine or on a Dask cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,29 +29,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnx.errors import ConfigError
+from cnnx.errors import ConfigError, ResourceError
 from cnnx.training import RunConfig
+from cnnx.training.rundir import CHECKPOINT
 
+from .records import FINAL, RunRecord, read_metrics
 from .spec import RunSpec
+from .store import promote, run_dir, settle, staging_dir
+from .worker import LOCKED
 
 WAITING, RUNNING = "waiting", "running"
-FINAL = ("completed", "diverged")  # a run in one of these states is a result, reused unless forced
+KILLED, FAILED, BUSY = "killed", "failed", "busy"  # how a run of this grid ended without a result
+BUSY_TEXT = "running in another process"
 POLL_SECONDS = 10.0
 CONNECT_SECONDS = 30  # how long to wait for a Dask scheduler
 # Settings that may differ from a finished run's record without making it another run: where it ran,
 # and the epochs the worker derives from max_steps.
 NOT_COMPARED = ("device", "data_dir", "checkpoint_every")
 
-
-def run_dir(results, spec: RunSpec) -> Path:
-    return Path(results) / spec.experiment / f"{spec.protocol}-{spec.label}"
-
-
-def read_metrics(directory: Path) -> dict | None:
-    try:
-        return json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+__all__ = ["execute", "plan", "read_metrics", "run_dir", "run_grid", "same_settings", "worker_command"]
 
 
 def same_settings(spec: RunSpec, recorded: dict) -> bool:
@@ -66,48 +67,98 @@ def same_settings(spec: RunSpec, recorded: dict) -> bool:
     return True
 
 
+def _current(spec: RunSpec, record: RunRecord | None) -> bool:
+    return record is not None and not record.damaged and same_settings(spec, record.config)
+
+
+def _resumable(spec: RunSpec, directory: Path, record: RunRecord | None) -> bool:
+    return _current(spec, record) and not record.finished and (directory / CHECKPOINT).is_file()
+
+
+def _occupied(directory: Path) -> bool:
+    return os.path.lexists(directory) and (not directory.is_dir() or any(directory.iterdir()))
+
+
+def _replacing(spec: RunSpec, record: RunRecord | None, force: bool) -> str:
+    """Why the run in a directory is replaced, in a few words."""
+    if record is None:
+        return "holds files but no run record"
+    if record.damaged:
+        return record.describe()
+    if not same_settings(spec, record.config):
+        return "was recorded with other settings"
+    return "forced" if force and record.finished else f"{record.status}, with no checkpoint to resume from"
+
+
 def plan(specs: list[RunSpec], results, force: bool = False) -> list[dict]:
-    """What to do with each run: reuse, resume or start (``action``), with its directory."""
+    """What to do with each run (``action``: reuse, resume or start), its directory (``dir``), the one
+    its worker writes (``work``: the same, or the staging directory beside it when it replaces the run
+    there) and why it replaces that run (``replaces``, None when it does not)."""
     tasks = []
     for spec in specs:
-        directory = run_dir(results, spec)
-        record = read_metrics(directory)
-        action = "start"
-        if record is not None and not force and same_settings(spec, record.get("config", {})):
-            if record.get("status") in FINAL:
-                action = "reuse"
-            elif (directory / "model.npz").is_file():
-                action = "resume"
-        tasks.append({"spec": spec, "dir": directory, "action": action, "record": record})
+        final = run_dir(results, spec)
+        settle(final)
+        staging = staging_dir(final)
+        record = read_metrics(final)
+        task = {
+            "spec": spec,
+            "dir": final,
+            "work": final,
+            "action": "start",
+            "record": record,
+            "replaces": None,
+        }
+        if _current(spec, record) and record.finished and not force:
+            task["action"] = "reuse"
+        elif _resumable(spec, final, record):
+            task["action"] = "resume"
+        elif _resumable(spec, staging, read_metrics(staging)):
+            task.update(action="resume", work=staging, replaces=_replacing(spec, record, force))
+        elif _occupied(final):
+            task.update(work=staging, replaces=_replacing(spec, record, force))
+        tasks.append(task)
     return tasks
 
 
 def execute(task: dict) -> dict:
-    """Run one task's worker process and wait for it (what joblib calls, here or on a Dask worker).
-    Returns the run's key, directory, status and, when it finished, its test accuracy and time."""
-    command = worker_command(task)
+    """Run one task's worker process and wait for it (what joblib calls, here or on a Dask worker), then
+    put a finished replacement in its place. Returns the run's key, directory, status (a record's, or
+    killed, failed, busy) and, when it finished, its test accuracy and steps; ``error`` says why not."""
+    work = Path(task["run_dir"])
+    final = Path(task.get("final_dir", work))
+    started = time.monotonic()
+    summary = {"key": task["key"], "dir": str(final)}
+    earlier = read_metrics(final) if task["resume"] and work == final else None
+    if earlier is not None and earlier.finished:  # another grid finished it since this one looked
+        return _finished(summary, earlier, started, reused=True)
     env = dict(os.environ)
     if task.get("threads"):
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(task["threads"])
-    started = time.monotonic()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    summary = {"key": task["key"], "dir": task["run_dir"], "seconds": time.monotonic() - started}
-    record = read_metrics(Path(task["run_dir"])) or {}
-    status = record.get("status", "failed")
+    done = subprocess.run(worker_command(task), env=env, capture_output=True, text=True, check=False)
+    record = read_metrics(work)
+    if done.returncode == LOCKED:  # another process writes this run: its result is its own
+        if record is not None and record.finished and work == final:  # and it has just finished it
+            return _finished(summary, record, started, reused=True)
+        return {**summary, "status": BUSY, "seconds": time.monotonic() - started}
+    if record is not None and record.finished:
+        if work != final:
+            try:
+                promote(work, final)
+            except ResourceError as exc:
+                return {**summary, "status": FAILED, "error": str(exc), "seconds": time.monotonic() - started}
+        return _finished(summary, record, started)
     if done.returncode < 0:  # killed by a signal: the checkpoint stays for the next run of the grid
-        status = "killed"
-        summary["error"] = (
-            f"the worker was killed by signal {-done.returncode}; running the grid again resumes it"
-        )
-    elif done.returncode != 0 and status not in FINAL:
-        status = "failed"
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        summary["error"] = lines[-1] if lines else f"the worker exited with status {done.returncode}"
-    summary["status"] = status
-    summary["test_accuracy"] = record.get("test_accuracy")
-    summary["steps"] = record.get("steps_done")
-    return summary
+        error = f"the worker was killed by signal {-done.returncode}; running the grid again resumes it"
+        return {**summary, "status": KILLED, "error": error, "seconds": time.monotonic() - started}
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    error = lines[-1].removeprefix("error: ") if lines else f"the worker exited with status {done.returncode}"
+    return {**summary, "status": FAILED, "error": error, "seconds": time.monotonic() - started}
+
+
+def _finished(summary: dict, record: RunRecord, started: float, reused: bool = False) -> dict:
+    return {**summary, "status": record.status, "test_accuracy": record.test_accuracy, "steps": record.steps,
+            "seconds": time.monotonic() - started, **({"reused": True} if reused else {})}  # fmt: skip
 
 
 def worker_command(task: dict) -> list[str]:
@@ -117,9 +168,31 @@ def worker_command(task: dict) -> list[str]:
 
 def _task_payload(task: dict, threads: int | None) -> dict:
     spec = task["spec"]
-    config = spec.config.to_dict()
-    return {"key": spec.key, "config": config, "run_dir": str(task["dir"]),
-            "resume": task["action"] == "resume", "threads": threads}  # fmt: skip
+    return {"key": spec.key, "config": spec.config.to_dict(), "run_dir": str(task["work"]),
+            "final_dir": str(task["dir"]), "resume": task["action"] == "resume",
+            "threads": threads}  # fmt: skip
+
+
+def unfinished(summaries: list[dict]) -> str | None:
+    """One line on the runs of a grid that gave no result, by why: failed (with the cause), stopped
+    (resumable), or running in another process; None when every run finished."""
+    n, parts = len(summaries), []
+    failed = [s for s in summaries if s["status"] not in (*FINAL, KILLED, BUSY)]
+    if failed:
+        causes: dict[str, list[str]] = {}
+        for s in failed:
+            causes.setdefault(s.get("error") or "no reason given", []).append(s["key"])
+        reasons = "; ".join(f"{', '.join(keys)}: {cause}" for cause, keys in causes.items())
+        parts.append(f"{len(failed)} of {n} runs failed: {reasons}")
+    killed = [s["key"] for s in summaries if s["status"] == KILLED]
+    if killed:
+        parts.append(f"{len(killed)} of {n} runs were stopped ({', '.join(killed)}): run the same command "
+                     "again to resume them")  # fmt: skip
+    busy = [s["key"] for s in summaries if s["status"] == BUSY]
+    if busy:
+        parts.append(f"{len(busy)} of {n} runs are {BUSY_TEXT} ({', '.join(busy)}): once they finish "
+                     "there, the next grid and the report use their results")  # fmt: skip
+    return "; ".join(parts) or None
 
 
 def run_grid(
@@ -134,57 +207,69 @@ def run_grid(
     poll_seconds: float = POLL_SECONDS,
 ) -> list[dict]:
     """Run ``specs`` (see the module's description); returns one summary per run, in ``specs`` order."""
-    from joblib import Parallel, delayed, parallel_config
-
     if jobs < 1:
         raise ConfigError(f"jobs must be a whole number >= 1, got {jobs}")
-    tasks = plan(specs, results, force)
-    summaries = {}
-    for task in tasks:
-        if task["action"] == "reuse":
-            record = task["record"]
-            key = task["spec"].key
-            summaries[key] = {"key": key, "dir": str(task["dir"]), "status": record["status"],
-                              "test_accuracy": record.get("test_accuracy"), "steps": record.get("steps_done"),
-                              "reused": True}  # fmt: skip
-        elif task["action"] == "start" and task["dir"].exists():
-            shutil.rmtree(task["dir"])  # forced, changed settings, or a run that left no checkpoint
-    # Longest first: a long run started last would leave the other cores idle at the end.
-    todo = sorted((t for t in tasks if t["action"] != "reuse"), key=lambda t: -_estimated_steps(t["spec"]))
-    reused = len(tasks) - len(todo)
-    echo(f"{len(tasks)} runs: {reused} reused, {sum(t['action'] == 'resume' for t in todo)} to resume, "
-         f"{sum(t['action'] == 'start' for t in todo)} to start"
-         + (f" on the Dask cluster at {cluster}" if cluster else f", {jobs} at a time"))  # fmt: skip
-    if todo:
-        if threads is None and not cluster:
-            threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
-        payloads = [_task_payload(t, threads) for t in todo]
-        watcher = _Watcher(todo, echo, poll_seconds)
-        watcher.start()
-        try:
-            if cluster:
-                client = _dask_client(cluster)
-                try:
-                    with parallel_config(backend="dask"):
-                        results_iter = Parallel(n_jobs=-1, return_as="generator_unordered")(
-                            delayed(execute)(p) for p in payloads
-                        )
-                        for summary in results_iter:
-                            summaries[summary["key"]] = summary
-                            watcher.finished(summary)
-                finally:
-                    client.close()
-            else:
-                # Threads only wait on the worker processes: each run is a process of its own.
-                runner = Parallel(
-                    n_jobs=min(jobs, len(todo)), prefer="threads", return_as="generator_unordered"
-                )
-                for summary in runner(delayed(execute)(p) for p in payloads):
-                    summaries[summary["key"]] = summary
-                    watcher.finished(summary)
-        finally:
-            watcher.stop()
+    client = _dask_client(cluster) if cluster else None  # before anything on disk is touched
+    try:
+        tasks = plan(specs, results, force)
+        summaries = {t["spec"].key: _reused(t) for t in tasks if t["action"] == "reuse"}
+        todo = _announce(
+            tasks, echo, f" on the Dask cluster at {cluster}" if cluster else f", {jobs} at a time"
+        )
+        if todo:
+            if threads is None and not cluster:
+                threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
+            for task in todo:
+                if task["action"] == "start" and task["work"] != task["dir"]:
+                    shutil.rmtree(task["work"], ignore_errors=True)  # a replacement never finished
+            summaries.update(_execute_all(todo, threads, jobs, cluster, echo, poll_seconds))
+    finally:
+        if client is not None:
+            client.close()
     return [summaries[spec.key] for spec in specs]
+
+
+def _reused(task: dict) -> dict:
+    record = task["record"]
+    return {"key": task["spec"].key, "dir": str(task["dir"]), "status": record.status,
+            "test_accuracy": record.test_accuracy, "steps": record.steps, "reused": True}  # fmt: skip
+
+
+def _announce(tasks: list[dict], echo, where: str) -> list[dict]:
+    """Say what the grid is about to do; returns the tasks to run, longest first (a long run started last
+    would leave the other cores idle at the end)."""
+    todo = sorted((t for t in tasks if t["action"] != "reuse"), key=lambda t: -_estimated_steps(t["spec"]))
+    for task in todo:
+        if task["replaces"] is not None and task["replaces"] != "forced":
+            echo(f"{task['spec'].key} {task['replaces']}: it stays until a run trained beside it "
+                 f"({task['work'].name}) finishes and takes its place")  # fmt: skip
+    resume, start = (sum(t["action"] == action for t in todo) for action in ("resume", "start"))
+    line = f"{len(tasks)} runs: {len(tasks) - len(todo)} reused, {resume} to resume, {start} to start{where}"
+    replacing = sum(t["replaces"] is not None for t in todo)
+    if replacing:
+        line += f"; {replacing} of them replace the runs in their directories once they finish"
+    echo(line)
+    return todo
+
+
+def _execute_all(todo, threads, jobs, cluster, echo, poll_seconds) -> dict:
+    from joblib import Parallel, delayed, parallel_config
+
+    payloads = [_task_payload(t, threads) for t in todo]
+    summaries = {}
+    watcher = _Watcher(todo, echo, poll_seconds)
+    watcher.start()
+    # Locally, threads only wait on the worker processes: each run is a process of its own.
+    options = {"n_jobs": -1} if cluster else {"n_jobs": min(jobs, len(todo)), "prefer": "threads"}
+    try:
+        with parallel_config(backend="dask") if cluster else contextlib.nullcontext():
+            runner = Parallel(return_as="generator_unordered", **options)
+            for summary in runner(delayed(execute)(p) for p in payloads):
+                summaries[summary["key"]] = summary
+                watcher.finished(summary)
+    finally:
+        watcher.stop()
+    return summaries
 
 
 def _estimated_steps(spec: RunSpec) -> int:
@@ -234,7 +319,8 @@ class _Watcher:
             self.done[summary["key"]] = summary
             n = len(self.done)
         accuracy = summary.get("test_accuracy")
-        text = f"[{n}/{len(self.tasks)}] {summary['key']}: {summary['status']}"
+        status = BUSY_TEXT if summary["status"] == BUSY else summary["status"]
+        text = f"[{n}/{len(self.tasks)}] {summary['key']}: {status}"
         if accuracy is not None:
             text += f", test accuracy {accuracy:.4f}"
         text += f", {summary['seconds']:.0f} s"
@@ -256,15 +342,16 @@ class _Watcher:
         for key, task in self.tasks.items():
             if key in done:
                 continue
-            record = read_metrics(task["dir"])
-            if record is None or record.get("status") != RUNNING:
+            record = read_metrics(task["work"])
+            if record is None or record.status != RUNNING:
                 waiting += 1
                 continue
-            config, spec = record.get("config", {}), task["spec"]
+            spec = task["spec"]
             if spec.config.max_steps is not None:
-                where = f"step {record.get('steps_done', 0)}/{spec.config.max_steps}"
+                where = f"step {record.steps or 0}/{spec.config.max_steps}"
             else:
-                where = f"epoch {record.get('epochs_completed', 0) + 1}/{config.get('epochs', '?')}"
+                epochs = record.config.get("epochs", "?")
+                where = f"epoch {(record.data.get('epochs_completed') or 0) + 1}/{epochs}"
             running.append(f"{key} {where}")
         parts = [f"{len(done)}/{len(self.tasks)} done"]
         if running:

@@ -2,69 +2,107 @@
 
 The report has one table per protocol (the original report's figure beside cnnx's), the curves of the
 optimizer and learning-rate comparisons overlaid, the confusion matrix and per-class recall of the best
-run, and a reading of the original report's findings. The reading is computed from the runs of the
-study's experiments, which it finds by name (:data:`STUDY`); for a grid of one's own it says which of
-them were not run.
+run, and a reading of the original report's findings (:mod:`.reading`). For a grid of one's own it has
+the table, the curves and the best run.
+
+A report says at its top when it is not the whole grid's: runs trained on a subset (trials) and runs
+without a result are counted there, and such a report goes beside the runs unless told otherwise
+(:func:`default_destination`), never over the report of a complete grid.
 """
 
 from __future__ import annotations
 
-import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np  # host: run records and figures
 
 from cnnx.fileio import atomic_write
 
-from .grid import read_metrics, run_dir
-from .spec import Experiment
+from .reading import STUDY, best_run, curve_points, differences, findings, pct, steps, trial_tag
+from .records import FINAL, read_metrics
+from .spec import Experiment, with_settings
+from .store import grid_root, readable_dir, run_dir
 
-# The original study's experiments, as named in experiments/*.toml.
-STUDY = {
-    "dense": "dense-adam",
-    "sgd": "model1-sgd",
-    "adam_short": "model2-adam",
-    "low_lr": "model3-low-lr",
-    "high_lr": "model3-high-lr",
-    "adam": "model4-adam",
-}
-REPORT_BEST = 0.8827  # the original report's best test accuracy (Model 4, 500 steps)
+__all__ = ["STUDY", "collect", "default_destination", "write_report"]
+
 PROTOCOL_TEXT = {
     "report": 'The report\'s protocol: its "epochs" taken as optimizer steps on one batch of 128 images',
     "modern": "The modern protocol: mini-batch epochs over the whole training set",
 }
+NOT_RUN, DAMAGED_TEXT = "not run", "damaged metrics.json"
 
 
-def collect(experiments: list[Experiment], results) -> list[dict]:
-    """One row per run of ``experiments``: its spec, its record (None if it never ran) and what the
-    tables show."""
+def collect(experiments: list[Experiment], results, limit: int | None = None) -> list[dict]:
+    """One row per run of ``experiments`` (each on ``limit`` images when given: the trial of that size):
+    its spec, its record's contents (None if it never ran or its record is damaged) and what the tables
+    show (``status``: the record's, "not run" or "damaged metrics.json"; ``accuracy`` for a completed
+    run; ``steps``, ``seconds``; ``limit``, the subset it trained on)."""
     rows = []
     for experiment in experiments:
         for spec in experiment.runs:
-            record = read_metrics(run_dir(results, spec))
-            rows.append({"experiment": experiment, "spec": spec, "record": record, **_outcome(record)})
+            spec = with_settings(spec, limit=limit) if limit is not None else spec
+            record = read_metrics(readable_dir(run_dir(results, spec)))
+            row = dict(experiment=experiment, spec=spec, record=None, status=NOT_RUN, accuracy=None,
+                       steps=None, seconds=None, limit=None)  # fmt: skip
+            if record is not None and record.damaged:
+                row.update(status=DAMAGED_TEXT, problem=record.problem)
+            elif record is not None:
+                accuracy = record.test_accuracy if record.status == "completed" else None
+                row.update(record=record.data, status=record.status, accuracy=accuracy, steps=record.steps,
+                           seconds=record.seconds, limit=record.limit)  # fmt: skip
+            rows.append(row)
     return rows
 
 
-def _outcome(record: dict | None) -> dict:
-    if record is None:
-        return {"status": "not run", "accuracy": None, "steps": None, "seconds": None}
-    history = record.get("history") or []
-    seconds = sum(row.get("seconds", 0.0) for row in history) if history else None
-    return {
-        "status": record.get("status", "?"),
-        "accuracy": record.get("test_accuracy") if record.get("status") == "completed" else None,
-        "steps": record.get("steps_done"),
-        "seconds": seconds,
-    }
-
-
 def _cnnx_cell(row: dict) -> str:
-    if row["status"] == "completed" and row["accuracy"] is not None:
-        return f"**{100 * row['accuracy']:.2f} %**"
+    if row["accuracy"] is not None:
+        return f"**{100 * row['accuracy']:.2f} %**{trial_tag(row)}"
     if row["status"] == "diverged":
-        return f"diverged at step {row['steps']}"
-    return row["status"]
+        return f"diverged at step {row['steps']}{trial_tag(row)}"
+    return f"{row['status']} ({row['problem']})" if row.get("problem") else row["status"]
+
+
+def is_complete(rows: list[dict]) -> bool:
+    """Whether every run has a result (completed or diverged) on the whole training set."""
+    return all(r["status"] in FINAL and not r["limit"] for r in rows)
+
+
+def coverage(rows: list[dict]) -> list[str]:
+    """The paragraphs that say how much of the grid a report stands for: none for a complete grid of full
+    runs; else how many runs are trials, and how many have no result and why."""
+    paragraphs = []
+    trials = [r for r in rows if r["limit"]]
+    if trials:
+        sizes = " or ".join(f"{n:,}" for n in sorted({r["limit"] for r in trials}))
+        paragraphs.append(
+            f"**A trial, not a result of the study.** {len(trials)} of {len(rows)} runs trained on a subset "
+            f"of {sizes} training images (`--limit`), not on the whole training set: their accuracies "
+            "compare neither with full runs' nor with the report's."
+        )
+    missing = Counter(r["status"] for r in rows if r["status"] not in FINAL)
+    if missing:
+        why = ", ".join(f"{status}: {count}" for status, count in missing.items())
+        paragraphs.append(
+            f"**A partial grid.** {sum(missing.values())} of {len(rows)} runs have no result ({why}); the "
+            "tables show them as such, and the figures and the reading use only the others."
+        )
+    return [line for paragraph in paragraphs for line in (paragraph, "")]
+
+
+def default_destination(rows: list[dict], directory, results, limit: int | None) -> tuple[Path, str | None]:
+    """Where the report goes when ``--out`` does not say, and why when that is not ``directory``'s
+    REPORT.md: a complete grid of full runs writes DIR/REPORT.md (the committed report); any other
+    writes beside its runs, in the results folder or the trial's, so that it never replaces it."""
+    if is_complete(rows):
+        return Path(directory) / "REPORT.md", None
+    trials = sum(bool(r["limit"]) for r in rows)
+    missing = sum(r["status"] not in FINAL for r in rows)
+    why = [f"{trials} of {len(rows)} runs are trials on a subset"] if trials else []
+    why += [f"{missing} of {len(rows)} runs have no result"] if missing else []
+    reason = (f"{' and '.join(why)}; {Path(directory) / 'REPORT.md'} is written only from a complete grid "
+              "of full runs, or with --out")  # fmt: skip
+    return grid_root(results, limit) / "REPORT.md", reason
 
 
 def _duration(seconds: float | None) -> str:
@@ -86,28 +124,11 @@ def _protocol_table(rows: list[dict], protocol: str) -> list[str]:
         record = row["record"] or {}
         device = (record.get("config") or {}).get("device_description", "-")
         reported = f" ({100 * spec.reported:.2f} % for this run)" if spec.reported is not None else ""
-        steps = f"{row['steps']:,}" if row["steps"] is not None else "-"
         lines.append(
             f"| {experiment.title} | {spec.label} | {experiment.setup} | {experiment.result}{reported} | "
-            f"{_cnnx_cell(row)} | {steps} | {_duration(row['seconds'])} | {device} |"
+            f"{_cnnx_cell(row)} | {steps(row)} | {_duration(row['seconds'])} | {device} |"
         )
     return lines
-
-
-def _curve_points(record: dict) -> tuple[list, list, list]:
-    """(steps, test accuracies) and (steps, training losses) of a run, from its step curves, or from its
-    history at epoch ends when it drew none."""
-    curves = record.get("curves") or {}
-    test = [(s, a) for s, _, a in curves.get("test", []) if a is not None]
-    train = [(s, loss) for s, loss in curves.get("train", []) if loss is not None]
-    if not test:
-        history, batches = record.get("history") or [], 0
-        for h in history:
-            batches += h.get(
-                "batches", math.ceil(record["config"]["train_size"] / record["config"]["batch_size"])
-            )
-            test.append((batches, h["test_accuracy"]))
-    return test, train
 
 
 def _plot_comparison(rows: list[dict], path: Path, title: str) -> bool:
@@ -121,175 +142,22 @@ def _plot_comparison(rows: list[dict], path: Path, title: str) -> bool:
         label = f"{row['experiment'].name} {row['spec'].label}"
         if row["status"] == "diverged":
             label += " (diverged)"
-        series.append((label, *_curve_points(row["record"])))
+        series.append((label, *curve_points(row["record"])))
     if not series:
         return False
     plot_step_curves(series, path, title)
     return True
 
 
-def _best(rows: list[dict]) -> dict | None:
-    """The most accurate finished run, on Fashion-MNIST when any ran on it (accuracies on different data
-    sets do not compare)."""
-    done = [r for r in rows if r["accuracy"] is not None]
-    fashion = [r for r in done if r["spec"].config.dataset == "fashion-mnist"]
-    done = fashion or done
-    return max(done, key=lambda r: r["accuracy"]) if done else None
-
-
-def _find(rows: list[dict], name: str, protocol: str) -> list[dict]:
-    return [r for r in rows if r["experiment"].name == name and r["spec"].protocol == protocol]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
-
-
-def _top_class_share(record: dict) -> tuple[str, float] | None:
-    matrix = np.asarray(record.get("confusion_matrix") or [])  # host
-    if matrix.size == 0:
-        return None
-    predicted = matrix.sum(axis=0)
-    top = int(predicted.argmax())
-    return record["class_names"][top], float(predicted[top] / predicted.sum())
-
-
-def _swing(record: dict) -> float | None:
-    """The largest drop of test accuracy between two successive evaluations of a run."""
-    test, _ = _curve_points(record)
-    accuracies = [a for _, a in test]
-    drops = [a - b for a, b in zip(accuracies, accuracies[1:], strict=False)]
-    return max(drops) if drops else None
-
-
-def findings(rows: list[dict], protocol: str) -> list[str]:
-    """The reading of the original report's four findings under one protocol, from the runs."""
-    lines = []
-    sgd, adam = _find(rows, STUDY["sgd"], protocol), _find(rows, STUDY["adam"], protocol)
-    sgd_done = [r for r in sgd if r["accuracy"] is not None]
-    adam_done = [r for r in adam if r["accuracy"] is not None]
-    if sgd_done and adam_done:
-        s, a = sgd_done[-1], min(adam_done, key=lambda r: r["steps"] or 0)
-        verdict = "Reproduced" if a["accuracy"] - s["accuracy"] > 0.05 else "Not reproduced"
-        lines.append(
-            f"- **SGD far behind Adam at lr 1e-3.** {verdict}: SGD reaches {_pct(s['accuracy'])} after "
-            f"{s['steps']:,} steps; Adam reaches {_pct(a['accuracy'])} after {a['steps']:,}. Plain SGD at "
-            "this rate moves the weights by lr times the gradient, which is small for Xavier-initialised "
-            "layers, while Adam scales each step to about lr whatever the gradient's size."
-        )
-    else:
-        lines.append("- **SGD far behind Adam at lr 1e-3.** Not run under this protocol.")
-    low = [r for r in _find(rows, STUDY["low_lr"], protocol) if r["record"] is not None]
-    if low and low[0]["record"].get("confusion_matrix"):
-        share = _top_class_share(low[0]["record"])
-        acc = low[0]["accuracy"]
-        verdict = (
-            "Reproduced" if share[1] >= 0.9 else "Partly reproduced" if share[1] >= 0.3 else "Not reproduced"
-        )
-        lines.append(
-            f"- **lr 1e-5 stuck near a single class.** {verdict}: after {low[0]['steps']:,} steps, "
-            f"{100 * share[1]:.0f} % of the test images are predicted as {share[0]!r} (a uniform guess would "
-            f"give 10 %), and the test accuracy is {_pct(acc)}. At this rate Adam moves each weight by about "
-            "1e-5 per step, so the network stays close to its initialisation, whose outputs favour a few "
-            "classes; the report saw the extreme case, every image as one class."
-        )
-    else:
-        lines.append("- **lr 1e-5 stuck near a single class.** Not run under this protocol.")
-    high = [r for r in _find(rows, STUDY["high_lr"], protocol) if r["record"] is not None]
-    if high:
-        parts = []
-        for r in high:
-            if r["status"] == "diverged":
-                parts.append(f"the {r['spec'].label} run diverged at step {r['steps']}")
-            elif (r["accuracy"] or 0) < 0.2:
-                share = _top_class_share(r["record"])
-                text = f"the {r['spec'].label} run collapses to {_pct(r['accuracy'])}"
-                if share is not None:
-                    text += f", predicting {share[0]!r} for {100 * share[1]:.0f} % of the test images"
-                if r["spec"].reported is not None:
-                    kept = _pct(r["spec"].reported)
-                    text += (f" (the report's run kept {kept}; with another batch size and initialisation "
-                             "the first steps need not kill every unit)")  # fmt: skip
-                parts.append(text)
-            else:
-                swing = _swing(r["record"])
-                text = f"the {r['spec'].label} run ends at {_pct(r['accuracy'])}"
-                if swing is not None:
-                    text += (
-                        f", its test accuracy dropping by up to {100 * swing:.1f} points between evaluations"
-                    )
-                parts.append(text)
-        calm = [_swing(r["record"]) for r in adam if r["record"] is not None]
-        calm = [c for c in calm if c is not None]
-        unstable = (
-            any(r["status"] == "diverged" for r in high)
-            or any((_swing(r["record"]) or 0) > 2 * (max(calm) if calm else 0.02) for r in high)
-            or all((r["accuracy"] or 0) < 0.5 for r in high)
-        )
-        verdict = "Reproduced" if unstable else "Not reproduced"
-        reference = f" (Adam at 1e-3: at most {100 * max(calm):.1f} points)" if calm else ""
-        lines.append(
-            f"- **lr 0.1 unstable.** {verdict}: {'; '.join(parts)}{reference}. Adam moves every weight by "
-            "about the learning rate per step, and 0.1 is as large as the Xavier-initialised weights "
-            "themselves: the first steps overshoot, ReLU units pushed negative stop passing gradients, and "
-            "a network whose units are all dead predicts one class whatever the image."
-        )
-    else:
-        lines.append("- **lr 0.1 unstable.** Not run under this protocol.")
-    dense = [r for r in _find(rows, STUDY["dense"], protocol) if r["accuracy"] is not None]
-    if dense:
-        d = dense[-1]
-        same = [r for r in adam_done if r["steps"] == d["steps"]]
-        gap = 100 * (same[0]["accuracy"] - d["accuracy"]) if same else None
-        versus = f", {gap:.1f} points below the CNN with Adam at the same number of steps" if same else ""
-        lines.append(
-            f"- **The dense-only network** reaches {_pct(d['accuracy'])} after {d['steps']:,} steps (the "
-            f"report: 77 %){versus}."
-        )
-    best = _best([r for r in rows if r["spec"].protocol == protocol])
-    if best is not None:
-        is_adam = best["experiment"].name in (STUDY["adam"], STUDY["adam_short"])
-        beats = best["accuracy"] > REPORT_BEST
-        verdict = "Reproduced" if is_adam and beats else "Not reproduced"
-        lines.append(
-            f"- **Adam at 1e-3 the best, beyond 88.27 %.** {verdict}: the best run is "
-            f"{best['experiment'].name} {best['spec'].label} at {_pct(best['accuracy'])}"
-            f"{' (above' if beats else ' (below'} the report's 88.27 %)."
-        )
-    return lines
-
-
-def differences(rows: list[dict], protocol: str) -> list[str]:
-    """The runs whose accuracy the report gives, cnnx's beside it, and why they may differ."""
-    compared = [r for r in rows if r["spec"].protocol == protocol and r["spec"].reported is not None
-                and r["accuracy"] is not None]  # fmt: skip
-    if not compared:
-        return []
-    items = [
-        f"{r['experiment'].name} {r['spec'].label}: {_pct(r['accuracy'])} against {_pct(r['spec'].reported)} "
-        f"({100 * (r['accuracy'] - r['spec'].reported):+.1f} points)"
-        for r in compared
-    ]
-    text = "**The numbers themselves.** " + "; ".join(items) + "."
-    if protocol == "report":
-        text += (
-            " The report does not give its batch size, so a step here (128 images) need not see as many "
-            'images as one of its "epochs"; its seeds and initial weights are unknown too. Short runs '
-            "depend most on both. The orderings above do not."
-        )
-    else:
-        text += " Whole epochs see far more images than the report's runs did, so the CNNs end higher."
-    return [text]
-
-
-def write_report(experiments: list[Experiment], results, out) -> Path:
-    """Write REPORT.md to ``out`` and its PNG figures next to it; returns the report's path."""
+def write_report(experiments: list[Experiment], results, out, *, limit: int | None = None, rows=None) -> Path:
+    """Write REPORT.md to ``out`` and its PNG figures next to it, from ``rows`` (default: :func:`collect`
+    of ``experiments``, ``results`` and ``limit``); returns the report's path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = collect(experiments, results)
+    rows = collect(experiments, results, limit) if rows is None else rows
     protocols = [p for p in ("report", "modern") if any(r["spec"].protocol == p for r in rows)]
     if not any(e.name in STUDY.values() for e in experiments):
-        return _write_grid_report(rows, protocols, out)
+        return _write_grid_report(rows, protocols, out, experiments[0].path.parent.name)
     lines = [
         "# The original study, rerun with cnnx",
         "",
@@ -303,6 +171,7 @@ def write_report(experiments: list[Experiment], results, out) -> Path:
         "report names lr 0.01 once for Model 4 and 0.001 everywhere else, its Model 2 and Model 4 differing "
         "only in length; Model 4 is run at 0.001, the rate the report's figures and comparisons use.",
         "",
+        *coverage(rows),
     ]
     for protocol in protocols:
         lines += [f"## {protocol.capitalize()} protocol", "", f"{PROTOCOL_TEXT[protocol]}.", ""]
@@ -315,7 +184,7 @@ def write_report(experiments: list[Experiment], results, out) -> Path:
                 lines += [f"![{title.lower()}, {protocol} protocol]({name})", ""]
         lines += ["### What reproduced", "", *findings(rows, protocol), ""]
         lines += [*differences(rows, protocol), ""]
-    best = _best(rows)
+    best = best_run(rows)
     if best is not None:
         lines += _best_section(best, out.parent)
     with atomic_write(out, "w") as handle:
@@ -323,14 +192,15 @@ def write_report(experiments: list[Experiment], results, out) -> Path:
     return out
 
 
-def _write_grid_report(rows: list[dict], protocols: list[str], out: Path) -> Path:
+def _write_grid_report(rows: list[dict], protocols: list[str], out: Path, folder: str) -> Path:
     """The report of a grid of one's own (none of the study's experiments): a table and the overlaid
     curves per protocol, and the best run."""
     lines = [
-        f"# Experiments: {out.parent.name}",
+        f"# Experiments: {folder}",
         "",
         "Generated by `cnnx experiment report` from the recorded runs of this folder's experiment files.",
         "",
+        *coverage(rows),
     ]
     for protocol in protocols:
         lines += [f"## {protocol.capitalize()} protocol", "", f"{PROTOCOL_TEXT[protocol]}.", ""]
@@ -343,17 +213,16 @@ def _write_grid_report(rows: list[dict], protocols: list[str], out: Path) -> Pat
             record = row["record"] or {}
             epochs = len(record.get("history") or [])
             per_epoch = f"{row['seconds'] / epochs:.1f}" if row["seconds"] and epochs else "-"
-            steps = f"{row['steps']:,}" if row["steps"] is not None else "-"
             device = (record.get("config") or {}).get("device_description", "-")
             model = row["spec"].config.model if isinstance(row["spec"].config.model, str) else "custom"
-            cells = [row["experiment"].title, row["spec"].label, model, _cnnx_cell(row), steps,
+            cells = [row["experiment"].title, row["spec"].label, model, _cnnx_cell(row), steps(row),
                      _duration(row["seconds"]), per_epoch, device]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         name = f"report-runs-{protocol}.png"
         if _plot_comparison(chosen, out.parent / name, f"Every run, {protocol} protocol"):
             lines += [f"![every run, {protocol} protocol]({name})", ""]
-    best = _best(rows)
+    best = best_run(rows)
     if best is not None:
         lines += _best_section(best, out.parent)
     with atomic_write(out, "w") as handle:
@@ -365,30 +234,27 @@ def _best_section(best: dict, folder: Path) -> list[str]:
     from cnnx.training.plots import plot_confusion_matrix
 
     record, spec = best["record"], best["spec"]
-    names = record["class_names"]
+    lines = [f"## The best run: {spec.experiment} {spec.protocol} {spec.label} ({pct(best['accuracy'])})"
+             f"{trial_tag(best)}", ""]  # fmt: skip
+    names, per_class = record.get("class_names"), record.get("per_class")
+    if record.get("confusion_matrix") is None or per_class is None:
+        return [*lines, "Its record holds no confusion matrix or per-class scores.", ""]
     plot_confusion_matrix(
         np.asarray(record["confusion_matrix"]), names, folder / "report-confusion.png"
     )  # host
-    per_class = record["per_class"]
+    lines += ["![confusion matrix of the best run](report-confusion.png)", "",
+              "| class | recall | precision |", "|---|---:|---:|"]  # fmt: skip
+    lines += [f"| {n} | {pct(per_class[n]['recall'])} | {pct(per_class[n]['precision'])} |" for n in names]
     ranked = sorted(names, key=lambda n: per_class[n]["recall"])
-    lines = [
-        f"## The best run: {spec.experiment} {spec.protocol} {spec.label} ({_pct(best['accuracy'])})",
-        "",
-        "![confusion matrix of the best run](report-confusion.png)",
-        "",
-        "| class | recall | precision |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {n} | {_pct(per_class[n]['recall'])} | {_pct(per_class[n]['precision'])} |" for n in names]
-    hardest = ranked[0]
+    hardest, *next_ones = ranked[:3]
+    then = f", then {' and '.join(next_ones)}" if next_ones else ""
+    reading = (
+        " As in the report, shirts are the hardest: they are confused with T-shirts, pullovers and coats."
+        if hardest == "Shirt"
+        else " The report found shirts the hardest."
+    )
     lines += [
         "",
-        f"The hardest class is **{hardest}** (recall {_pct(per_class[hardest]['recall'])}), then {ranked[1]} "
-        f"and {ranked[2]}."
-        + (
-            " As in the report, shirts are the hardest: they are confused with T-shirts, pullovers and coats."
-            if hardest == "Shirt"
-            else " The report found shirts the hardest."
-        ),  # fmt: skip
+        f"The hardest class is **{hardest}** (recall {pct(per_class[hardest]['recall'])}){then}.{reading}",
     ]
     return lines

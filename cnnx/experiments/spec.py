@@ -23,20 +23,23 @@ reported = 0.8827                   # the report's test accuracy for this run, w
 epochs = 3
 ```
 
-A run's settings are ``[config]`` updated with its own table. A wrong key or value is a one-line
-ConfigError naming the file and the key.
+A run's settings are ``[config]`` updated with its own table; a relative ``data_dir`` is relative to
+the file, as in a ``cnnx train --config`` file. A wrong key or value is a one-line ConfigError naming the
+file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 from pathlib import Path
 
 from cnnx.checks import short_repr
 from cnnx.errors import ConfigError
+from cnnx.fileio import open_regular
 from cnnx.training import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -49,7 +52,9 @@ COMPARISONS = ("optimizers", "learning-rates")
 TOP_KEYS = ("name", "title", "compare", "report", "config", "runs")
 REPORT_KEYS = ("setup", "result")
 RUN_KEYS = ("reported",)  # what a run table may hold besides RunConfig fields
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # whole names only: always fullmatch, never match
+TRIALS = "trials"  # the results' folder of runs on a subset (see store.run_dir): no experiment's name
+MAX_NESTING = 32  # tables and arrays inside each other; the deepest preset's description takes 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,23 +118,55 @@ def _config(path: Path, where: str, values: dict) -> RunConfig:
         _fail(path, f"{where}.{exc}")  # RunConfig's messages start with the field's name
 
 
-def load_experiment(path) -> Experiment:
-    """Read and check one experiment file."""
-    path = Path(path)
+def _nesting(value, depth: int = 0) -> int:
+    """How deep tables and arrays nest in ``value``, counted up to just beyond MAX_NESTING."""
+    if depth > MAX_NESTING or not isinstance(value, (dict, list)):
+        return depth
+    children = value.values() if isinstance(value, dict) else value
+    return max((_nesting(child, depth + 1) for child in children), default=depth + 1)
+
+
+def _read_toml(path: Path) -> dict:
+    """The file's tables, read only from a regular file (a FIFO would block for ever) and bounded in depth
+    (tomllib recurses, and so would everything that walks the values after it)."""
+    what = "TOML experiment file"
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path, "r", error=ConfigError, what=what, encoding="utf-8") as handle:
+            data = tomllib.loads(handle.read())
     except OSError as exc:
         _fail(path, f"cannot read the experiment ({exc.strerror or exc})")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         _fail(path, f"not valid TOML ({' '.join(str(exc).split())})")
+    except RecursionError:
+        data = None
+    if data is None or _nesting(data) > MAX_NESTING:
+        _fail(path, f"tables and arrays nested more than {MAX_NESTING} deep")
+    return data
+
+
+def _relative_to(path: Path, table: dict) -> dict:
+    """``table`` with a relative ``data_dir`` made absolute from the file's folder (the runs may start in
+    another working directory, or on another machine)."""
+    data_dir = table.get("data_dir")
+    if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
+        return {**table, "data_dir": os.path.abspath(path.parent / data_dir)}
+    return table
+
+
+def load_experiment(path) -> Experiment:
+    """Read and check one experiment file."""
+    path = Path(path)
+    data = _read_toml(path)
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         _fail(path, f"unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         _fail(
             path, f"name must be lower-case letters, digits, '-' or '_' (at most 64), got {short_repr(name)}"
         )
+    if name == TRIALS:
+        _fail(path, f"the name {TRIALS!r} is kept for the results' folder of trial runs: choose another")
     title = _text(path, "title", data.get("title", name))
     report = data.get("report", {})
     if not isinstance(report, dict):
@@ -146,6 +183,7 @@ def load_experiment(path) -> Experiment:
     if not isinstance(base, dict):
         _fail(path, f"config must be a table of run settings, got {short_repr(base)}")
     _check_settings(path, "config", base, ())
+    base = _relative_to(path, base)
     runs = data.get("runs")
     if not isinstance(runs, dict) or not runs:
         _fail(path, f"runs must be a table of protocols ({', '.join(PROTOCOLS)}), each a list of run tables")
@@ -167,6 +205,7 @@ def load_experiment(path) -> Experiment:
                 _fail(path, f"{where}.reported must be an accuracy from 0 to 1, got {short_repr(reported)}")
             own = {k: v for k, v in table.items() if k not in RUN_KEYS}
             _check_settings(path, where, own, RUN_KEYS)
+            own = _relative_to(path, own)
             config = _config(path, where, {**base, **own})
             label = _label(config)
             if label in labels:
@@ -203,3 +242,9 @@ def select(experiments: list[Experiment], names: list[str], protocols: tuple[str
             raise ConfigError(f"unknown experiment {name!r}: choose from {', '.join(by_name)}")
     chosen = [by_name[n] for n in dict.fromkeys(names)] if names else experiments
     return [run for e in chosen for run in e.runs if run.protocol in protocols]
+
+
+def with_settings(spec: RunSpec, **changes) -> RunSpec:
+    """``spec`` with some of its run settings changed, as the command line's ``--limit``, ``--device`` and
+    ``--data-dir`` change every run's; its label and key stay."""
+    return dataclasses.replace(spec, config=spec.config.replace(**changes)) if changes else spec

@@ -5,7 +5,9 @@ nothing else with it, and its last checkpoint lets the next ``cnnx experiment ru
 is a JSON object: ``config`` (RunConfig fields), ``run_dir``, ``resume`` and ``threads`` (the BLAS and
 thread-pool cap for this run; the grid divides the cores between the runs that share a machine).
 
-Exit status: 0 completed, 3 diverged (recorded in metrics.json, a result like any other), 1 failed.
+Exit status: 0 completed, 3 diverged (recorded in metrics.json, a result like any other), 4 the run
+directory is locked by another process that writes it (nothing was touched: the run is that process's),
+1 failed (the cause on the last line of stderr).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import json
 import sys
 
 DIVERGED = 3
+LOCKED = 4
 
 
 def main(argv: list[str]) -> int:
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     from cnnx.data import load_dataset
-    from cnnx.errors import CnnxError, DivergenceError
+    from cnnx.errors import CnnxError, DivergenceError, RunLockedError
     from cnnx.training import RunConfig, run_training
 
     task = json.loads(argv[0])
@@ -38,6 +41,9 @@ def main(argv: list[str]) -> int:
     except DivergenceError as exc:
         print(f"diverged: {exc}", file=sys.stderr)
         return DIVERGED
+    except RunLockedError as exc:
+        print(f"locked: {exc}", file=sys.stderr)
+        return LOCKED
     except CnnxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
