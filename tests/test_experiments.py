@@ -262,7 +262,7 @@ def test_a_failed_run_makes_the_command_fail_with_one_line(study):
                                       str(folder),
                                       "--results", str(results)])  # fmt: skip
     assert result.exit_code == 1
-    assert "cnnx: error: 1 of 1 runs did not finish (tiny-sgd/modern-2-epochs)" in result.output
+    assert "cnnx: error: 1 of 1 run did not finish (tiny-sgd/modern-2-epochs)" in result.output
 
 
 def test_naming_experiments_and_all_together_is_a_usage_error(study):

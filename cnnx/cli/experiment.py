@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cnnx.backends import DEVICES
+from cnnx.checks import plural
 from cnnx.errors import CnnxError
 
 from .options import data_dir_option
@@ -136,7 +137,8 @@ def run(names, run_all, protocol, jobs, cluster, threads, force, limit, device, 
     lost = [s for s in summaries if s["status"] not in ("completed", "diverged")]
     if lost:
         raise CnnxError(
-            f"{len(lost)} of {len(summaries)} runs did not finish ({', '.join(s['key'] for s in lost)}): "
+            f"{len(lost)} of {plural(len(summaries), 'run')} did not finish "
+            f"({', '.join(s['key'] for s in lost)}): "
             "run the same command again to resume them"
         )
 

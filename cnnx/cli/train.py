@@ -289,10 +289,9 @@ def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) ->
         config = RunConfig.from_dict(given)
     run = _run_until_stopped(ctx, config, resume_dir or out, resume=resume_dir is not None, quiet=quiet)
     if not quiet:
-        click.echo(
-            f"test accuracy {run.history[-1]['test_accuracy']:.4f} after {len(run.history)} epochs; "
-            f"outputs in {run.out}"
-        )
+        from cnnx.training.progress import summary
+
+        click.echo(summary(run))
 
 
 def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: bool, quiet: bool):

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
-from cnnx.checks import is_whole_number
-from cnnx.data import CLASS_NAMES, Augmenter, parse_augment
+from cnnx.checks import is_whole_number, plural
+from cnnx.data import Augmenter, parse_augment
 from cnnx.errors import ConfigError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import load_checkpoint
 from cnnx.nn.random import derive_rng
@@ -133,7 +133,7 @@ def train_run(
         run.augmenter = Augmenter(transforms, derive_rng(seed, "augment"))
     if batch_size > len(run.images):
         raise ConfigError(
-            f"batch size {batch_size} is larger than the training set ({len(run.images)} images)"
+            f"batch size {batch_size} is larger than the training set ({plural(len(run.images), 'image')})"
         )
     extra = {"check_every": check_every, "checkpoint_every": checkpoint_every, "on_divergence": on_divergence}
     extra.update(config or {})
@@ -194,9 +194,7 @@ def train_run(
         finally:
             reporter.close()
     if run.out is not None:
-        run.write(run.out / "curves.png", lambda: write_plots(run.out, run.history, dataset.test_images,
-                                                              run.test_labels, predictions,
-                                                              run.class_names))  # fmt: skip
+        run.write(run.out / "curves.png", lambda: write_plots(run, predictions))
         run.finish("completed")
     return run
 
@@ -229,14 +227,8 @@ def shuffle_rng(seed: int) -> np.random.Generator:
     return derive_rng(seed, "shuffle")
 
 
-def write_plots(out, history, images, labels, predictions, names=None) -> None:
-    """curves.png, confusion_matrix.png and samples.png for a finished run."""
+def write_plots(run: Run, predictions) -> None:
+    """The figures of a finished run: see :func:`cnnx.training.plots.plot_run`."""
     from . import plots  # matplotlib is imported only when figures are drawn
-    from .metrics import confusion_matrix
 
-    names = list(names) if names is not None else list(CLASS_NAMES)
-    plots.plot_curves(history, out / "curves.png")
-    plots.plot_confusion_matrix(
-        confusion_matrix(labels, predictions, len(names)), names, out / "confusion_matrix.png"
-    )
-    plots.plot_samples(images, labels, predictions, names, out / "samples.png")
+    plots.plot_run(run, predictions)

@@ -11,14 +11,15 @@ import time
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
+from cnnx.checks import plural
 from cnnx.data import class_names, model_inputs
 from cnnx.errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import save_checkpoint
 
 from .divergence import Snapshot, check_weights, checked_step
-from .early import BEST
+from .early import BEST, reported
 from .interrupt import TrainingInterrupted
-from .progress import Reporter
+from .progress import Reporter, stopped_early
 from .records import results, write_json
 from .rundir import CHECKPOINT, METRICS
 from .step import evaluate, train_step
@@ -73,6 +74,7 @@ class Run:
         self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
         self.augmenter = None  # a cnnx.data.Augmenter for the training batches, with its own generator
         self.val_images = self.val_labels = self.early = None  # the validation split and early stopping
+        self.results_of = None  # which weights the results describe: {"file": ..., "epoch": ...}
         self.total_steps = 0  # the run's length in steps, for the schedule
         self.curves = fresh_curves()
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
@@ -104,12 +106,12 @@ class Run:
             )
         if done >= epochs and batch == 0:
             raise ConfigError(
-                f"the run in {path.parent} already completed its {done} epochs: ask for more than {done} "
-                "epochs to train further"
+                f"the run in {path.parent} already completed its {plural(done, 'epoch')}: ask for more than "
+                f"{plural(done, 'epoch')} to train further"
             )
         if done + (batch > 0) > epochs:
             raise ConfigError(
-                f"{epochs} epochs is fewer than the {done + 1} the run in {path.parent} has begun"
+                f"{plural(epochs, 'epoch')} is fewer than the {done + 1} the run in {path.parent} has begun"
             )
         try:
             self.model.load_state_dict(checkpoint.model_state)  # weights, buffers and random streams
@@ -137,14 +139,15 @@ class Run:
                 ) from None
         if self.max_steps is not None and self.step >= self.max_steps and batch == 0:
             raise ConfigError(
-                f"the run in {path.parent} already took its {self.step} steps: ask for more than "
-                f"{self.step} steps to train further"
+                f"the run in {path.parent} already took its {plural(self.step, 'step')}: ask for more than "
+                f"{plural(self.step, 'step')} to train further"
             )
 
     # -- training -------------------------------------------------------------------------------
 
     def train(self, epochs: int, reporter: Reporter) -> np.ndarray | None:
-        """Train the remaining epochs; returns the last epoch's test predictions."""
+        """Train the remaining epochs; returns the test predictions of the weights the run reports, which
+        ``results_of`` names (see :func:`cnnx.training.early.reported`)."""
         predictions = None
         self.total_steps = epochs * self.batches
         if self.max_steps is not None:
@@ -155,30 +158,33 @@ class Run:
             self.history.append(row)
             self.epoch_done, self.batch_done, self.partial = epoch, 0, fresh_partial()
             reporter.end(row)
-            stop_early = self.watch_validation(epoch, row)
+            stop_early = self.watch_validation(epoch, row, predictions, reporter)
             if self.out is not None:
                 self.save(self.rng.bit_generator.state)
-                self.record.update(
-                    results(self.history, self.test_labels, predictions, self.num_classes, self.class_names)
-                )
+                shown, self.results_of = reported(self, predictions)  # best.npz's, when the run kept it
+                self.record.update(results(self.history, self.test_labels, shown, self.num_classes,
+                                           self.class_names, self.results_of))  # fmt: skip
                 self.write_record()
             if self.steps_done() or stop_early:
                 break
             if self.stopping and epoch < epochs:
                 raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch + 1, 0)
-        return predictions
+        shown, self.results_of = reported(self, predictions)
+        return shown
 
-    def watch_validation(self, epoch: int, row: dict) -> bool:
-        """Keep the best epoch's weights in best.npz; True when early stopping ends the run here."""
+    def watch_validation(self, epoch: int, row: dict, predictions: np.ndarray, reporter: Reporter) -> bool:
+        """Keep the best epoch's weights in best.npz (and its test predictions); True (said on the
+        console) when early stopping ends the run here."""
         if self.early is None:
             return False
         loss = row["val_loss"] if row["val_loss"] is not None else math.inf
-        improved, stop = self.early.update(epoch, loss)
+        improved, stop = self.early.update(epoch, loss, predictions)
         if improved and self.out is not None:
             meta = {"kind": "best", "epoch": epoch, "val_loss": loss}
             self.write(self.out / BEST, lambda: self.model.save(self.out / BEST, meta=meta))
             self.record["best"] = {"file": BEST, "epoch": epoch, "val_loss": loss}
-        if stop and self.record is not None:
+        if stop:
+            reporter.say(stopped_early(epoch, self.early))
             self.record["stopped_early"] = {"epoch": epoch, "best_epoch": self.early.best_epoch}
         return stop
 
@@ -335,8 +341,8 @@ class Run:
         at = f"epoch {epoch}, batch {batch} (step {step}): non-finite values first in {where}"
         if self.consecutive_skips >= self.max_skips:
             raise DivergenceError(
-                f"training diverged: {self.consecutive_skips} steps in a row skipped, the last at {at}; "
-                f"{self.last_good()}"
+                f"training diverged: {plural(self.consecutive_skips, 'step')} in a row skipped, the last "
+                f"at {at}; {self.last_good()}"
             )
         reporter.note(f"skipped {at}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnx.checks import short_repr
+from cnnx.checks import plural, short_repr
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io.checkpoint import load_checkpoint
 
@@ -64,16 +64,17 @@ def resume_config(run_dir, given: dict | None = None) -> RunConfig:
     done, batch = meta["epoch"], meta["batch"]
     if config.max_steps is not None and meta["step"] >= config.max_steps and batch == 0:
         raise ConfigError(
-            f"the run in {run_dir} already took its {meta['step']} steps: "
+            f"the run in {run_dir} already took its {plural(meta['step'], 'step')}: "
             f"pass --max-steps N with N > {meta['step']} to train further"
         )
     if done >= config.epochs and batch == 0:
         raise ConfigError(
-            f"the run in {run_dir} already completed its {done} epochs: "
+            f"the run in {run_dir} already completed its {plural(done, 'epoch')}: "
             f"pass --epochs N with N > {done} to train further"
         )
     if done + (batch > 0) > config.epochs:
         raise ConfigError(
-            f"--epochs {config.epochs} is fewer than the {done + 1} epochs the run in {run_dir} has begun"
+            f"--epochs {config.epochs} is fewer than the {plural(done + 1, 'epoch')} the run in {run_dir} "
+            "has begun"
         )
     return config

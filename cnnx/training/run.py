@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnx.backends import get_backend
+from cnnx.checks import plural
 from cnnx.data import class_count, load_dataset
 from cnnx.nn.presets import build_model, preset_architecture, with_dropout
 from cnnx.optim import make_optimizer
@@ -83,10 +84,11 @@ def run_training(
     def started(run: Run) -> None:
         if echo is not None:
             verb = f"resuming {run.out}:" if resume else "training"
-            echo(f"{verb} {model.name} ({model.parameter_count():,} parameters, {config.dtype}) with "
+            echo(f"{verb} {model.name} ({plural(model.parameter_count(), 'parameter')}, {config.dtype}) with "
                  f"{optimizer.name} lr {optimizer.lr:g} on {backend.describe()}")  # fmt: skip
             where = f"writing {run.out}" if run.out is not None else "writing no files"
-            echo(f"data: {len(dataset.train_images):,} train / {len(dataset.test_images):,} test images "
+            held = "" if run.val_images is None else f" / {len(run.val_images):,} validation"
+            echo(f"data: {len(run.images):,} train{held} / {len(run.test_images):,} test images "
                  f"from {dataset.source}; {where}")  # fmt: skip
         if on_start is not None:
             on_start(run)
