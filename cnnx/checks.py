@@ -24,10 +24,10 @@ def whole_number(owner: str, name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def short_repr(value) -> str:
-    """``repr(value)`` cut to 60 characters, for quoting a bad value from a file in a one-line error."""
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, to quote a bad value from a file in a one-line error."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

@@ -22,7 +22,7 @@ from cnnx.errors import ConfigError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import load_checkpoint
 from cnnx.nn.random import derive_rng
 
-from .config import DIVERGENCE_MODES
+from .config import DIVERGENCE_MODES, check_run
 from .early import EarlyStopping, split_validation
 from .interrupt import TrainingInterrupted
 from .loop import Run
@@ -135,6 +135,8 @@ def train_run(
         raise ConfigError(
             f"batch size {batch_size} is larger than the training set ({plural(len(run.images), 'image')})"
         )
+    check_run(epochs=epochs, batches=run.batches, max_steps=max_steps, schedule=schedule,
+              checkpoint_every=checkpoint_every, writes_files=out_dir is not None)  # fmt: skip
     extra = {"check_every": check_every, "checkpoint_every": checkpoint_every, "on_divergence": on_divergence}
     extra.update(config or {})
     record = run_record(

@@ -9,7 +9,7 @@ from cnnx.checks import plural, short_repr
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io.checkpoint import load_checkpoint
 
-from .config import CHANGEABLE, IDENTITY, RunConfig
+from .config import CHANGEABLE, IDENTITY, RunConfig, upgrade_settings
 from .rundir import CHECKPOINT
 
 
@@ -27,7 +27,7 @@ def recorded_config(path, meta: dict) -> RunConfig:
         settings["optimizer"] = optimizer.get("name")
         settings["optimizer_options"] = {k: v for k, v in optimizer.items() if k not in ("name", "lr")}
         settings["device"] = settings.get("requested_device", settings.get("device"))
-    values = {key: settings[key] for key in RunConfig.fields() if key in settings}
+    values = upgrade_settings({key: settings[key] for key in RunConfig.fields() if key in settings})
     try:
         return RunConfig.from_dict(values)
     except ConfigError as exc:

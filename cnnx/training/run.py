@@ -9,11 +9,11 @@ from pathlib import Path
 
 from cnnx.backends import get_backend
 from cnnx.checks import plural
-from cnnx.data import class_count, load_dataset
+from cnnx.data import class_count
 from cnnx.nn.presets import build_model, preset_architecture, with_dropout
 from cnnx.optim import make_optimizer
 
-from .config import RunConfig
+from .config import RunConfig, load_run_data
 from .fit import train_run
 from .loop import Run
 from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
@@ -70,7 +70,7 @@ def run_training(
         # Before the minutes of loading and training: writable, enough space, new or resumable.
         check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit)
+        dataset = load_run_data(config)
     classes = class_count(dataset)
     if built and isinstance(config.model, str) and classes != model.output_shapes()[-1][0]:
         # A preset adapts to the data's number of classes (a folder of another data set's files).
