@@ -233,8 +233,8 @@ def test_best_npz_records_the_epoch_the_history_finds_best(validated):
 
 def test_early_stopping_with_patience_two_on_a_flat_loss_stops_at_epoch_three():
     early = EarlyStopping(patience=2)
-    stops = [early.update(epoch, 0.5)[1] for epoch in range(1, 6)]
-    assert stops.index(True) + 1 == 3, f"stopped at epoch {stops.index(True) + 1 if True in stops else None}"
+    stopped = next((epoch for epoch in range(1, 6) if early.update(epoch, 0.5)[1]), None)
+    assert stopped == 3, f"stopped at epoch {stopped} (None: never)"
 
 
 # -- what the console says ------------------------------------------------------------------------------
