@@ -16,6 +16,8 @@ import numpy as np
 
 from cnnx.fileio import atomic_write
 
+from .rundir import CHECKPOINT
+
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -211,7 +213,7 @@ def plot_samples(
 
 def weights_title(weights: dict, epochs: int) -> str:
     """Which weights a figure shows, from a record's ``results_of``: "best.npz: best epoch 13 of 15"."""
-    if weights["file"] == "model.npz":
+    if weights["file"] == CHECKPOINT:
         return f"model.npz: epoch {weights['epoch']}"
     return f"{weights['file'] or 'best weights'}: best epoch {weights['epoch']} of {epochs}"
 
