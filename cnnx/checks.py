@@ -1,5 +1,6 @@
 """Small value checks shared by every package: whole numbers as JSON and the command line give them,
-and quoting a bad value in a one-line error. A leaf module: it imports nothing from cnnx but errors."""
+quoting a bad value in a one-line error, and a count with its noun. A leaf module: it imports nothing
+from cnnx but errors."""
 
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ def whole_number(owner: str, name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def short_repr(value) -> str:
-    """``repr(value)`` cut to 60 characters, for quoting a bad value from a file in a one-line error."""
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, to quote a bad value from a file in a one-line error."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``count`` with its noun, singular for 1: ``plural(1, "epoch")`` is "1 epoch", ``plural(60000,
+    "image")`` "60,000 images"; ``nouns`` is the plural where it is not ``noun + "s"``."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"

@@ -201,3 +201,113 @@ def test_an_explicit_run_directory_that_another_run_claimed_is_refused(tmp_path)
     claim_run_dir(tmp_path / "run")
     with pytest.raises(ConfigError, match="is not empty"):
         claim_run_dir(tmp_path / "run")
+
+
+# -- settings that would have no effect, and saying them as the user wrote them ---------------------------
+
+# (settings, the message for a run file, the message for options)
+NO_EFFECT = [
+    ({"lr_gamma": 0.5}, 'lr_gamma has no effect without lr_schedule = "step"',
+     "--lr-gamma has no effect without --lr-schedule step"),
+    ({"lr_step_every": 10, "lr_schedule": "cosine"},
+     'lr_step_every has no effect without lr_schedule = "step"',
+     "--lr-step-every has no effect without --lr-schedule step"),
+    ({"early_stopping": 2}, "early_stopping needs a validation split (validation = 0.1, say) to watch",
+     "--early-stopping needs a validation split (--validation 0.1, say) to watch"),
+    ({"data_dir": "d", "dataset": "digits"}, 'data_dir has no meaning for dataset = "digits"',
+     "--data-dir has no meaning for --dataset digits"),
+]  # fmt: skip
+# The same for the rules that need the run's length: 160 images in batches of 32 are 5 steps an epoch.
+TOO_LONG = [
+    ({"max_steps": 100, "epochs": 2},
+     "max_steps 100 is more than 2 epochs of 5 steps hold (10): raise epochs to 20",
+     "--max-steps 100 is more than 2 epochs of 5 steps hold (10): raise --epochs to 20"),
+    ({"warmup_steps": 10, "epochs": 2}, "warmup_steps 10 is the whole run (10 steps)",
+     "--warmup-steps 10 is the whole run (10 steps)"),
+    ({"lr_schedule": "step", "lr_step_every": 8, "warmup_steps": 2, "epochs": 2},
+     "lr_step_every 8 is past the end of the run (8 steps after the warm-up): the rate would never drop",
+     "--lr-step-every 8 is past the end of the run (8 steps after the warm-up)"),
+]  # fmt: skip
+
+
+def as_options(values: dict) -> list[str]:
+    return [word for key, value in values.items() for word in ("--" + key.replace("_", "-"), str(value))]
+
+
+def as_toml(values: dict) -> str:
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+
+
+@pytest.mark.parametrize("values, in_a_file, _", NO_EFFECT)
+def test_a_setting_without_effect_is_refused_naming_it(values, in_a_file, _):
+    with pytest.raises(ConfigError) as refused:
+        RunConfig.from_dict(values, source="run.toml")
+    assert str(refused.value).startswith(f"run.toml: {in_a_file}"), str(refused.value)
+
+
+@pytest.mark.parametrize("values, _, as_typed", NO_EFFECT + TOO_LONG)
+def test_the_command_line_names_a_refused_setting_as_its_option(data_dir, tmp_path, values, _, as_typed):
+    options = as_options(values) + ([] if "data_dir" in values else ["--data-dir", str(data_dir)])
+    result = CliRunner().invoke(cli, ["train", "--model", "mlp", "--batch-size", "32", *options, "--out",
+                                      str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code == 1 and result.output.startswith(f"cnnx: error: {as_typed}"), result.output
+    assert not (tmp_path / "r").exists(), "a refused run left its directory behind"
+
+
+@pytest.mark.parametrize("values, in_a_file, _", NO_EFFECT + TOO_LONG)
+def test_a_run_file_names_a_refused_setting_as_its_key_after_the_file(
+    data_dir, tmp_path, values, in_a_file, _
+):
+    path = write(tmp_path / "run.toml", 'model = "mlp"\nbatch_size = 32\n' + as_toml(values))
+    more = [] if "data_dir" in values else ["--data-dir", str(data_dir)]
+    result = CliRunner().invoke(cli, ["train", "--config", str(path), *more, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and result.output.startswith(f"cnnx: error: {path}: {in_a_file}"), (
+        result.output
+    )
+
+
+def test_an_option_beside_a_run_file_is_named_as_the_option(tmp_path):
+    path = write(tmp_path / "run.toml", 'model = "mlp"\n')
+    result = CliRunner().invoke(cli, ["train", "--config", str(path), "--early-stopping", "2"])
+    assert result.output.startswith(
+        "cnnx: error: --early-stopping needs a validation split (--validation 0.1"
+    ), result.output
+
+
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist"])
+def test_a_run_files_data_dir_without_data_names_the_file_and_key(tmp_path, dataset):
+    path = write(tmp_path / "run.toml", f'dataset = "{dataset}"\ndata_dir = "nowhere"\n')
+    result = CliRunner().invoke(cli, ["train", "--config", str(path), "--out", str(tmp_path / "r")])
+    expected = f"cnnx: error: {path}: data_dir '{tmp_path / 'nowhere'}' has no "
+    assert result.exit_code == 1 and result.output.startswith(expected), result.output
+
+
+def test_a_data_dir_option_without_data_is_named_as_the_option(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]
+    )
+    assert result.output.startswith(f"cnnx: error: --data-dir {tmp_path / 'nowhere'} has no Fashion-MNIST"), (
+        result.output
+    )
+
+
+def test_checkpoints_every_n_steps_need_a_run_directory():
+    config = RunConfig(model="mlp", epochs=1, batch_size=32, checkpoint_every=2)
+    with pytest.raises(ConfigError, match="checkpoint_every needs a run directory"):
+        run_training(config, dataset=blob_dataset(), progress="none")
+
+
+def test_the_step_schedule_drops_by_a_tenth_when_no_gamma_is_given():
+    from cnnx.training.schedule import Schedule
+
+    schedule = Schedule.from_config(RunConfig(lr_schedule="step", lr_step_every=10), 1.0)
+    assert [schedule.rate(step, 100) for step in (9, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_an_old_record_of_the_default_gamma_without_the_step_schedule_still_resumes():
+    from cnnx.training.resume import recorded_config
+
+    # cnnx 0.3 recorded lr_gamma 0.1 and lr_step_every None for every run, whatever its schedule.
+    old = {"model": "mlp", "lr_schedule": "constant", "lr_gamma": 0.1, "lr_step_every": None, "epochs": 2}
+    config = recorded_config("model.npz", {"settings": old})
+    assert (config.lr_gamma, config.lr_step_every, config.lr_schedule) == (None, None, "constant")

@@ -75,3 +75,77 @@ def test_drawing_does_not_import_pyplot(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False", "pyplot was imported: it would grab a global backend"
+
+
+class Recorder:
+    """Wraps matplotlib Axes methods to note each call's label (or text), drawing as before."""
+
+    def __init__(self, monkeypatch, *names):
+        from matplotlib.axes import Axes
+
+        self.calls = {name: [] for name in names}
+        for name in names:
+            original = getattr(Axes, name)
+
+            def wrapper(axes, *args, _name=name, _original=original, **kwargs):
+                self.calls[_name].append((args, kwargs))
+                return _original(axes, *args, **kwargs)
+
+            monkeypatch.setattr(Axes, name, wrapper)
+
+    def labels(self, name) -> list:
+        return [kwargs.get("label") for _, kwargs in self.calls[name]]
+
+
+VALIDATED_HISTORY = [
+    {"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5 + e / 20, "val_loss": loss, "val_accuracy": 0.6,
+     "test_loss": loss, "test_accuracy": 0.6}
+    for e, loss in enumerate([0.9, 0.7, None, 0.8], start=1)
+]  # fmt: skip
+
+
+def test_the_curves_draw_the_validation_split_beside_train_and_test(tmp_path, monkeypatch):
+    drawn = Recorder(monkeypatch, "plot")
+    plots.plot_curves(VALIDATED_HISTORY, tmp_path / "curves.png", best_epoch=2)
+    assert drawn.labels("plot") == ["train", "validation", "test"] * 2, drawn.labels("plot")
+
+
+def test_the_curves_mark_the_best_epoch_on_both_panels(tmp_path, monkeypatch):
+    drawn = Recorder(monkeypatch, "axvline")
+    plots.plot_curves(VALIDATED_HISTORY, tmp_path / "curves.png", best_epoch=2)
+    assert [args[0] for args, _ in drawn.calls["axvline"]] == [2, 2]
+    assert drawn.labels("axvline") == ["best epoch 2"] * 2
+
+
+def test_the_step_curves_draw_training_loss_test_loss_and_test_accuracy(tmp_path, monkeypatch):
+    drawn = Recorder(monkeypatch, "plot")
+    curves = {"train": [[4, 2.1], [8, None], [12, 1.5]], "test": [[5, 2.0, 0.3], [10, None, 0.4]]}
+    image = read_png(plots.plot_steps(curves, tmp_path / "steps.png"))
+    assert image.shape[:2] == (400, 1000), image.shape
+    assert len(drawn.calls["plot"]) == 3, drawn.labels("plot")
+
+
+def dark_share(image: np.ndarray) -> float:
+    return float((image[..., :3].max(axis=-1) < 0.1).mean())
+
+
+def test_samples_are_drawn_light_on_black_as_the_model_sees_them(tmp_path):
+    images = np.zeros((1, 28, 28), np.uint8)  # an empty (black) picture
+    image = read_png(plots.plot_samples(images, np.zeros(1), np.zeros(1), NAMES, tmp_path / "s.png"))
+    assert dark_share(image) > 0.2, f"{dark_share(image):.1%} of the figure is black: drawn dark on white?"
+
+
+def test_a_confusion_matrix_of_a_thousand_classes_writes_no_cell_counts_and_no_names(tmp_path, monkeypatch):
+    drawn = Recorder(monkeypatch, "text", "set_xticks")
+    names = [f"class {i}" for i in range(1000)]
+    matrix = np.random.default_rng(0).integers(0, 5, (1000, 1000))
+    image = read_png(plots.plot_confusion_matrix(matrix, names, tmp_path / "cm.png"))
+    assert not drawn.calls["text"], f"{len(drawn.calls['text'])} cell texts for 1000 classes"
+    assert not drawn.calls["set_xticks"], "a tick for each of 1000 classes"
+    assert image.shape[:2] == (700, 800), f"the figure grew to {image.shape[:2]}"
+
+
+def test_a_confusion_matrix_of_ten_classes_shows_every_count_and_name(tmp_path, monkeypatch):
+    drawn = Recorder(monkeypatch, "text", "set_xticks")
+    plots.plot_confusion_matrix(np.eye(10, dtype=int) * 7, NAMES, tmp_path / "cm.png", title="test set")
+    assert len(drawn.calls["text"]) == 100 and list(drawn.calls["set_xticks"][0][0][1]) == NAMES

@@ -49,6 +49,12 @@ def test_max_steps_ends_the_run_in_the_middle_of_an_epoch(straight):
     assert record["status"] == "completed" and record["steps_done"] == 17
 
 
+def test_a_run_without_validation_records_that_its_results_are_the_last_epochs(straight):
+    _, out = straight
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["results_of"] == {"file": "model.npz", "epoch": 3}
+
+
 def test_the_step_curves_hold_the_logged_steps_and_every_evaluation(straight):
     run, _ = straight
     assert [step for step, _ in run.curves["train"]] == [4, 8, 12, 16]
@@ -56,6 +62,14 @@ def test_the_step_curves_hold_the_logged_steps_and_every_evaluation(straight):
     assert [row[0] for row in run.curves["test"]] == [5, 7, 10, 14, 15, 17]
     assert all(0 <= accuracy <= 1 and loss > 0 for _, loss, accuracy in run.curves["test"])
     assert run.curves["test"][-1][2] == run.history[-1]["test_accuracy"]
+
+
+def test_a_run_with_step_curves_draws_them_in_steps_png(straight, tmp_path):
+    _, out = straight
+    assert (out / "steps.png").is_file(), sorted(path.name for path in out.iterdir())
+    settings = {**SETTINGS, "log_every": None, "eval_every": None}
+    plain = train_run(*fresh(), dataset(), out_dir=tmp_path, **settings)
+    assert not (plain.out / "steps.png").exists(), "a run without step curves drew steps.png"
 
 
 def test_a_training_curve_point_is_the_mean_loss_of_its_window(tmp_path):
@@ -122,3 +136,30 @@ def test_cnnx_train_takes_the_step_options_and_resume_extends_max_steps(tmp_path
     more = CliRunner().invoke(cli, ["train", "--resume", str(out), "--max-steps", "12", "--quiet"])
     assert more.exit_code == 0, more.output
     assert json.loads((out / "metrics.json").read_text())["steps_done"] == 12
+
+
+def test_a_run_cut_inside_its_first_epoch_ends_saying_how_many_steps_it_took(tmp_path):
+    (tmp_path / "data").mkdir()
+    data = write_blob_idx(tmp_path / "data")  # 160 training images: 10 batches of 16
+    args = ["train", "--model", "mlp", "--data-dir", str(data), "--batch-size", "16", "--max-steps", "5",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert " after 5 steps (5 of 10 batches of epoch 1); outputs in " in last, last
+
+
+@pytest.mark.parametrize(
+    "rows, steps, expected",
+    [
+        ([{"epoch": 1}], 7, "1 epoch"),
+        ([{"epoch": 1}, {"epoch": 2}], 14, "2 epochs"),
+        ([{"epoch": 1}, {"epoch": 2}, {"epoch": 3, "batches": 3}], 17,
+         "17 steps (2 epochs and 3 of 7 batches of epoch 3)"),
+        ([{"epoch": 1}, {"epoch": 2, "batches": 1}], 8, "8 steps (1 epoch and 1 of 7 batches of epoch 2)"),
+    ],
+)  # fmt: skip
+def test_the_length_of_a_run_is_said_in_epochs_or_in_steps_when_it_ends_inside_one(rows, steps, expected):
+    from cnnx.training.progress import trained_length
+
+    assert trained_length(rows, steps, 7) == expected

@@ -94,6 +94,15 @@ def test_constant_step_and_cosine_rates_follow_their_formulas():
     assert learning_rate("cosine", 0.1, 100, 100) == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_the_step_schedule_drops_after_each_third_rounded_up_of_a_run_not_divisible_by_three(warmup):
+    # 100 steps after the warm-up: drops every ceil(100 / 3) = 34 steps, at 34 and 68.
+    rates = {
+        s: learning_rate("step", 1.0, warmup + s, warmup + 100, warmup=warmup) for s in (33, 34, 67, 68, 99)
+    }
+    assert rates == pytest.approx({33: 1.0, 34: 0.1, 67: 0.1, 68: 0.01, 99: 0.01}), rates
+
+
 def test_warmup_climbs_linearly_then_hands_over_to_the_schedule():
     rates = [learning_rate("cosine", 1.0, s, 110, warmup=10) for s in range(12)]
     assert rates[:10] == pytest.approx([0.1 * (s + 1) for s in range(10)])
@@ -131,6 +140,21 @@ def test_a_scheduled_run_steps_its_rate_per_batch(monkeypatch):
     run_training(SCHEDULED, dataset=dataset(), progress="none")
     total = 3 * 7
     assert seen == pytest.approx([learning_rate("onecycle", 1e-2, s, total) for s in range(total)])
+
+
+def test_a_cosine_run_cut_by_max_steps_follows_the_schedule_of_max_steps(monkeypatch):
+    seen = []
+    original = make_optimizer("adam", build_model("mlp"), 1e-3).__class__.step
+
+    def spy(self):
+        seen.append(self.lr)
+        return original(self)
+
+    monkeypatch.setattr("cnnx.optim.optimizers.Adam.step", spy)
+    run_training(SCHEDULED.replace(lr_schedule="cosine", max_steps=10), dataset=dataset(), progress="none")
+    assert seen == pytest.approx([learning_rate("cosine", 1e-2, s, 10) for s in range(10)]), (
+        "the rates follow another run length than max_steps' 10 steps"
+    )
 
 
 def test_a_scheduled_clipped_decayed_run_resumes_to_the_same_weights(tmp_path):

@@ -3,7 +3,10 @@ commands that pick best.npz from a run directory."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from cnnx.cli import cli
 from cnnx.data import Dataset
 from cnnx.errors import ConfigError
 from cnnx.io import load_model
-from cnnx.training import RunConfig, evaluate, run_training
+from cnnx.training import RunConfig, evaluate, plots, run_training
 from cnnx.training.early import EarlyStopping, split_validation
 from cnnx.training.interrupt import TrainingInterrupted
 
@@ -88,20 +91,6 @@ def test_best_npz_holds_the_weights_of_the_best_validation_epoch(validated):
     assert loss == pytest.approx(min(losses), rel=1e-6)
 
 
-def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path):
-    # Shuffled labels: nothing generalises, so the validation loss soon rises while training goes on.
-    images, labels = blobs(200, seed=1)
-    noise = Dataset(images, np.random.default_rng(0).permutation(labels), *blobs(50, seed=2), source="noise")
-    config = VALIDATED.replace(epochs=12, lr=0.01)
-    run = run_training(config, tmp_path / "run", dataset=noise, progress="none")
-    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    losses = [row["val_loss"] for row in run.history]
-    stop = record["stopped_early"]
-    assert stop["epoch"] == len(run.history) == stop["best_epoch"] + 2 < config.epochs
-    assert min(losses[stop["best_epoch"] :]) >= losses[stop["best_epoch"] - 1]
-    assert record["status"] == "completed" and record["best"]["epoch"] == stop["best_epoch"]
-
-
 def test_a_validated_run_resumes_to_the_same_history_and_best(validated, tmp_path):
     run, out = validated
     with pytest.raises(TrainingInterrupted):
@@ -126,3 +115,155 @@ def test_evaluate_and_predict_take_a_run_directory_and_use_its_best_weights(tmp_
     (out / "best.npz").unlink()
     result = CliRunner().invoke(cli, ["evaluate", str(out), "--data-dir", str(data)])
     assert result.exit_code == 0 and result.output.startswith(f"{out / 'model.npz'}: ")
+
+
+# -- what an early-stopped run reports ---------------------------------------------------------------
+
+
+def noise() -> Dataset:
+    """Shuffled labels: nothing generalises, so the validation loss soon rises and early stopping ends the
+    run a few epochs after its best one."""
+    images, labels = blobs(200, seed=1)
+    return Dataset(images, np.random.default_rng(0).permutation(labels), *blobs(50, seed=2), source="noise")
+
+
+NOISY = VALIDATED.replace(epochs=12, lr=0.01)
+
+
+DRAWN = {}  # what the stopped_early run's confusion matrix and sample figures were drawn with
+
+
+def spy(name):
+    draw = getattr(plots, name)
+
+    def spied(*args, **kwargs):
+        DRAWN[name] = (args, kwargs)
+        return draw(*args, **kwargs)
+
+    return spied
+
+
+@pytest.fixture(scope="module")
+def stopped_early(tmp_path_factory):
+    """(run, its directory, its metrics.json, what it printed: the echoed lines, then the progress lines)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    said = []
+    with contextlib.redirect_stdout(io.StringIO()) as printed, pytest.MonkeyPatch.context() as patch:
+        for name in ("plot_confusion_matrix", "plot_samples"):
+            patch.setattr(plots, name, spy(name))
+        run = run_training(NOISY, out, dataset=noise(), progress="lines", echo=said.append)
+    said += printed.getvalue().splitlines()
+    return run, out, json.loads((out / "metrics.json").read_text()), said
+
+
+def test_early_stopping_ends_the_run_patience_epochs_after_the_best(stopped_early):
+    run, _, record, _ = stopped_early
+    losses = [row["val_loss"] for row in run.history]
+    stop = record["stopped_early"]
+    assert stop["epoch"] == len(run.history) == stop["best_epoch"] + 2 < NOISY.epochs
+    assert min(losses[stop["best_epoch"] :]) >= losses[stop["best_epoch"] - 1]
+    assert record["status"] == "completed" and record["best"]["epoch"] == stop["best_epoch"]
+
+
+def best_npz_results(out, data: Dataset) -> tuple[float, list]:
+    """The test accuracy and confusion matrix of the weights in ``out``'s best.npz, scored afresh."""
+    from cnnx.training.metrics import confusion_matrix
+
+    labels = data.test_labels.astype(np.int64)
+    _, accuracy, predictions = evaluate(load_model(out / "best.npz"), data.test_images, labels, batch_size=32)
+    return accuracy, confusion_matrix(labels, predictions, 10).tolist()
+
+
+def test_an_early_stopped_run_says_its_results_are_those_of_best_npz(stopped_early):
+    run, _, record, _ = stopped_early
+    best = record["best"]["epoch"]
+    assert best < len(run.history), "the fixture should stop after its best epoch"
+    assert record["results_of"] == {"file": "best.npz", "epoch": best}, record.get("results_of")
+    assert record["test_accuracy"] == run.history[best - 1]["test_accuracy"]
+
+
+def test_an_early_stopped_runs_confusion_matrix_is_that_of_best_npz(stopped_early):
+    _, out, record, _ = stopped_early
+    accuracy, matrix = best_npz_results(out, noise())
+    assert record["confusion_matrix"] == matrix, "the confusion matrix is not best.npz's"
+    assert record["test_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_the_confusion_matrix_figure_is_best_npzs_and_says_so(stopped_early):
+    run, _, record, _ = stopped_early
+    (matrix, *_), options = DRAWN["plot_confusion_matrix"]
+    assert matrix.tolist() == record["confusion_matrix"], "the figure shows other weights than the record"
+    title = f"best.npz: best epoch {record['best']['epoch']} of {len(run.history)}"
+    assert options.get("title") == f"test set, {title}", options
+
+
+def test_the_sample_figure_shows_best_npzs_predictions_and_says_so(stopped_early):
+    run, out, record, _ = stopped_early
+    (_, _, predictions, *_), options = DRAWN["plot_samples"]
+    _, _, best = evaluate(load_model(out / "best.npz"), noise().test_images, noise().test_labels, 32)
+    assert np.array_equal(predictions, best), "the samples are not best.npz's predictions"
+    assert options.get("title") == f"best.npz: best epoch {record['best']['epoch']} of {len(run.history)}"
+
+
+def test_the_last_epochs_numbers_stay_in_the_history(stopped_early):
+    run, _, record, _ = stopped_early
+    assert record["history"][-1]["epoch"] == len(run.history) == record["stopped_early"]["epoch"]
+
+
+def test_a_run_resumed_after_its_best_epoch_reports_best_npz_too(stopped_early, tmp_path):
+    run, _, record, _ = stopped_early
+    batches = -(-160 // 32)
+    after_best = record["best"]["epoch"] * batches + 2  # a step into the epoch after the best one
+    with pytest.raises(TrainingInterrupted):
+        run_training(NOISY, tmp_path / "run", dataset=noise(), progress="none", stop=StopAtStep(after_best))
+    run_training(NOISY, tmp_path / "run", resume=True, dataset=noise(), progress="none")
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert resumed["results_of"] == record["results_of"]
+    assert resumed["confusion_matrix"] == record["confusion_matrix"]
+
+
+def test_best_npz_records_the_epoch_the_history_finds_best(validated):
+    from cnnx.io.modelfile import read_archive
+
+    run, out = validated
+    header, _ = read_archive(out / "best.npz")
+    losses = [row["val_loss"] for row in run.history]
+    assert header["meta"]["epoch"] == int(np.argmin(losses)) + 1, "best.npz names another epoch"
+
+
+def test_early_stopping_with_patience_two_on_a_flat_loss_stops_at_epoch_three():
+    early = EarlyStopping(patience=2)
+    stopped = next((epoch for epoch in range(1, 6) if early.update(epoch, 0.5)[1]), None)
+    assert stopped == 3, f"stopped at epoch {stopped} (None: never)"
+
+
+# -- what the console says ------------------------------------------------------------------------------
+
+
+def test_each_epoch_line_shows_the_validation_loss_and_accuracy(stopped_early):
+    lines = [line for line in stopped_early[3] if line.startswith("epoch ")]
+    shown = [re.search(r"  val loss \d+\.\d{4} acc \d\.\d{4}  test loss ", line) for line in lines]
+    assert lines and all(shown), lines
+
+
+def test_a_run_that_stops_early_says_so_and_why(stopped_early):
+    _, _, record, said = stopped_early
+    stop, best = record["stopped_early"]["epoch"], record["best"]["epoch"]
+    expected = f"stopped early after epoch {stop}: no better validation loss for 2 epochs since epoch {best}"
+    assert any(line.startswith(expected) for line in said), said
+
+
+def test_the_data_line_counts_train_validation_and_test_images(stopped_early):
+    said = stopped_early[3]
+    data = [line for line in said if line.startswith("data: ")]
+    assert data and data[0].startswith("data: 160 train / 40 validation / 50 test images"), said
+
+
+def test_the_final_line_names_the_best_epoch_and_best_npz(stopped_early):
+    from cnnx.training.progress import summary
+
+    run, out, record, _ = stopped_early
+    best, accuracy = record["best"]["epoch"], record["test_accuracy"]
+    line = summary(run)
+    assert line.startswith(f"test accuracy {accuracy:.4f} at best epoch {best} of {len(run.history)} "
+                           f"(best.npz); outputs in {out}"), line  # fmt: skip

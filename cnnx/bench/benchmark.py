@@ -22,6 +22,7 @@ import statistics
 import numpy as np  # host: synthetic batches and results live on the host
 
 from cnnx.backends import get_backend
+from cnnx.checks import plural
 from cnnx.errors import ConfigError
 from cnnx.nn.presets import PRESETS
 
@@ -115,7 +116,7 @@ def run_benchmark(
         "seed": seed,
         "optimizer": f"adam lr={lr:g}",
         "data": f"synthetic: {SYNTHETIC_BATCHES} seeded batches of uniform [0, 1) images, uniform labels",
-        "epoch": f"seconds per epoch extrapolated to {EPOCH_IMAGES:,} images from the timed steps",
+        "epoch": f"seconds per epoch extrapolated to {plural(EPOCH_IMAGES, 'image')} from the timed steps",
         "machine": machine,
         "rss_reset": rss.reset(),
         "results": [],
@@ -173,15 +174,17 @@ def format_report(result: dict) -> str:
     blas = m["blas"]
     lines = [
         f"cnnx bench: {result['model']} on {result['device']}, {result['dtype']}, {result['optimizer']}",
-        f"machine: {m['cpu']}, {m['cores']} cores; BLAS {blas.get('library')} {blas.get('version', '')} "
-        f"({blas.get('kernel', '?')} kernel, {blas.get('threads')} threads); load {_load(m['load_average'])}",
-        f"timing: median of {result['repeats']} runs of {result['steps']} steps after {result['warmup']} "
-        f"warm-up steps; {result['data']}",
+        f"machine: {m['cpu']}, {plural(m['cores'], 'core')}; BLAS {blas.get('library')} "
+        f"{blas.get('version', '')} ({blas.get('kernel', '?')} kernel, "
+        f"{plural(blas.get('threads') or 1, 'thread')}); load {_load(m['load_average'])}",
+        f"timing: median of {plural(result['repeats'], 'run')} of {plural(result['steps'], 'step')} after "
+        f"{plural(result['warmup'], 'warm-up step')}; {result['data']}",
     ]
     if "torch" in result:
         t = result["torch"]
         lines.append(
-            f"PyTorch {t['version']} on {t['device']} with {t['threads']} threads, timed in alternation"
+            f"PyTorch {t['version']} on {t['device']} with {plural(t['threads'], 'thread')}, "
+            "timed in alternation"
         )
     lines += [
         "",

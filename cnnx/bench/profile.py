@@ -16,6 +16,7 @@ import time
 import warnings
 
 from cnnx.backends import get_backend
+from cnnx.checks import plural
 
 from .benchmark import EPOCH_IMAGES, _check_settings
 from .timing import CnnxRunner, TorchRunner, machine_info, synthetic_batches
@@ -211,7 +212,8 @@ def format_profile(profile: dict) -> str:
     torch = profile.get("compare") is not None
     lines = [
         f"per-layer profile: {profile['model']}, batch {profile['batch_size']}, {profile['device']}, "
-        f"{profile['dtype']}; ms, the best of {profile['repeats']} runs' medians of {profile['steps']} steps",
+        f"{profile['dtype']}; ms, the best of the medians of {plural(profile['repeats'], 'run')} of "
+        f"{plural(profile['steps'], 'step')}",
         f"{'layer':<24} {'forward':>8} {'backward':>8}"
         + (f" {'torch fw':>8} {'torch bw':>8}" if torch else ""),
     ]
@@ -230,7 +232,7 @@ def format_profile(profile: dict) -> str:
         lines.append(
             f"{'torch sum':<24} {profile['torch_step_ms']:>8.2f}  -> "
             f"{profile['torch_seconds_per_epoch']:.1f} s per epoch (PyTorch {profile['torch']['version']}, "
-            f"{profile['torch']['threads']} threads; its loss backward and the hooks' own cost are not in "
-            "the rows)"
+            f"{plural(profile['torch']['threads'], 'thread')}; its loss backward and the hooks' own cost "
+            "are not in the rows)"
         )
     return "\n".join(lines)

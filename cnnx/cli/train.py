@@ -3,6 +3,7 @@ same fields, ``--config``) make a RunConfig; ``--resume`` rebuilds the run's own
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from pathlib import Path
@@ -11,45 +12,91 @@ import click
 from click.core import ParameterSource
 
 from cnnx.data.catalog import DATASETS
+from cnnx.errors import ConfigError
 from cnnx.fileio import echo
 from cnnx.optim import OPTIMIZERS, SCHEDULES
-from cnnx.training.config import DIVERGENCE_MODES, DTYPES, MAX_EPOCHS, RunConfig
+from cnnx.training.config import (
+    CHANGEABLE,
+    DIVERGENCE_MODES,
+    DTYPES,
+    MAX_EPOCHS,
+    RunConfig,
+    Setting,
+    SettingError,
+)
+from cnnx.training.resume import option_name
 
 from .options import data_dir_option, device_option, model_option
 
 DEFAULTS = RunConfig()
 # click parameter name -> RunConfig field, for the options that are run settings
-FIELDS = {
-    "device": "device",
-    "model_name": "model",
-    "optimizer_name": "optimizer",
-    "lr": "lr",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "data_dir": "data_dir",
-    "limit": "limit",
-    "dtype": "dtype",
-    "checkpoint_every": "checkpoint_every",
-    "on_divergence": "on_divergence",
-    "max_steps": "max_steps",
-    "log_every": "log_every",
-    "eval_every": "eval_every",
-    "weight_decay": "weight_decay",
-    "lr_schedule": "lr_schedule",
-    "warmup_steps": "warmup_steps",
-    "lr_step_every": "lr_step_every",
-    "lr_gamma": "lr_gamma",
-    "clip_grad_norm": "clip_grad_norm",
-    "augment": "augment",
-    "dataset": "dataset",
-    "validation": "validation",
-    "early_stopping": "early_stopping",
-    "dropout": "dropout",
-}
+FIELDS = {"model_name": "model", "optimizer_name": "optimizer"} | {name: name for name in (
+    "device", "lr", "epochs", "batch_size", "seed", "data_dir", "limit", "dtype",
+    "checkpoint_every", "on_divergence", "max_steps", "log_every", "eval_every", "weight_decay",
+    "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment", "dataset",
+    "validation", "early_stopping", "dropout",
+)}  # fmt: skip
 DEFAULT_LRS = ", ".join(
     f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
 )
+
+
+def _listing(words) -> str:
+    """ "a, b and c"."""
+    words = list(words)
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+# The run file's keys (RunConfig's fields, the options' names with underscores and a few that are no
+# option), and what --resume may extend and change (the options of RunConfig's CHANGEABLE fields).
+CONFIG_HELP = (
+    f"Read the run's settings from a TOML file whose keys ({', '.join(RunConfig.fields())}) are these "
+    "options' names with underscores, and "
+    + _listing(field for field in RunConfig.fields() if field not in FIELDS.values())
+    + "; options given here override the file."
+)
+EXTENDING = ("epochs", "max_steps")
+RESUME_HELP = (
+    "Continue the run in RUN_DIR from its last checkpoint, with its recorded settings ("
+    + _listing(option_name(field) for field in EXTENDING)
+    + " may extend it; "
+    + _listing(option_name(field) for field in CHANGEABLE if field not in EXTENDING)
+    + " may change). A run killed after its last checkpoint is finished (evaluated, recorded, drawn); one "
+    "killed before its first starts again from scratch. Refused while another process writes RUN_DIR."
+)
+
+
+def _given(ctx: click.Context, options: dict) -> dict:
+    """The run settings given as options (not left at their defaults), by RunConfig field."""
+    return {
+        FIELDS[name]: str(value) if isinstance(value, Path) else value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    }
+
+
+def _as_option(setting: Setting) -> str:
+    """A setting as the command line spells it: ``--validation 0.1``."""
+    flag = option_name(setting.field)
+    return f"{flag} {setting.value}" if setting.has_value else flag
+
+
+def _in_the_users_words(command):
+    """Say a SettingError as the user gave the setting: as an option when it came from one, else as the
+    run file's key, after the file's name (``run.toml: data_dir '/x' has no Fashion-MNIST ...``)."""
+
+    @functools.wraps(command)
+    def said(ctx: click.Context, config_path, out, resume_dir, quiet, **options):
+        try:
+            return command(ctx, config_path, out, resume_dir, quiet, **options)
+        except SettingError as exc:
+            if exc.field is not None and exc.field in _given(ctx, options):
+                raise ConfigError(exc.text(_as_option)) from None
+            if exc.source is None and config_path is not None and resume_dir is None:
+                raise exc.located(str(config_path)) from None
+            raise
+
+    return said
 
 
 def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -65,12 +112,7 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     metavar="RUN.toml",
-    help="Read the run's settings from a TOML file whose keys are these options' names with underscores "
-    "(model, optimizer, lr, optimizer_options, epochs, batch_size, seed, device, dtype, data_dir, limit, "
-    "checkpoint_every, on_divergence, max_steps, log_every, eval_every, weight_decay, lr_schedule, "
-    "warmup_steps, lr_step_every, lr_gamma, clip_grad_norm, augment, dataset, validation, early_stopping, "
-    "dropout); "
-    "options given here override the file.",
+    help=CONFIG_HELP,
 )
 @device_option(DEFAULTS.device)
 @model_option(DEFAULTS.model)
@@ -151,8 +193,8 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="Stop after N optimizer steps in all, in the middle of an epoch if need be (--epochs still caps "
-    "the run).",
+    help="Stop after N optimizer steps in all, in the middle of an epoch if need be (--epochs must hold "
+    "them).",
 )
 @click.option(
     "--log-every",
@@ -187,21 +229,23 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     type=click.IntRange(min=0),
     default=None,
     metavar="N",
-    help="Climb linearly to the learning rate over the first N steps, then follow the schedule.",
+    help="Climb linearly to the learning rate over the first N steps (fewer than the run has), then follow "
+    "the schedule.",
 )
 @click.option(
     "--lr-step-every",
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="For --lr-schedule step: steps between two drops (default: a third of the run).",
+    help="For --lr-schedule step only: steps between two drops, fewer than the run has after the warm-up "
+    "(default: a third of them).",
 )
 @click.option(
     "--lr-gamma",
     type=click.FloatRange(min=0, max=1, min_open=True),
     default=None,
     metavar="X",
-    help="For --lr-schedule step: the factor of each drop (default 0.1).",
+    help="For --lr-schedule step only: the factor of each drop (default 0.1).",
 )
 @click.option(
     "--clip-grad-norm",
@@ -254,32 +298,26 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="RUN_DIR",
-    help="Continue the run in RUN_DIR from its last checkpoint, with its recorded settings (--epochs and "
-    "--max-steps may extend it; --lr, --device, --data-dir, --checkpoint-every, --on-divergence, "
-    "--log-every and --eval-every may change). A run killed after its last checkpoint is finished "
-    "(evaluated, recorded, drawn); one killed before its first starts again from scratch. Refused while "
-    "another process writes RUN_DIR.",
+    help=RESUME_HELP,
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
+@_in_the_users_words
 def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) -> None:
     """Train a model on Fashion-MNIST (or another --dataset) and write a run directory.
 
     The run directory receives model.npz (the checkpoint: weights, optimizer state, random streams,
     batch order and history, rewritten after every epoch and every --checkpoint-every steps),
     metrics.json (configuration, status, per-epoch history, confusion matrix, per-class report),
-    curves.png, confusion_matrix.png and samples.png; with --validation also best.npz, the best epoch's
-    weights. Ctrl-C or SIGTERM finishes the current step,
+    curves.png, confusion_matrix.png and samples.png, and steps.png with --log-every or --eval-every.
+    With --validation also best.npz, the best epoch's weights, which the results and figures then
+    describe (metrics.json results_of names them). Ctrl-C or SIGTERM finishes the current step,
     writes a checkpoint and exits with status 130 or 143; `cnnx train --resume RUN_DIR` continues the
     run, with the same result as if it had never stopped. A second Ctrl-C stops at once.
     """
     from cnnx.training import RunConfig, resume_config
 
-    given = {
-        FIELDS[name]: str(value) if isinstance(value, Path) else value
-        for name, value in options.items()
-        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-    }
+    given = _given(ctx, options)
     if resume_dir is not None:
         if config_path is not None:
             raise click.UsageError(
@@ -292,10 +330,9 @@ def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) ->
         config = RunConfig.from_dict(given)
     run = _run_until_stopped(ctx, config, resume_dir or out, resume=resume_dir is not None, quiet=quiet)
     if not quiet:
-        click.echo(
-            f"test accuracy {run.history[-1]['test_accuracy']:.4f} after {len(run.history)} epochs; "
-            f"outputs in {run.out}"
-        )
+        from cnnx.training.progress import summary
+
+        click.echo(summary(run))
 
 
 def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: bool, quiet: bool):

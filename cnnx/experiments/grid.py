@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cnnx.errors import ConfigError, ResourceError
 from cnnx.training import RunConfig
+from cnnx.training.config import upgrade_settings
 from cnnx.training.rundir import CHECKPOINT
 
 from .records import FINAL, RunRecord, read_metrics
@@ -51,7 +52,9 @@ __all__ = ["execute", "plan", "read_metrics", "run_dir", "run_grid", "same_setti
 
 
 def same_settings(spec: RunSpec, recorded: dict) -> bool:
-    """Whether a run's recorded config is the config ``spec`` asks for (ignoring where it ran)."""
+    """Whether a run's recorded config is the config ``spec`` asks for (ignoring where it ran). A record
+    of an older cnnx is read as today's RunConfig would take it (:func:`upgrade_settings`)."""
+    recorded = upgrade_settings(recorded)
     wanted, defaults = spec.config.to_dict(), RunConfig().to_dict()
     ignored = set(NOT_COMPARED) | ({"epochs"} if spec.config.max_steps is not None else set())
     for key, value in wanted.items():

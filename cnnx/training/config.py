@@ -6,21 +6,28 @@ Python API (:func:`cnnx.training.run_training`), and the experiment grid and est
 A run's config is recorded in its ``metrics.json`` and checkpoint, and a resumed run is rebuilt from
 it: the fields in :data:`IDENTITY` say which run it is and never change; the others (:data:`CHANGEABLE`)
 may be given anew on resuming.
+
+A setting that has no effect in the combination given is refused, like a bad value: ``lr_gamma``
+without the step schedule, for one. Those rules that need the run's length in steps, which only the data
+gives, are :func:`check_run`'s. Every refusal is a :class:`SettingError`, which names the settings so that
+the command line can say them as options (``--validation 0.1``) and a run file as keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import sys
 from pathlib import Path
 
 from cnnx.backends import DEVICES
-from cnnx.checks import is_whole_number, short_repr
+from cnnx.checks import is_whole_number, plural, short_repr
+from cnnx.data import IDX_DATASETS, candidate_dirs, load_dataset
 from cnnx.data.augment import format_augment, parse_augment
 from cnnx.data.catalog import DATASETS
-from cnnx.errors import CnnxError, ConfigError
+from cnnx.errors import CnnxError, ConfigError, DataError
 from cnnx.fileio import open_regular
 from cnnx.nn.presets import PRESETS, with_dropout
 from cnnx.nn.registry import check_architecture
@@ -46,6 +53,59 @@ CHANGEABLE = (
     "eval_every", "early_stopping",
 )  # fmt: skip
 MAX_STEPS = 100_000_000
+
+
+_NO_VALUE = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A run setting as a message names it: the field alone (``lr_gamma``), with the value it has
+    (``data_dir '/x'``), or with a value to suggest (``assign``: ``validation = 0.1``)."""
+
+    field: str
+    value: object = _NO_VALUE
+    assign: bool = False
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _NO_VALUE
+
+    def spelled(self) -> str:
+        """As a run file (TOML) or Python spells it."""
+        if not self.has_value:
+            return self.field
+        if self.assign:
+            return f"{self.field} = {json.dumps(self.value) if isinstance(self.value, str) else self.value}"
+        return f"{self.field} {short_repr(self.value, 300)}"  # room for a path
+
+
+class SettingError(ConfigError):
+    """A bad run setting. The message is built from text and :class:`Setting` parts, so that a caller can
+    name each setting the way its user wrote it (:meth:`text`); ``str()`` spells them as a run file does,
+    after the ``source`` (the file) when there is one. ``field`` is the first setting's."""
+
+    def __init__(self, *parts, source: str | None = None):
+        self.parts, self.source = parts, source
+        self.field = next((part.field for part in parts if isinstance(part, Setting)), None)
+        super().__init__(self.text() if source is None else f"{source}: {self.text()}")
+
+    def text(self, spell=Setting.spelled) -> str:
+        """The message without its source, each setting as ``spell(setting)`` writes it."""
+        return "".join(part if isinstance(part, str) else spell(part) for part in self.parts)
+
+    def located(self, source: str | None) -> SettingError:
+        """The same error, said of the file ``source``."""
+        return SettingError(*self.parts, source=source)
+
+
+def _about(field: str, action):
+    """``action()``; the CnnxError it raises (a bad augment spec, a model without Dropout) becomes a
+    SettingError about ``field``."""
+    try:
+        return action()
+    except CnnxError as exc:
+        raise SettingError(Setting(field), f": {str(exc).removeprefix(f'{field}: ')}") from None
 
 
 def _optional(check):
@@ -92,7 +152,7 @@ _CHECKS = {
     "lr_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "warmup_steps": (_whole(0), "a whole number >= 0"),
     "lr_step_every": (_optional(_whole(1)), "a whole number >= 1"),
-    "lr_gamma": (lambda v: _positive_number(v) and v <= 1, "a number in (0, 1]"),
+    "lr_gamma": (_optional(lambda v: _positive_number(v) and v <= 1), "a number in (0, 1]"),
     "clip_grad_norm": (_optional(_positive_number), "a positive finite number"),
     "augment": (lambda v: v is None or isinstance(v, str), "a transform spec such as 'rotate=10,flip'"),
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
@@ -125,8 +185,8 @@ class RunConfig:
       test loss and accuracy every K steps (``metrics.json`` ``curves``; None: neither);
     - ``weight_decay`` (L2 for SGD and Momentum, decoupled for Adam: AdamW);
     - ``lr_schedule`` (constant, step, cosine or onecycle, stepped per batch; see
-      :func:`cnnx.optim.learning_rate`) with ``warmup_steps``, and for ``step`` its ``lr_step_every``
-      and ``lr_gamma``;
+      :func:`cnnx.optim.learning_rate`) with ``warmup_steps``, and for ``step`` only its
+      ``lr_step_every`` (None: a third of the run) and ``lr_gamma`` (None: 0.1);
     - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it;
     - ``augment``: random transforms of every training batch, e.g. ``"rotate=10,zoom=0.1,shift=2,flip,
       erase=0.5"`` (see :mod:`cnnx.data.augment`);
@@ -159,7 +219,7 @@ class RunConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     lr_step_every: int | None = None
-    lr_gamma: float = 0.1
+    lr_gamma: float | None = None
     clip_grad_norm: float | None = None
     augment: str | None = None
     dataset: str = "fashion-mnist"
@@ -174,28 +234,40 @@ class RunConfig:
             value = getattr(self, field.name)
             ok, what = _CHECKS[field.name]
             if not ok(value):
-                raise ConfigError(f"{field.name} must be {what}, got {short_repr(value)}")
-        if self.early_stopping is not None and self.validation is None:
-            raise ConfigError("early_stopping needs a validation split (validation = 0.1, say) to watch")
+                raise SettingError(Setting(field.name), f" must be {what}, got {short_repr(value)}")
+        self._check_combination()
         if self.augment is not None:
-            object.__setattr__(self, "augment", format_augment(parse_augment(self.augment)) or None)
-        if self.dropout is not None:
-            with_dropout(self.model, self.dropout)  # a model without a Dropout layer is refused here
+            spec = _about("augment", lambda: format_augment(parse_augment(self.augment)))
+            object.__setattr__(self, "augment", spec or None)
+        if self.dropout is not None:  # a model without a Dropout layer is refused here
+            _about("dropout", lambda: with_dropout(self.model, self.dropout))
         if isinstance(self.model, list):
-            try:
-                check_architecture(self.model)
-            except CnnxError as exc:
-                raise ConfigError(f"model: {exc}") from None
+            _about("model", lambda: check_architecture(self.model))
         allowed = [p for p in inspect.signature(OPTIMIZERS[self.optimizer].__init__).parameters
                    if p not in ("self", "target", "lr", "weight_decay")]  # fmt: skip
         for key, value in self.optimizer_options.items():
             if key not in allowed:
-                raise ConfigError(f"optimizer_options: {self.optimizer} has no setting {key!r} "
-                                  f"(it has {', '.join(allowed) or 'none'})")  # fmt: skip
+                raise SettingError(Setting("optimizer_options"), f": {self.optimizer} has no setting {key!r} "
+                                   f"(it has {', '.join(allowed) or 'none'})")  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(
-                    f"optimizer_options: {key} must be a finite number, got {short_repr(value)}"
+                raise SettingError(
+                    Setting("optimizer_options"), f": {key} must be a finite number, got {short_repr(value)}"
                 )
+
+    def _check_combination(self) -> None:
+        """Refuse a setting that would have no effect beside the others."""
+        if self.early_stopping is not None and self.validation is None:
+            raise SettingError(Setting("early_stopping"), " needs a validation split (",
+                               Setting("validation", 0.1, assign=True), ", say) to watch")  # fmt: skip
+        for field in ("lr_step_every", "lr_gamma"):
+            if getattr(self, field) is not None and self.lr_schedule != "step":
+                raise SettingError(Setting(field), " has no effect without ",
+                                   Setting("lr_schedule", "step", assign=True))  # fmt: skip
+        if self.data_dir is not None and self.dataset == "digits":
+            digits = Setting("dataset", "digits", assign=True)
+            raise SettingError(
+                Setting("data_dir"), " has no meaning for ", digits, ", which ships with scikit-learn"
+            )
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -211,8 +283,8 @@ class RunConfig:
             raise ConfigError(f"{where}unknown key {unknown[0]!r} (known: {', '.join(cls.fields())})")
         try:
             return cls(**values)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}{exc}") from None
+        except SettingError as exc:
+            raise exc.located(source) from None
 
     @classmethod
     def from_file(cls, path, overrides: dict | None = None) -> RunConfig:
@@ -243,3 +315,55 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_run(
+    *, epochs: int, batches: int, max_steps, schedule, checkpoint_every, writes_files: bool
+) -> None:
+    """The combination rules a RunConfig cannot check alone, for a run of ``epochs`` epochs of ``batches``
+    steps (known once the data is): ``max_steps`` beyond what the epochs hold, a warm-up (``schedule``, a
+    :class:`cnnx.training.schedule.Schedule` or None) as long as the run, a step schedule that would never
+    drop, and checkpoints with nowhere to go. Each is a SettingError."""
+    room = epochs * batches
+    if max_steps is not None and max_steps > room:
+        held = f" is more than {plural(epochs, 'epoch')} of {plural(batches, 'step')} hold ({room:,}): raise "
+        raise SettingError(
+            Setting("max_steps", max_steps), held, Setting("epochs"), f" to {-(-max_steps // batches)}"
+        )
+    total = room if max_steps is None else max_steps
+    warmup = 0 if schedule is None else schedule.warmup
+    if warmup >= total:
+        raise SettingError(Setting("warmup_steps", warmup), f" is the whole run ({plural(total, 'step')}): "
+                           "no step would follow the schedule after it")  # fmt: skip
+    every = None if schedule is None else schedule.step_every
+    if every is not None and every >= total - warmup:
+        after = f" is past the end of the run ({plural(total - warmup, 'step')} after the warm-up): "
+        raise SettingError(Setting("lr_step_every", every), after, "the rate would never drop")
+    if checkpoint_every is not None and not writes_files:
+        raise SettingError(Setting("checkpoint_every"), " needs a run directory to write the checkpoints to")
+
+
+def load_run_data(config: RunConfig):
+    """The data set ``config`` names. A ``data_dir`` that holds none is a SettingError about data_dir,
+    which a run file then names as its key (cnnx.data says it as the option, ``--data-dir DIR``)."""
+    try:
+        return load_dataset(config.dataset, config.data_dir, limit=config.limit)
+    except DataError as exc:
+        if config.data_dir is None or config.dataset not in IDX_DATASETS:
+            raise
+        # cnnx.data begins the message with the place it looked, as candidate_dirs labels it.
+        label, directory = candidate_dirs(config.data_dir, config.dataset)[0]
+        text = str(exc)
+        if not text.startswith(f"{label} {directory} "):
+            raise
+        raise SettingError(
+            Setting("data_dir", str(directory)), text[len(label) + len(str(directory)) + 1 :]
+        ) from None
+
+
+def upgrade_settings(settings: dict) -> dict:
+    """A run's recorded settings as today's RunConfig takes them: cnnx 0.3 and earlier recorded lr_gamma
+    (0.1, its default then) and lr_step_every for every run, though only the step schedule reads them."""
+    if settings.get("lr_schedule", "constant") == "step":
+        return settings
+    return {key: value for key, value in settings.items() if key not in ("lr_gamma", "lr_step_every")}

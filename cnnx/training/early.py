@@ -8,6 +8,10 @@ import numpy as np  # host
 
 from cnnx.data import Dataset
 from cnnx.errors import ConfigError
+from cnnx.io import load_model
+
+from .rundir import CHECKPOINT
+from .step import evaluate
 
 BEST = "best.npz"  # the best-on-validation weights, in the run directory
 
@@ -33,17 +37,21 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
 
 class EarlyStopping:
     """Stops a run once the validation loss has not improved for ``patience`` epochs in a row, and
-    remembers the best epoch (whose weights the run keeps in best.npz)."""
+    remembers the best epoch (whose weights the run keeps in best.npz) and, once known, its test
+    predictions."""
 
     def __init__(self, patience: int | None):
         self.patience = patience
         self.best_loss, self.best_epoch, self.waited = math.inf, 0, 0
+        self.best_predictions = None  # host; not in the state: a resumed run scores best.npz anew
 
-    def update(self, epoch: int, val_loss: float) -> tuple[bool, bool]:
-        """Record an epoch's validation loss: (it is the best so far, the run should stop now)."""
+    def update(self, epoch: int, val_loss: float, predictions=None) -> tuple[bool, bool]:
+        """Record an epoch's validation loss (and its test predictions): (it is the best so far, the run
+        should stop now)."""
         improved = math.isfinite(val_loss) and val_loss < self.best_loss
         if improved:
             self.best_loss, self.best_epoch, self.waited = val_loss, epoch, 0
+            self.best_predictions = predictions
         else:
             self.waited += 1
         return improved, self.patience is not None and self.waited >= self.patience
@@ -56,3 +64,19 @@ class EarlyStopping:
         loss = state.get("best_loss")
         self.best_loss = math.inf if loss is None else float(loss)
         self.best_epoch, self.waited = int(state.get("best_epoch", 0)), int(state.get("waited", 0))
+
+
+def reported(run, predictions) -> tuple[np.ndarray | None, dict]:
+    """(test predictions, which weights they are) of what a :class:`~cnnx.training.loop.Run` reports: the
+    best epoch's on validation (best.npz, which cnnx evaluate uses) when the run kept them, else the last
+    epoch's (``predictions``, in model.npz). Weights are named as ``{"file": "best.npz", "epoch": 13}``
+    (the file None when the run writes no files)."""
+    early = run.early
+    best = 0 if early is None else early.best_epoch
+    if best and early.best_predictions is None and run.out is not None and (run.out / BEST).is_file():
+        # Resumed after its best epoch: best.npz is scored once, from the file.
+        model = load_model(run.out / BEST, device=run.backend, dtype=run.model.dtype)
+        early.best_predictions = evaluate(model, run.test_images, run.test_labels, run.batch_size)[2]
+    if not best or early.best_predictions is None:
+        return predictions, {"file": CHECKPOINT, "epoch": run.epoch_done}
+    return early.best_predictions, {"file": BEST if run.out is not None else None, "epoch": best}

@@ -17,18 +17,19 @@ from pathlib import Path
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
-from cnnx.checks import is_whole_number
-from cnnx.data import CLASS_NAMES, Augmenter, parse_augment
+from cnnx.checks import is_whole_number, plural
+from cnnx.data import Augmenter, parse_augment
 from cnnx.errors import ConfigError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import load_checkpoint
 from cnnx.nn.random import derive_rng
 
-from .config import DIVERGENCE_MODES
-from .early import EarlyStopping, split_validation
+from .config import DIVERGENCE_MODES, check_run
+from .early import EarlyStopping, reported, split_validation
 from .interrupt import TrainingInterrupted
 from .loop import Run
 from .progress import PROGRESS_MODES, Reporter
 from .records import read_record, results, run_record
+from .resume import restore
 from .rundir import (
     CHECKPOINT,
     METRICS,
@@ -144,8 +145,10 @@ def train_run(
         run.augmenter = Augmenter(transforms, derive_rng(seed, "augment"))
     if batch_size > len(run.images):
         raise ConfigError(
-            f"batch size {batch_size} is larger than the training set ({len(run.images)} images)"
+            f"batch size {batch_size} is larger than the training set ({plural(len(run.images), 'image')})"
         )
+    check_run(epochs=epochs, batches=run.batches, max_steps=max_steps, schedule=schedule,
+              checkpoint_every=checkpoint_every, writes_files=out_dir is not None)  # fmt: skip
     extra = {"check_every": check_every, "checkpoint_every": checkpoint_every, "on_divergence": on_divergence}
     extra.update(config or {})
     record = run_record(
@@ -160,6 +163,8 @@ def train_run(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
             predictions = _evaluate_finished(run) if run.begun == "finishing" else run.train(epochs, reporter)
+            if run.out is not None:  # a failure here is the run's too: resuming it draws them again
+                run.write(run.out / "curves.png", lambda: write_plots(run, predictions))
         except TrainingInterrupted as exc:
             run.finish(
                 "interrupted", stopped_at={"epoch": exc.epoch, "batch": exc.batch, "reason": exc.reason}
@@ -183,11 +188,7 @@ def train_run(
             raise
         finally:
             reporter.close()
-    if run.out is not None:
-        run.write(run.out / "curves.png", lambda: write_plots(run.out, run.history, dataset.test_images,
-                                                              run.test_labels, predictions,
-                                                              run.class_names))  # fmt: skip
-        run.finish("completed")
+    run.finish("completed")
     return run
 
 
@@ -237,7 +238,7 @@ def _resumed_record(run: Run, record: dict, epochs: int, seed: int, changeable: 
     ``changeable`` settings, besides epochs, learning rate and device, from ``record``)."""
     previous = read_record(run.out / METRICS)
     unfinished = previous is None or previous.get("status") != "completed"
-    run.restore(load_checkpoint(run.out / CHECKPOINT), epochs, seed, unfinished=unfinished)
+    restore(run, load_checkpoint(run.out / CHECKPOINT), epochs, seed, unfinished=unfinished)
     if unfinished and run.batch_done == 0 and (run.epoch_done >= epochs or run.steps_done()
                                                or _stopped_early(run)):  # fmt: skip
         run.begun = "finishing"  # killed after its last checkpoint: evaluation, figures and status left
@@ -263,8 +264,10 @@ def _evaluate_finished(run: Run) -> np.ndarray:
     """For a run whose training had ended before its process was killed: the test predictions of its
     last weights, and the results they give, in its record."""
     _, _, predictions = evaluate(run.model, run.test_images, run.test_labels, run.batch_size)
-    run.record.update(results(run.history, run.test_labels, predictions, run.num_classes, run.class_names))
-    return predictions
+    shown, run.results_of = reported(run, predictions)  # best.npz's, when the run kept it
+    run.record.update(results(run.history, run.test_labels, shown, run.num_classes, run.class_names,
+                              run.results_of))  # fmt: skip
+    return shown
 
 
 def _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips, progress, on_divergence):
@@ -295,14 +298,8 @@ def shuffle_rng(seed: int) -> np.random.Generator:
     return derive_rng(seed, "shuffle")
 
 
-def write_plots(out, history, images, labels, predictions, names=None) -> None:
-    """curves.png, confusion_matrix.png and samples.png for a finished run."""
+def write_plots(run: Run, predictions) -> None:
+    """The figures of a finished run: see :func:`cnnx.training.plots.plot_run`."""
     from . import plots  # matplotlib is imported only when figures are drawn
-    from .metrics import confusion_matrix
 
-    names = list(names) if names is not None else list(CLASS_NAMES)
-    plots.plot_curves(history, out / "curves.png")
-    plots.plot_confusion_matrix(
-        confusion_matrix(labels, predictions, len(names)), names, out / "confusion_matrix.png"
-    )
-    plots.plot_samples(images, labels, predictions, names, out / "samples.png")
+    plots.plot_run(run, predictions)

@@ -11,14 +11,15 @@ import time
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
+from cnnx.checks import plural
 from cnnx.data import class_names, model_inputs
-from cnnx.errors import CheckpointError, CnnxError, ConfigError, DataError, DivergenceError, ResourceError
+from cnnx.errors import CnnxError, DataError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import save_checkpoint
 
 from .divergence import Snapshot, check_weights, checked_step
-from .early import BEST
+from .early import BEST, reported
 from .interrupt import TrainingInterrupted
-from .progress import Reporter
+from .progress import Reporter, stopped_early
 from .records import results, write_json
 from .rundir import CHECKPOINT, METRICS
 from .step import evaluate, train_step
@@ -74,80 +75,18 @@ class Run:
         self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
         self.augmenter = None  # a cnnx.data.Augmenter for the training batches, with its own generator
         self.val_images = self.val_labels = self.early = None  # the validation split and early stopping
+        self.results_of = None  # which weights the results describe: {"file": ..., "epoch": ...}
         self.total_steps = 0  # the run's length in steps, for the schedule
         self.curves = fresh_curves()
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
 
     # -- resuming -------------------------------------------------------------------------------
 
-    def restore(self, checkpoint, epochs: int, seed: int, unfinished: bool = False) -> None:
-        """Load the checkpoint's weights, optimizer state, layer buffers and position, after checking that
-        it belongs to a run like this one (and is not at its end, unless the run is ``unfinished``)."""
-        meta, settings, path = checkpoint.meta, checkpoint.meta["settings"], checkpoint.path
-        mine = {"batch_size": self.batch_size, "seed": seed, "train_size": len(self.images),
-                "test_size": len(self.test_images), "dtype": str(self.model.dtype)}  # fmt: skip
-        for key, value in mine.items():
-            if settings.get(key) != value:
-                raise ConfigError(f"cannot resume {path}: its {key} is {settings.get(key)!r}, not {value!r}")
-        # The learning rate may change on resuming (a schedule, or a hand-lowered rate); nothing else may.
-        fixed = {key: value for key, value in self.optimizer.config().items() if key != "lr"}
-        recorded = {"weight_decay": 0.0, **meta["optimizer"]}  # checkpoints before weight decay had none
-        if {key: value for key, value in recorded.items() if key != "lr"} != fixed:
-            raise ConfigError(f"cannot resume {path}: its optimizer is {meta['optimizer']}, not "
-                              f"{self.optimizer.config()}")  # fmt: skip
-        if checkpoint.header["architecture"] != self.model.architecture():
-            raise ConfigError(f"cannot resume {path}: the model's architecture differs from the checkpoint's")
-        if tuple(checkpoint.header["input_shape"]) != self.model.input_shape:
-            raise ConfigError(f"cannot resume {path}: the model's input shape differs from the checkpoint's")
-        done, batch = meta["epoch"], meta["batch"]
-        if batch > self.batches or len(meta["history"]) != done:
-            raise ConfigError(
-                f"cannot resume {path}: it stands at batch {batch} of epoch {done + 1} with "
-                f"{len(meta['history'])} history rows, which does not fit this run"
-            )
-        if done >= epochs and batch == 0 and not unfinished:
-            raise ConfigError(
-                f"the run in {path.parent} already completed its {done} epochs: ask for more than {done} "
-                "epochs to train further"
-            )
-        if done + (batch > 0) > epochs:
-            raise ConfigError(
-                f"{epochs} epochs is fewer than the {done + 1} the run in {path.parent} has begun"
-            )
-        try:
-            self.model.load_state_dict(checkpoint.model_state)  # weights, buffers and random streams
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        self.optimizer.load_state_dict(checkpoint.optimizer_state, self.backend.to_device)
-        self.rng = np.random.default_rng()
-        try:
-            self.rng.bit_generator.state = meta["rng_state"]
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: the shuffle generator state is unusable ({exc})") from None
-        self.epoch_done, self.batch_done, self.step = done, batch, meta["step"]
-        self.history, self.partial = list(meta["history"]), {**fresh_partial(), **meta["partial"]}
-        self.curves = {**fresh_curves(), **meta.get("curves", {})}
-        if self.early is not None:
-            self.early.load(meta.get("early", {}))
-        if self.augmenter is not None:
-            if "augment_rng_state" not in meta:
-                raise ConfigError(f"cannot resume {path}: it was trained without augmentation")
-            try:
-                self.augmenter.rng.bit_generator.state = meta["augment_rng_state"]
-            except (TypeError, ValueError, KeyError) as exc:
-                raise CheckpointError(
-                    f"{path}: the augmentation generator state is unusable ({exc})"
-                ) from None
-        if self.max_steps is not None and self.step >= self.max_steps and batch == 0 and not unfinished:
-            raise ConfigError(
-                f"the run in {path.parent} already took its {self.step} steps: ask for more than "
-                f"{self.step} steps to train further"
-            )
-
     # -- training -------------------------------------------------------------------------------
 
     def train(self, epochs: int, reporter: Reporter) -> np.ndarray | None:
-        """Train the remaining epochs; returns the last epoch's test predictions."""
+        """Train the remaining epochs; returns the test predictions of the weights the run reports, which
+        ``results_of`` names (see :func:`cnnx.training.early.reported`)."""
         predictions = None
         self.total_steps = epochs * self.batches
         if self.max_steps is not None:
@@ -158,30 +97,33 @@ class Run:
             self.history.append(row)
             self.epoch_done, self.batch_done, self.partial = epoch, 0, fresh_partial()
             reporter.end(row)
-            stop_early = self.watch_validation(epoch, row)
+            stop_early = self.watch_validation(epoch, row, predictions, reporter)
             if self.out is not None:
                 self.save(self.rng.bit_generator.state)
-                self.record.update(
-                    results(self.history, self.test_labels, predictions, self.num_classes, self.class_names)
-                )
+                shown, self.results_of = reported(self, predictions)  # best.npz's, when the run kept it
+                self.record.update(results(self.history, self.test_labels, shown, self.num_classes,
+                                           self.class_names, self.results_of))  # fmt: skip
                 self.write_record()
             if self.steps_done() or stop_early:
                 break
             if self.stopping and epoch < epochs:
                 raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch + 1, 0)
-        return predictions
+        shown, self.results_of = reported(self, predictions)
+        return shown
 
-    def watch_validation(self, epoch: int, row: dict) -> bool:
-        """Keep the best epoch's weights in best.npz; True when early stopping ends the run here."""
+    def watch_validation(self, epoch: int, row: dict, predictions: np.ndarray, reporter: Reporter) -> bool:
+        """Keep the best epoch's weights in best.npz (and its test predictions); True (said on the
+        console) when early stopping ends the run here."""
         if self.early is None:
             return False
         loss = row["val_loss"] if row["val_loss"] is not None else math.inf
-        improved, stop = self.early.update(epoch, loss)
+        improved, stop = self.early.update(epoch, loss, predictions)
         if improved and self.out is not None:
             meta = {"kind": "best", "epoch": epoch, "val_loss": loss}
             self.write(self.out / BEST, lambda: self.model.save(self.out / BEST, meta=meta))
             self.record["best"] = {"file": BEST, "epoch": epoch, "val_loss": loss}
-        if stop and self.record is not None:
+        if stop:
+            reporter.say(stopped_early(epoch, self.early))
             self.record["stopped_early"] = {"epoch": epoch, "best_epoch": self.early.best_epoch}
         return stop
 
@@ -338,8 +280,8 @@ class Run:
         at = f"epoch {epoch}, batch {batch} (step {step}): non-finite values first in {where}"
         if self.consecutive_skips >= self.max_skips:
             raise DivergenceError(
-                f"training diverged: {self.consecutive_skips} steps in a row skipped, the last at {at}; "
-                f"{self.last_good()}"
+                f"training diverged: {plural(self.consecutive_skips, 'step')} in a row skipped, the last "
+                f"at {at}; {self.last_good()}"
             )
         reporter.note(f"skipped {at}")
 

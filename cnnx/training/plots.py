@@ -1,5 +1,5 @@
-"""Figures as PNG files: learning curves, the confusion matrix, a grid of test samples, and the preview
-of `cnnx predict`.
+"""Figures as PNG files: learning curves per epoch and per step, the confusion matrix, a grid of test
+samples, and the preview of `cnnx predict`. Images are drawn as the model sees them: light on black.
 
 matplotlib is imported lazily (``import cnnx`` stays quick and works without a display) and drives the
 Agg canvas directly through ``matplotlib.figure.Figure`` instead of pyplot: pyplot's global backend and
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnx.fileio import atomic_write
+
+from .rundir import CHECKPOINT
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
@@ -33,8 +35,20 @@ def _save(figure, path) -> Path:
     return path
 
 
-def plot_curves(history: Sequence[dict], path) -> Path:
-    """Loss and accuracy per epoch, train and test side by side, from a ``fit`` history."""
+def _values(rows: Sequence, key) -> np.ndarray:
+    """One column of ``rows`` (dicts or lists) as floats; None (a value that was not finite) is NaN."""
+    return np.array([np.nan if row[key] is None else row[key] for row in rows], dtype=float)
+
+
+# split -> (history key prefix, marker style, colour): the same colour for a split in every figure
+SPLITS = {"train": ("train", "o-", "tab:blue"), "validation": ("val", "^-", "tab:orange"),
+          "test": ("test", "s--", "tab:green")}  # fmt: skip
+BEST_COLOUR = "tab:red"
+
+
+def plot_curves(history: Sequence[dict], path, best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch from a ``fit`` history: train, validation (when the rows have it) and
+    test side by side, and a vertical line at ``best_epoch``, the one whose weights best.npz keeps."""
     epochs = [row["epoch"] for row in history]
     figure = _figure(10, 4)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
@@ -42,13 +56,39 @@ def plot_curves(history: Sequence[dict], path) -> Path:
         (loss_axes, "loss", "cross-entropy loss"),
         (accuracy_axes, "accuracy", "accuracy"),
     ):
-        for split, style in (("train", "o-"), ("test", "s--")):
-            axes.plot(epochs, [row[f"{split}_{key}"] for row in history], style, label=split)
+        for split, (prefix, style, colour) in SPLITS.items():
+            if history and f"{prefix}_{key}" in history[0]:
+                axes.plot(epochs, _values(history, f"{prefix}_{key}"), style, color=colour, label=split)
+        if best_epoch:
+            axes.axvline(best_epoch, color=BEST_COLOUR, linestyle=":", label=f"best epoch {best_epoch}")
         axes.set_title(title)
         axes.set_xlabel("epoch")
-        axes.set_xticks(epochs)
+        if len(epochs) <= 20:
+            axes.set_xticks(epochs)
         axes.grid(alpha=0.3)
         axes.legend()
+    return _save(figure, path)
+
+
+def plot_steps(curves: dict, path) -> Path:
+    """A run's step curves (``metrics.json`` ``curves``): the training loss of every ``log_every`` steps
+    and the test loss on the left, the test accuracy of every ``eval_every`` steps on the right."""
+    figure = _figure(10, 4)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    train, test = curves.get("train", []), curves.get("test", [])
+    if train:
+        loss_axes.plot(_values(train, 0), _values(train, 1), "-", color=SPLITS["train"][2],
+                       label="train (mean of the logged steps)")  # fmt: skip
+    if test:
+        steps = _values(test, 0)
+        loss_axes.plot(steps, _values(test, 1), ".--", color=SPLITS["test"][2], label="test")
+        accuracy_axes.plot(steps, _values(test, 2), ".--", color=SPLITS["test"][2], label="test")
+    loss_axes.set(title="cross-entropy loss", xlabel="optimizer step")
+    accuracy_axes.set(title="accuracy", xlabel="optimizer step")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        if axes.lines:
+            axes.legend()
     return _save(figure, path)
 
 
@@ -90,24 +130,37 @@ def plot_augmentations(originals: np.ndarray, variants: np.ndarray, path, title:
     return _save(figure, path)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path) -> Path:
-    """The confusion matrix as a heat map with counts in each cell (rows = true class)."""
+MAX_COUNTED_CLASSES = 20  # up to this many classes each cell shows its count; past it, colour alone
+MAX_NAMED_CLASSES = 40  # up to this many the ticks carry the class names; past it, class numbers
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], path, title: str | None = None
+) -> Path:
+    """The confusion matrix as a heat map (rows = true class), with the counts in the cells and the names
+    on the axes while they fit. The figure's size is fixed, whatever the number of classes."""
     matrix = np.asarray(matrix)
     n = len(class_names)
     figure = _figure(8, 7)
     axes = figure.subplots()
-    image = axes.imshow(matrix, cmap="Blues")
+    image = axes.imshow(matrix, cmap="Blues", interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8)
-    axes.set_xticks(range(n), class_names, rotation=45, ha="right")
-    axes.set_yticks(range(n), class_names)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    # Dark text on light cells, light on dark, so every count stays readable.
-    threshold = matrix.max(initial=0) / 2
-    for i in range(n):
-        for j in range(n):
-            colour = "white" if matrix[i, j] > threshold else "black"
-            axes.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8, color=colour)
+    named = n <= MAX_NAMED_CLASSES
+    if named:
+        size = 8 if n <= MAX_COUNTED_CLASSES else 6
+        axes.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=size)
+        axes.set_yticks(range(n), class_names, fontsize=size)
+    axes.set_xlabel("predicted class" + ("" if named else " (number)"))
+    axes.set_ylabel("true class" + ("" if named else " (number)"))
+    if title:
+        axes.set_title(title, fontsize=10)
+    if n <= MAX_COUNTED_CLASSES:
+        # Dark text on light cells, light on dark, so every count stays readable.
+        threshold = matrix.max(initial=0) / 2
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if matrix[i, j] > threshold else "black"
+                axes.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8, color=colour)
     return _save(figure, path)
 
 
@@ -118,8 +171,10 @@ def plot_samples(
     class_names: Sequence[str],
     path,
     count: int = 25,
+    title: str | None = None,
 ) -> Path:
-    """A grid of the first ``count`` images titled "true / predicted"; wrong predictions are in red."""
+    """A grid of the first ``count`` images, light on black as the model sees them, each titled "true /
+    predicted"; wrong predictions are in red. ``title`` (which weights predicted) goes above the grid."""
     count = min(count, len(images))
     columns = max(1, min(5, count))
     rows = max(1, -(-count // columns))
@@ -127,9 +182,13 @@ def plot_samples(
     # training runs and the tests draw it at the end of every run. Each cell leaves room for its title.
     size, gap_x, gap_y = 28, 6, 16
     mosaic = np.full((rows * (size + gap_y) + 2, columns * (size + gap_x)), np.nan)
-    figure = _figure(2 * columns, 2.2 * rows, layout=None)  # one axes filling the figure: nothing to lay out
-    axes = figure.add_axes((0, 0, 1, 1))
+    heading = 0.3 if title else 0.0  # inches above the grid for the title
+    height = 2.2 * rows + heading
+    figure = _figure(2 * columns, height, layout=None)  # one axes filling the figure: nothing to lay out
+    axes = figure.add_axes((0, 0, 1, 1 - heading / height))
     axes.axis("off")
+    if title:
+        figure.text(0.5, 1 - heading / height / 2, title, ha="center", va="center", fontsize=9)
     for index in range(count):
         row, column = divmod(index, columns)
         top, left = row * (size + gap_y) + gap_y, column * (size + gap_x) + gap_x // 2
@@ -147,9 +206,33 @@ def plot_samples(
         )
     from matplotlib import colormaps
 
-    colours = colormaps["gray_r"].with_extremes(bad="white")  # NaN gaps stay white
+    colours = colormaps["gray"].with_extremes(bad="white")  # light on black; the NaN gaps stay white
     axes.imshow(mosaic, cmap=colours, vmin=0, vmax=255, interpolation="nearest")
     return _save(figure, path)
+
+
+def weights_title(weights: dict, epochs: int) -> str:
+    """Which weights a figure shows, from a record's ``results_of``: "best.npz: best epoch 13 of 15"."""
+    if weights["file"] == CHECKPOINT:
+        return f"model.npz: epoch {weights['epoch']}"
+    return f"{weights['file'] or 'best weights'}: best epoch {weights['epoch']} of {epochs}"
+
+
+def plot_run(run, predictions) -> None:
+    """The figures of a finished :class:`~cnnx.training.loop.Run` in its directory: curves.png (every
+    epoch, the best one marked), steps.png (with step curves), and confusion_matrix.png and samples.png
+    of ``predictions``, those of the weights ``run.results_of`` names."""
+    from .metrics import confusion_matrix
+
+    out, names, labels = run.out, list(run.class_names), run.test_labels
+    best = run.early.best_epoch if run.early is not None else None
+    plot_curves(run.history, out / "curves.png", best_epoch=best)
+    if run.curves["train"] or run.curves["test"]:
+        plot_steps(run.curves, out / "steps.png")
+    title = weights_title(run.results_of, len(run.history))
+    matrix = confusion_matrix(labels, predictions, len(names))
+    plot_confusion_matrix(matrix, names, out / "confusion_matrix.png", title=f"test set, {title}")
+    plot_samples(run.test_images, labels, predictions, names, out / "samples.png", title=title)
 
 
 PREVIEW_ROWS = 32  # inputs drawn at most; a preview of hundreds of files would be unreadable

@@ -14,6 +14,8 @@ from cnnx.data import CLASS_NAMES, digest
 from cnnx.fileio import atomic_write
 from cnnx.version import __version__
 
+from .rundir import CHECKPOINT
+
 RECORD_FORMAT = "cnnx-run"
 
 
@@ -73,16 +75,21 @@ def results(
     predictions: np.ndarray,
     num_classes: int,
     names: list[str] | None = None,
+    of: dict | None = None,
 ) -> dict:
-    """The outcome part of ``metrics.json``, from the history and the last epoch's test predictions."""
+    """The outcome part of ``metrics.json``, from the history and the test predictions of the weights
+    ``of`` names (``{"file": "best.npz", "epoch": 13}``; None: the last epoch's, in model.npz), which
+    the record keeps as ``results_of``."""
     from .metrics import confusion_matrix, per_class_report  # scikit-learn: imported when first needed
 
     if names is None or len(names) != num_classes:
         names = list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [str(i) for i in range(num_classes)]
+    of = of or {"file": CHECKPOINT, "epoch": history[-1]["epoch"]}
     return {
         "epochs_completed": len(history),
         "history": history,
-        "test_accuracy": history[-1]["test_accuracy"],
+        "results_of": of,
+        "test_accuracy": next(row for row in history if row["epoch"] == of["epoch"])["test_accuracy"],
         "skipped_steps": sum(row.get("skipped", 0) for row in history),
         "class_names": names,
         "confusion_matrix": confusion_matrix(labels, predictions, num_classes).tolist(),

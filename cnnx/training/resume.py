@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnx.checks import short_repr
+import numpy as np  # host: the batch order's generator
+
+from cnnx.checks import plural, short_repr
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io.checkpoint import load_checkpoint
 
-from .config import CHANGEABLE, IDENTITY, RunConfig
+from .config import CHANGEABLE, IDENTITY, RunConfig, upgrade_settings
+from .loop import fresh_curves, fresh_partial
 from .records import read_record
 from .rundir import CHECKPOINT, METRICS, is_dead_claim
 
@@ -28,7 +31,7 @@ def recorded_config(path, meta: dict) -> RunConfig:
         settings["optimizer"] = optimizer.get("name")
         settings["optimizer_options"] = {k: v for k, v in optimizer.items() if k not in ("name", "lr")}
         settings["device"] = settings.get("requested_device", settings.get("device"))
-    values = {key: settings[key] for key in RunConfig.fields() if key in settings}
+    values = upgrade_settings({key: settings[key] for key in RunConfig.fields() if key in settings})
     try:
         return RunConfig.from_dict(values)
     except ConfigError as exc:
@@ -76,16 +79,91 @@ def resume_config(run_dir, given: dict | None = None) -> RunConfig:
     done, batch = meta["epoch"], meta["batch"]
     if config.max_steps is not None and meta["step"] >= config.max_steps and batch == 0 and not unfinished:
         raise ConfigError(
-            f"the run in {run_dir} already took its {meta['step']} steps: "
+            f"the run in {run_dir} already took its {plural(meta['step'], 'step')}: "
             f"pass --max-steps N with N > {meta['step']} to train further"
         )
     if done >= config.epochs and batch == 0 and not unfinished:
         raise ConfigError(
-            f"the run in {run_dir} already completed its {done} epochs: "
+            f"the run in {run_dir} already completed its {plural(done, 'epoch')}: "
             f"pass --epochs N with N > {done} to train further"
         )
     if done + (batch > 0) > config.epochs:
         raise ConfigError(
-            f"--epochs {config.epochs} is fewer than the {done + 1} epochs the run in {run_dir} has begun"
+            f"--epochs {config.epochs} is fewer than the {plural(done + 1, 'epoch')} the run in {run_dir} "
+            "has begun"
         )
     return config
+
+
+def check_resumable(run, checkpoint, epochs: int, seed: int, unfinished: bool = False) -> None:
+    """ConfigError unless ``checkpoint`` belongs to a run like ``run`` (a
+    :class:`~cnnx.training.loop.Run` built from the recorded settings) and is not at its end, unless the
+    run is ``unfinished`` (killed after its last checkpoint: it is to be finished)."""
+    meta, settings, path = checkpoint.meta, checkpoint.meta["settings"], checkpoint.path
+    mine = {"batch_size": run.batch_size, "seed": seed, "train_size": len(run.images),
+            "test_size": len(run.test_images), "dtype": str(run.model.dtype)}  # fmt: skip
+    for key, value in mine.items():
+        if settings.get(key) != value:
+            raise ConfigError(f"cannot resume {path}: its {key} is {settings.get(key)!r}, not {value!r}")
+    # The learning rate may change on resuming (a schedule, or a hand-lowered rate); nothing else may.
+    fixed = {key: value for key, value in run.optimizer.config().items() if key != "lr"}
+    recorded = {"weight_decay": 0.0, **meta["optimizer"]}  # checkpoints before weight decay had none
+    if {key: value for key, value in recorded.items() if key != "lr"} != fixed:
+        raise ConfigError(f"cannot resume {path}: its optimizer is {meta['optimizer']}, not "
+                          f"{run.optimizer.config()}")  # fmt: skip
+    if checkpoint.header["architecture"] != run.model.architecture():
+        raise ConfigError(f"cannot resume {path}: the model's architecture differs from the checkpoint's")
+    if tuple(checkpoint.header["input_shape"]) != run.model.input_shape:
+        raise ConfigError(f"cannot resume {path}: the model's input shape differs from the checkpoint's")
+    done, batch = meta["epoch"], meta["batch"]
+    if batch > run.batches or len(meta["history"]) != done:
+        raise ConfigError(
+            f"cannot resume {path}: it stands at batch {batch} of epoch {done + 1} with "
+            f"{len(meta['history'])} history rows, which does not fit this run"
+        )
+    if done >= epochs and batch == 0 and not unfinished:
+        raise ConfigError(
+            f"the run in {path.parent} already completed its {plural(done, 'epoch')}: ask for more than "
+            f"{plural(done, 'epoch')} to train further"
+        )
+    if done + (batch > 0) > epochs:
+        raise ConfigError(
+            f"{plural(epochs, 'epoch')} is fewer than the {done + 1} the run in {path.parent} has begun"
+        )
+    step = meta["step"]
+    if run.max_steps is not None and step >= run.max_steps and batch == 0 and not unfinished:
+        raise ConfigError(
+            f"the run in {path.parent} already took its {plural(step, 'step')}: ask for more than "
+            f"{plural(step, 'step')} to train further"
+        )
+
+
+def restore(run, checkpoint, epochs: int, seed: int, unfinished: bool = False) -> None:
+    """Load the checkpoint's weights, optimizer state, layer buffers, random streams and position into
+    ``run``, after :func:`check_resumable`."""
+    check_resumable(run, checkpoint, epochs, seed, unfinished)
+    meta, path = checkpoint.meta, checkpoint.path
+    try:
+        run.model.load_state_dict(checkpoint.model_state)  # weights, buffers and random streams
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    run.optimizer.load_state_dict(checkpoint.optimizer_state, run.backend.to_device)
+    run.rng = _set_state(np.random.default_rng(), meta["rng_state"], path, "the shuffle generator")
+    run.epoch_done, run.batch_done, run.step = meta["epoch"], meta["batch"], meta["step"]
+    run.history, run.partial = list(meta["history"]), {**fresh_partial(), **meta["partial"]}
+    run.curves = {**fresh_curves(), **meta.get("curves", {})}
+    if run.early is not None:
+        run.early.load(meta.get("early", {}))
+    if run.augmenter is not None:
+        if "augment_rng_state" not in meta:
+            raise ConfigError(f"cannot resume {path}: it was trained without augmentation")
+        _set_state(run.augmenter.rng, meta["augment_rng_state"], path, "the augmentation generator")
+
+
+def _set_state(rng: np.random.Generator, state: dict, path, what: str) -> np.random.Generator:
+    """``rng``, set to a checkpoint's recorded ``state``; CheckpointError when that is unusable."""
+    try:
+        rng.bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: {what}'s state is unusable ({exc})") from None
+    return rng

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnx.backends import get_backend
-from cnnx.data import class_count, class_names, load_dataset
+from cnnx.checks import plural
+from cnnx.data import class_count, class_names
 from cnnx.nn.datainfo import DataInfo
 from cnnx.nn.presets import build_model, preset_architecture, with_dropout
 from cnnx.optim import make_optimizer
 
-from .config import RunConfig
+from .config import RunConfig, load_run_data
 from .fit import train_run
 from .loop import Run
 from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
@@ -81,7 +82,7 @@ def run_training(
         # Before the minutes of loading and training: writable, enough space, new or resumable.
         check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit)
+        dataset = load_run_data(config)
     classes = class_count(dataset)
     if built and isinstance(config.model, str) and classes != model.output_shapes()[-1][0]:
         # A preset adapts to the data's number of classes (a folder of another data set's files).
@@ -97,10 +98,11 @@ def run_training(
     def started(run: Run) -> None:
         if echo is not None:
             verb = BEGINNINGS[run.begun].format(out=run.out)
-            echo(f"{verb} {model.name} ({model.parameter_count():,} parameters, {config.dtype}) with "
+            echo(f"{verb} {model.name} ({plural(model.parameter_count(), 'parameter')}, {config.dtype}) with "
                  f"{optimizer.name} lr {optimizer.lr:g} on {backend.describe()}")  # fmt: skip
             where = f"writing {run.out}" if run.out is not None else "writing no files"
-            echo(f"data: {len(dataset.train_images):,} train / {len(dataset.test_images):,} test images "
+            held = "" if run.val_images is None else f" / {len(run.val_images):,} validation"
+            echo(f"data: {len(run.images):,} train{held} / {len(run.test_images):,} test images "
                  f"from {dataset.source}; {where}")  # fmt: skip
         if on_start is not None:
             on_start(run)

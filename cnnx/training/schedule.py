@@ -22,7 +22,8 @@ class Schedule:
         rate without warm-up."""
         if config.lr_schedule == "constant" and not config.warmup_steps:
             return None
-        return cls(config.lr_schedule, lr, config.warmup_steps, config.lr_step_every, config.lr_gamma)
+        gamma = cls.gamma if config.lr_gamma is None else config.lr_gamma  # None: the step schedule's 0.1
+        return cls(config.lr_schedule, lr, config.warmup_steps, config.lr_step_every, gamma)
 
     def rate(self, step: int, total: int) -> float:
         """The rate of step ``step`` (0-based) of a run of ``total`` steps."""
