@@ -10,10 +10,8 @@ from cnnx.data import Dataset
 from cnnx.errors import ConfigError
 from cnnx.io import load_model
 
-from .rundir import CHECKPOINT
+from .names import BEST, CHECKPOINT
 from .step import evaluate
-
-BEST = "best.npz"  # the best-on-validation weights, in the run directory
 
 
 def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, np.ndarray, np.ndarray]:

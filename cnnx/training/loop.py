@@ -17,11 +17,11 @@ from cnnx.errors import CnnxError, DataError, DivergenceError, ResourceError
 from cnnx.io.checkpoint import save_checkpoint
 
 from .divergence import Snapshot, check_weights, checked_step
-from .early import BEST, reported
+from .early import reported
 from .interrupt import TrainingInterrupted
+from .names import BEST, CHECKPOINT, METRICS
 from .progress import Reporter, stopped_early
 from .records import results, write_json
-from .rundir import CHECKPOINT, METRICS
 from .step import evaluate, train_step
 
 

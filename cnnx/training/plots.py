@@ -16,7 +16,7 @@ import numpy as np
 
 from cnnx.fileio import atomic_write
 
-from .rundir import CHECKPOINT
+from .names import CHECKPOINT, STEPS_FIGURE
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
@@ -228,7 +228,7 @@ def plot_run(run, predictions) -> None:
     best = run.early.best_epoch if run.early is not None else None
     plot_curves(run.history, out / "curves.png", best_epoch=best)
     if run.curves["train"] or run.curves["test"]:
-        plot_steps(run.curves, out / "steps.png")
+        plot_steps(run.curves, out / STEPS_FIGURE)
     title = weights_title(run.results_of, len(run.history))
     matrix = confusion_matrix(labels, predictions, len(names))
     plot_confusion_matrix(matrix, names, out / "confusion_matrix.png", title=f"test set, {title}")

@@ -10,7 +10,7 @@ import click
 from cnnx.checks import plural
 from cnnx.fileio import echo, unless_closed
 
-from .rundir import CHECKPOINT
+from .names import CHECKPOINT
 
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 

@@ -14,7 +14,7 @@ from cnnx.data import CLASS_NAMES, digest
 from cnnx.fileio import atomic_write
 from cnnx.version import __version__
 
-from .rundir import CHECKPOINT
+from .names import CHECKPOINT
 
 RECORD_FORMAT = "cnnx-run"
 

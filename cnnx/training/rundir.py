@@ -21,7 +21,7 @@ from pathlib import Path
 from cnnx.errors import ConfigError, ResourceError, RunLockedError
 from cnnx.fileio import stale_temporaries
 
-from .early import BEST
+from .names import BEST, CHECKPOINT, FIGURES, LOCK, METRICS, STEPS_FIGURE
 from .records import read_record
 
 try:
@@ -29,16 +29,13 @@ try:
 except ImportError:  # pragma: no cover - no flock (Windows): runs go unlocked there
     fcntl = None
 
-CHECKPOINT = "model.npz"
-METRICS = "metrics.json"
-FIGURES = ("curves.png", "confusion_matrix.png", "samples.png")
-LOCK = ".cnnx-lock"
 PROBE_PREFIX = ".cnnx-probe-"
 FIGURES_BYTES = 2 << 20  # three PNGs of a few hundred KiB at most, rounded up
 RECORD_BYTES = 1 << 20  # metrics.json, with room for long histories
 # The statuses of a run that died before its first checkpoint, whose directory may be started again.
 RESTARTABLE = ("running", "failed", "interrupted")
-WRITTEN = (CHECKPOINT, METRICS, *FIGURES, BEST)  # the files a run writes, each through a temporary file
+# The files a run writes, each through a temporary file.
+WRITTEN = (CHECKPOINT, METRICS, *FIGURES, STEPS_FIGURE, BEST)
 
 
 def default_run_dir(model_name: str, optimizer_name: str, root="runs") -> Path:
