@@ -70,6 +70,7 @@ ENDS = {"epochs": {}, "max-steps": {"epochs": 3, "max_steps": 10}}  # 10 steps: 
 def killed_while_drawing(out, monkeypatch, **settings):
     """A run killed while it drew its figures, after its last checkpoint: a figure half written."""
     monkeypatch.setattr(fit_module, "write_plots", kill)
+    monkeypatch.setattr(fit_module.Run, "finish", lambda run, *args, **kwargs: None)  # a kill records nothing
     with pytest.raises(Killed):
         fit(*mlp_and_adam(), blob_dataset(), out_dir=out, **{**SETTINGS, **settings})
     (out / ".samples.png.k1ll3d.tmp").write_bytes(b"\x89PNG half")
@@ -86,6 +87,19 @@ def test_resuming_a_run_killed_while_drawing_its_figures_finishes_it(end, tmp_pa
     assert (status_of(tmp_path), missing, strays) == ("completed", [], []), (
         f"after the resume: status {status_of(tmp_path)}, figures missing {missing}, temporaries {strays}"
     )
+
+
+def test_a_figure_that_cannot_be_written_fails_the_run_and_resuming_finishes_it(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fit_module, "write_plots", full_disk)
+    with pytest.raises(ResourceError, match="No space left on device"):
+        fit(*mlp_and_adam(), blob_dataset(), out_dir=tmp_path, **SETTINGS)
+    assert status_of(tmp_path) == "failed", "a run whose figures failed stayed recorded as running"
+    monkeypatch.undo()
+    fit(*mlp_and_adam(), blob_dataset(), out_dir=tmp_path, resume=True, **SETTINGS)
+    assert status_of(tmp_path) == "completed"
 
 
 def test_finishing_a_killed_run_trains_no_further(tmp_path, monkeypatch):
