@@ -181,6 +181,86 @@ def test_malformed_csv_raises_one_line_data_error_naming_file_and_place(tmp_path
     assert where in _assert_one_line_error_naming(path, data.read_csv)
 
 
+# ---------------------------------------------------------------- CSV in bounded memory
+
+
+@pytest.mark.parametrize("chunk", [1000, 4099, 1 << 20], ids=["rows-cut-in-pieces", "odd-chunk", "one-chunk"])
+def test_a_csv_reads_the_same_however_its_rows_fall_across_chunks(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", chunk)
+    path = tmp_path / "fashion-mnist_test.csv"
+    data.write_csv(path, _images(30), _labels(30))
+    images, labels = data.read_csv(path)
+    assert np.array_equal(images, _images(30)), f"pixels differ with {chunk}-byte chunks"
+    assert np.array_equal(labels, _labels(30)), f"labels differ with {chunk}-byte chunks"
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [lambda t: t.replace(b"\n", b"\r\n"), lambda t: t.replace(b",", b", "), lambda t: b"\xef\xbb\xbf" + t,
+     lambda t: t.rstrip(b"\n"), lambda t: t + b"\n \n\t\n" * 1000],
+    ids=["crlf", "spaces", "byte-order-mark", "no-final-newline", "blank-lines-at-the-end"],
+)  # fmt: skip
+def test_a_csv_in_another_legal_form_reads_the_same(tmp_path, monkeypatch, rewrite):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 4099)
+    path = tmp_path / "fashion-mnist_test.csv"
+    data.write_csv(path, _images(12), _labels(12))
+    path.write_bytes(rewrite(path.read_bytes()))
+    images, labels = data.read_csv(path)
+    assert np.array_equal(images, _images(12)) and np.array_equal(labels, _labels(12))
+
+
+def test_a_blank_line_between_rows_is_refused_at_its_line_even_after_a_chunk_of_blanks(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1000)
+    path = tmp_path / "rows.csv"
+    path.write_text(_csv([GOOD_ROW, GOOD_ROW]) + "\n" * 5000 + GOOD_ROW + "\n")
+    assert "line 4: 1 fields, expected 785" in _assert_one_line_error_naming(path, data.read_csv)
+
+
+def test_a_line_longer_than_any_row_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1000)
+    path = tmp_path / "one-line.csv.gz"
+    path.write_bytes(gzip.compress(_csv([GOOD_ROW]).encode() + b"7" * 10_000_000))
+    message = _assert_one_line_error_naming(path, data.read_csv)
+    assert "line 3: longer than 65,536 bytes" in message, message
+
+
+def _peak_bytes(read, path) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        read(path)
+    except DataError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "tail, reads",
+    [(b"\n" * 30_000_000, True), (b"1,2\n" * 6_000_000, False)],
+    ids=["thirty-million-blank-lines", "six-million-short-lines"],
+)
+def test_a_csv_of_millions_of_lines_is_parsed_in_memory_far_below_its_size(tmp_path, monkeypatch, tail, reads):
+    # Within the unpacked cap, yet splitting it into lines at once costs ten times its size.
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1 << 20)
+    text = _csv([GOOD_ROW]).encode() + tail
+    path = tmp_path / "many-lines.csv.gz"
+    path.write_bytes(gzip.compress(text, compresslevel=1))
+    peak = _peak_bytes(data.read_csv, path)
+    assert peak < len(text) / 2, f"peak {peak / 2**20:.0f} MiB for {len(text) / 2**20:.0f} MiB of text"
+    if reads:
+        assert data.read_csv(path)[0].shape == (1, 28, 28), "blank lines at the end are not rows"
+
+
+def test_a_raw_file_beyond_the_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_UNPACKED_BYTES", 10_000)
+    path = tmp_path / "big.csv"
+    path.write_text(_csv([GOOD_ROW] * 10))
+    assert "holds more than" in _assert_one_line_error_naming(path, data.read_csv)
+
+
 # ---------------------------------------------------------------- images for prediction
 
 
