@@ -242,7 +242,7 @@ def _peak_bytes(read, path) -> int:
     [(b"\n" * 30_000_000, True), (b"1,2\n" * 6_000_000, False)],
     ids=["thirty-million-blank-lines", "six-million-short-lines"],
 )
-def test_a_csv_of_millions_of_lines_is_parsed_in_memory_far_below_its_size(tmp_path, monkeypatch, tail, reads):
+def test_millions_of_csv_lines_are_parsed_in_memory_far_below_their_size(tmp_path, monkeypatch, tail, reads):
     # Within the unpacked cap, yet splitting it into lines at once costs ten times its size.
     monkeypatch.setattr(readers, "CHUNK_BYTES", 1 << 20)
     text = _csv([GOOD_ROW]).encode() + tail
