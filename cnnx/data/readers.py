@@ -9,6 +9,7 @@ its lines are shaped.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import re
 import struct
@@ -258,6 +259,34 @@ def read_image_file(path) -> np.ndarray:
     )
 
 
+# ---------------------------------------------------------------- digests
+
+
+def _idx_header(array: np.ndarray) -> bytes:
+    return struct.pack(f">I{array.ndim}I", 0x800 | array.ndim, *array.shape)
+
+
+def idx_payload_sha256(array) -> str:
+    """The SHA-256 of ``array`` as an IDX file's payload (header and bytes, unpacked): that of the
+    file it was read from, whatever its compression, and of an IDX file holding a CSV's arrays."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    digest = hashlib.sha256(_idx_header(array))
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes as stored (a .gz archive, not what it unpacks to)."""
+    digest, path = hashlib.sha256(), Path(path)
+    try:
+        with open_regular(path, "rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------- writers
 
 
@@ -266,7 +295,7 @@ def write_idx(path, array) -> None:
     path, array = Path(path), np.ascontiguousarray(array, dtype=np.uint8)
     if array.ndim not in (1, 3):
         raise ValueError(f"write_idx takes labels (N,) or images (N, H, W), got shape {array.shape}")
-    payload = struct.pack(f">I{array.ndim}I", 0x800 | array.ndim, *array.shape) + array.tobytes()
+    payload = _idx_header(array) + array.tobytes()
     if path.suffix == ".gz":
         payload = gzip.compress(payload, mtime=0)
     try:
