@@ -37,17 +37,22 @@ DIGITS_SIDE = 28
 
 
 def load_dataset(
-    name: str = "fashion-mnist", data_dir=None, *, limit: int | None = None, quiet: bool = False
+    name: str = "fashion-mnist",
+    data_dir=None,
+    *,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    quiet: bool = False,
 ) -> Dataset:
     """Load the data set ``name``; ``limit`` keeps a class-balanced subset of that many training images
-    (and a sixth as many test images), as for Fashion-MNIST. ``quiet`` keeps stderr silent: no download
-    lines, no progress while reading a large image folder."""
+    (and a sixth as many test images, or ``test_limit``), as for Fashion-MNIST. ``quiet`` keeps stderr
+    silent: no download lines, no progress while reading a large image folder."""
     if name in IDX_DATASETS:
         folder = image_folder(name, data_dir)
         if folder is not None:
             progress = None if quiet else stderr_progress(folder)
-            return load_image_folder(folder, limit=limit, progress=progress)
-        dataset = load_idx_dataset(name, data_dir, limit=limit, quiet=quiet)
+            return load_image_folder(folder, limit=limit, test_limit=test_limit, progress=progress)
+        dataset = load_idx_dataset(name, data_dir, limit=limit, test_limit=test_limit, quiet=quiet)
         names = _names_file(data_dir)
         if names is not None:
             dataset = Dataset(dataset.train_images, dataset.train_labels, dataset.test_images,
@@ -58,7 +63,7 @@ def load_dataset(
             raise ConfigError(
                 "--data-dir has no meaning for the digits data set, which ships with scikit-learn"
             )
-        return _digits(limit)
+        return _digits(limit, test_limit)
     raise ConfigError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
 
 
@@ -130,7 +135,7 @@ def digest(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
-def _digits(limit: int | None) -> Dataset:
+def _digits(limit: int | None, test_limit: int | None = None) -> Dataset:
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -143,14 +148,16 @@ def _digits(limit: int | None) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         large, labels, test_size=DIGITS_TEST_SHARE, stratify=labels, random_state=DIGITS_SEED
     )
-    if limit is not None:
-        if limit < 10:
-            raise DataError(f"limit {limit} is below one image per digit")
-        if limit < len(x_train):
-            keep = balanced_subset(y_train, limit)
-            x_train, y_train = x_train[keep], y_train[keep]
-            test_keep = balanced_subset(y_test, max(10, -(-limit // 6)))
-            x_test, y_test = x_test[test_keep], y_test[test_keep]
+    if limit is not None and limit < 10:
+        raise DataError(f"limit {limit} is below one image per digit")
+    test_size = test_limit
+    if limit is not None and limit < len(x_train):
+        keep = balanced_subset(y_train, limit)
+        x_train, y_train = x_train[keep], y_train[keep]
+        test_size = test_size if test_size is not None else max(10, -(-limit // 6))
+    if test_size is not None and test_size < len(x_test):
+        keep = balanced_subset(y_test, test_size)
+        x_test, y_test = x_test[keep], y_test[keep]
     source = "scikit-learn digits (8x8, upsampled to 28x28)"
     return Dataset(
         x_train, y_train, x_test, y_test, source=source, class_names=tuple(str(d) for d in range(10))
