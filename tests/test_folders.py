@@ -5,6 +5,8 @@ one line naming what is wrong; `cnnx train --data-dir FOLDER` trains on it and r
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -90,6 +92,15 @@ def _broken(kind):
             _picture(0, 0).save(root / "train" / "stray.png")
         elif kind == "tiff named png":
             _picture(0, 0).save(root / "test" / "boot" / "000.png", format="TIFF")
+        elif kind == "decompression bomb":  # a PNG header claiming 20,000 x 20,000 pixels
+            header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+            chunk = (
+                struct.pack(">I", len(header))
+                + b"IHDR"
+                + header
+                + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+            )
+            (root / "train" / "hat" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
         elif kind == "a FIFO":
             import os
 
@@ -106,6 +117,7 @@ def _broken(kind):
      ("unreadable picture", "train/hat/001.jpg: not an image"),
      ("picture outside the classes", "train/stray.png: a picture outside the class folders"),
      ("tiff named png", "test/boot/000.png: not an image in a format cnnx reads"),
+     ("decompression bomb", "train/hat/000.png: refused as a possible decompression bomb"),
      ("a FIFO", "train/boot/pipe.png: a FIFO")],
 )  # fmt: skip
 def test_a_folder_that_breaks_a_rule_is_one_line_naming_what_is_wrong(tmp_path, kind, fragment):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from .dataset import MAX_CLASS_NAME, MAX_CLASSES, Dataset, balanced_subset
-from .images import IMAGE_SUFFIXES, prepare_image
+from .images import IMAGE_SUFFIXES, bomb_warnings_as_errors, decode_photo, prepare_image
 from .readers import IMAGE_SHAPE
 
 SPLITS = ("train", "test")
@@ -158,9 +158,9 @@ def _read_pictures(paths: list[Path], progress) -> np.ndarray:
     images = np.empty((len(paths), *IMAGE_SHAPE), np.uint8)
 
     def read(i: int) -> None:
-        images[i] = prepare_image(paths[i], IMAGE_SHAPE[0])[0]
+        images[i] = prepare_image(decode_photo(paths[i]), IMAGE_SHAPE[0])[0]
 
-    with ThreadPoolExecutor(READ_THREADS) as pool:
+    with bomb_warnings_as_errors(), ThreadPoolExecutor(READ_THREADS) as pool:  # the filters: once, here
         for start in range(0, len(paths), READ_BLOCK):
             # list(): wait for the block, and raise the first unreadable picture's DataError in order.
             list(pool.map(read, range(start, min(start + READ_BLOCK, len(paths)))))

@@ -11,6 +11,7 @@ ringing. A 28x28 picture with a dark background, like the data set's own, passes
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -36,27 +37,42 @@ def read_photo(path) -> np.ndarray:
     name says; 16-bit grey is scaled to 8 bits. Transparent parts are laid over white, as a product
     photo's background is. Only a regular file is opened, and the size is checked from the file's header
     before anything is decoded. Any problem is a one-line DataError naming the file."""
+    with bomb_warnings_as_errors():
+        return decode_photo(path)
+
+
+@contextlib.contextmanager
+def bomb_warnings_as_errors():
+    """Pillow's decompression-bomb warning raised as an error inside. It changes the warning filters of
+    the whole process, which threads share: enter it once, in one thread, around all the decoding."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def decode_photo(path) -> np.ndarray:
+    """:func:`read_photo` for callers inside :func:`bomb_warnings_as_errors` (threads decoding at once)."""
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib; imported when needed
 
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with (
-                open_regular(path, "rb", what="picture") as handle,
-                Image.open(handle, formats=PICTURE_FORMATS) as image,
-            ):
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise DataError(
-                        f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} cnnx decodes"
-                    )
-                if min(width, height) < MIN_SIDE:
-                    raise DataError(
-                        f"{path}: a {width}x{height} image is too small (at least {MIN_SIDE}x{MIN_SIDE})"
-                    )
-                image.seek(0)  # an animation's first frame
-                return _grey_over_white(image)
+        with (
+            open_regular(path, "rb", what="picture") as handle,
+            Image.open(handle, formats=PICTURE_FORMATS) as image,
+        ):
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} cnnx decodes"
+                )
+            if min(width, height) < MIN_SIDE:
+                raise DataError(
+                    f"{path}: a {width}x{height} image is too small (at least {MIN_SIDE}x{MIN_SIDE})"
+                )
+            image.seek(0)  # an animation's first frame
+            return _grey_over_white(image)
     except DataError:
         raise
     except UnidentifiedImageError:
