@@ -105,6 +105,8 @@ def _broken(kind):
             _picture(0, 0).save(root / "test" / "boot" / "000.png", format="TIFF")
         elif kind == "decompression bomb":
             (root / "train" / "hat" / "000.png").write_bytes(_png_claiming(10_000, 10_000))
+        elif kind == "no test folder":
+            (root / "test").rename(root / "validation")
         elif kind == "a FIFO":
             import os
 
@@ -122,6 +124,7 @@ def _broken(kind):
      ("picture outside the classes", "train/stray.png: a picture outside the class folders"),
      ("tiff named png", "test/boot/000.png: not an image in a format cnnx reads"),
      ("decompression bomb", "train/hat/000.png: refused as a possible decompression bomb"),
+     ("no test folder", "an image folder needs train/ and test/, each of class folders; test/ missing"),
      ("a FIFO", "train/boot/pipe.png: a FIFO")],
 )  # fmt: skip
 def test_a_folder_that_breaks_a_rule_is_one_line_naming_what_is_wrong(tmp_path, kind, fragment):

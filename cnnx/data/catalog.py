@@ -68,7 +68,7 @@ def load_dataset(
 
 
 def image_folder(name: str, data_dir) -> Path | None:
-    """``data_dir`` when it is to be read as an image folder (``train/`` and ``test/`` subfolders, and
+    """``data_dir`` when it is to be read as an image folder (a ``train/`` or ``test/`` subfolder, and
     no IDX or CSV files, which win), else None; the rule both loading and ``cnnx info`` follow. Only the
     default data set reads one: ``--dataset mnist`` with an image folder is a ConfigError."""
     if data_dir is None or not is_image_folder(data_dir) or search(data_dir, name).found:

@@ -48,9 +48,10 @@ class ImageFolder:
 
 
 def is_image_folder(directory) -> bool:
-    """Whether ``directory`` has ``train/`` and ``test/`` subfolders, which makes it an image folder."""
+    """Whether ``directory`` has a ``train/`` or a ``test/`` subfolder, which makes it an image folder
+    (one without the other is then refused by :func:`scan_image_folder`, saying which is missing)."""
     try:
-        return all((Path(directory).expanduser() / split).is_dir() for split in SPLITS)
+        return any((Path(directory).expanduser() / split).is_dir() for split in SPLITS)
     except OSError:
         return False
 
@@ -60,6 +61,10 @@ def scan_image_folder(directory) -> ImageFolder:
     (no class folders, different ones in train and test, an empty class, too many pictures) is a
     one-line DataError naming it."""
     directory = Path(directory).expanduser()
+    missing = [f"{split}/" for split in SPLITS if not (directory / split).is_dir()]
+    if missing:
+        raise DataError(f"{directory}: an image folder needs train/ and test/, each of class folders; "
+                        f"{' and '.join(missing)} missing")  # fmt: skip
     classes = {split: _class_folders(directory / split) for split in SPLITS}
     if classes["train"] != classes["test"]:
         train, test = set(classes["train"]), set(classes["test"])
