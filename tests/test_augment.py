@@ -74,6 +74,40 @@ def test_flip_and_erase_do_what_they_say():
     assert np.array_equal(erased[~blank], x[~blank])
 
 
+@pytest.mark.parametrize("degrees", [5.0, 30.0])
+def test_rotation_angles_are_drawn_within_plus_or_minus_the_degrees_asked(degrees):
+    angles = Augmenter({"rotate": degrees}, derive_rng(0, "augment")).draw((2000, 1, 28, 28))["angle"]
+    largest = np.degrees(np.abs(angles)).max()
+    assert largest <= degrees, f"an angle of {largest:.1f} degrees for rotate={degrees:g}"
+    assert largest > 0.95 * degrees, f"angles reach only {largest:.2f} degrees for rotate={degrees:g}"
+
+
+def test_the_erased_area_is_exactly_the_drawn_box():
+    x = np.ones((64, 1, 28, 28), np.float32)
+    draws = Augmenter({"erase": 1.0}, derive_rng(0, "augment")).draw(x.shape)
+    erased = Augmenter.apply(x, draws)
+    for i, (top, bottom, left, right) in enumerate(draws["box"]):
+        expected = np.ones((28, 28), np.float32)
+        expected[top:bottom, left:right] = 0
+        assert np.array_equal(erased[i, 0], expected), (
+            f"image {i}: erased area is not the box {draws['box'][i]}"
+        )
+
+
+def test_the_augmentation_stream_is_the_runs_own_derived_from_its_seed():
+    spec = "rotate=10,shift=2,flip,erase=0.5"
+    config = RunConfig(model="mlp", epochs=1, batch_size=32, max_steps=3, augment=spec)
+    states = {}
+    for seed in (1, 2):
+        run = run_training(config.replace(seed=seed), dataset=dataset(), progress="none")
+        replay = Augmenter(parse_augment(spec), derive_rng(seed, "augment"))
+        for _ in range(3):  # three steps of 32 images
+            replay.draw((32, 1, 28, 28))
+        states[seed] = run.augmenter.rng.bit_generator.state
+        assert states[seed] == replay.rng.bit_generator.state, f"seed {seed}: not the 'augment' stream"
+    assert states[1] != states[2], "two seeds drew the same augmentations"
+
+
 def test_the_augmenter_never_changes_its_input_and_repeats_from_a_seed():
     x = images()
     before = x.copy()

@@ -181,6 +181,159 @@ def test_malformed_csv_raises_one_line_data_error_naming_file_and_place(tmp_path
     assert where in _assert_one_line_error_naming(path, data.read_csv)
 
 
+# ---------------------------------------------------------------- CSV in bounded memory
+
+
+@pytest.mark.parametrize("chunk", [1000, 4099, 1 << 20], ids=["rows-cut-in-pieces", "odd-chunk", "one-chunk"])
+def test_a_csv_reads_the_same_however_its_rows_fall_across_chunks(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", chunk)
+    path = tmp_path / "fashion-mnist_test.csv"
+    data.write_csv(path, _images(30), _labels(30))
+    images, labels = data.read_csv(path)
+    assert np.array_equal(images, _images(30)), f"pixels differ with {chunk}-byte chunks"
+    assert np.array_equal(labels, _labels(30)), f"labels differ with {chunk}-byte chunks"
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [lambda t: t.replace(b"\n", b"\r\n"), lambda t: t.replace(b",", b", "), lambda t: b"\xef\xbb\xbf" + t,
+     lambda t: t.rstrip(b"\n"), lambda t: t + b"\n \n\t\n" * 1000],
+    ids=["crlf", "spaces", "byte-order-mark", "no-final-newline", "blank-lines-at-the-end"],
+)  # fmt: skip
+def test_a_csv_in_another_legal_form_reads_the_same(tmp_path, monkeypatch, rewrite):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 4099)
+    path = tmp_path / "fashion-mnist_test.csv"
+    data.write_csv(path, _images(12), _labels(12))
+    path.write_bytes(rewrite(path.read_bytes()))
+    images, labels = data.read_csv(path)
+    assert np.array_equal(images, _images(12)) and np.array_equal(labels, _labels(12))
+
+
+def test_a_blank_line_between_rows_is_refused_at_its_line_even_after_a_chunk_of_blanks(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1000)
+    path = tmp_path / "rows.csv"
+    path.write_text(_csv([GOOD_ROW, GOOD_ROW]) + "\n" * 5000 + GOOD_ROW + "\n")
+    assert "line 4: 1 fields, expected 785" in _assert_one_line_error_naming(path, data.read_csv)
+
+
+def test_a_line_longer_than_any_row_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1000)
+    path = tmp_path / "one-line.csv.gz"
+    path.write_bytes(gzip.compress(_csv([GOOD_ROW]).encode() + b"7" * 10_000_000))
+    message = _assert_one_line_error_naming(path, data.read_csv)
+    assert "line 3: longer than 65,536 bytes" in message, message
+
+
+def _peak_bytes(read, path) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        read(path)
+    except DataError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "tail, reads",
+    [(b"\n" * 30_000_000, True), (b"1,2\n" * 6_000_000, False)],
+    ids=["thirty-million-blank-lines", "six-million-short-lines"],
+)
+def test_millions_of_csv_lines_are_parsed_in_memory_far_below_their_size(tmp_path, monkeypatch, tail, reads):
+    # Within the unpacked cap, yet splitting it into lines at once costs ten times its size.
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1 << 20)
+    text = _csv([GOOD_ROW]).encode() + tail
+    path = tmp_path / "many-lines.csv.gz"
+    path.write_bytes(gzip.compress(text, compresslevel=1))
+    peak = _peak_bytes(data.read_csv, path)
+    assert peak < len(text) / 2, f"peak {peak / 2**20:.0f} MiB for {len(text) / 2**20:.0f} MiB of text"
+    if reads:
+        assert data.read_csv(path)[0].shape == (1, 28, 28), "blank lines at the end are not rows"
+
+
+def test_a_raw_file_beyond_the_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_UNPACKED_BYTES", 10_000)
+    path = tmp_path / "big.csv"
+    path.write_text(_csv([GOOD_ROW] * 10))
+    assert "holds more than" in _assert_one_line_error_naming(path, data.read_csv)
+
+
+# ---------------------------------------------------------------- only regular files are read
+
+
+def _classes_file_reader(path):
+    from helpers import write_blob_idx
+
+    write_blob_idx(path.parent)
+    data.load_dataset("fashion-mnist", path.parent)
+
+
+READERS = {  # every reader of a file a user names, with a name it accepts
+    "read_idx": ("x-idx3-ubyte", data.read_idx),
+    "read_idx-gz": ("x-idx3-ubyte.gz", data.read_idx),
+    "read_csv": ("x.csv", data.read_csv),
+    "read_image_file-csv": ("x.csv", data.read_image_file),
+    "read_image_file-idx": ("x-idx3-ubyte", data.read_image_file),
+    "read_image_file-picture": ("x.png", data.read_image_file),
+    "read_photo": ("x.jpg", data.read_photo),
+    "prepare_image": ("x.png", data.prepare_image),
+    "classes.txt": ("classes.txt", _classes_file_reader),
+}
+
+
+def _refused_without_hanging(read, path) -> str:
+    import threading
+
+    outcome = {}
+
+    def attempt():
+        try:
+            read(path)
+        except DataError as exc:
+            outcome["error"] = str(exc)
+        except BaseException as exc:  # reported below as what it is
+            outcome["other"] = exc
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), f"reading {path.name} blocked"
+    assert "error" in outcome, f"reading {path.name}: {outcome.get('other', 'no error at all')!r}"
+    return outcome["error"]
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+def test_a_fifo_is_refused_in_one_line_by_every_reader(tmp_path, reader):
+    import os
+
+    name, read = reader
+    os.mkfifo(tmp_path / name)
+    message = _refused_without_hanging(read, tmp_path / name)
+    assert f"{tmp_path / name}: a FIFO (named pipe)" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+def test_a_link_to_an_endless_device_is_refused_in_one_line_by_every_reader(tmp_path, reader):
+    name, read = reader
+    (tmp_path / name).symlink_to("/dev/zero")
+    message = _refused_without_hanging(read, tmp_path / name)
+    assert f"{tmp_path / name}: a character device" in message and "\n" not in message, message
+
+
+def test_a_class_names_file_larger_than_a_thousand_long_names_is_refused_unread(tmp_path):
+    from helpers import write_blob_idx
+
+    write_blob_idx(tmp_path)
+    (tmp_path / "classes.txt").write_text(("x" * 99 + "\n") * 100_000)  # 10 MB
+    with pytest.raises(
+        DataError, match=r"classes\.txt: more than 402,000 bytes, more than 1,000 class names"
+    ):
+        data.load_dataset("fashion-mnist", tmp_path)
+
+
 # ---------------------------------------------------------------- images for prediction
 
 
@@ -401,6 +554,83 @@ def test_wrong_checksum_leaves_no_file_behind(places, served, monkeypatch):
 def test_unreachable_mirrors_are_reported_in_the_not_found_message(places, served):
     with pytest.raises(DataError, match="tried user cache .* download failed .*mirror-b.*unreachable"):
         data.load_fashion_mnist(opener=_opener(served, down=sources.MIRRORS))
+
+
+def test_a_download_says_which_file_is_coming_unless_quiet(places, served, capsys):
+    data.load_fashion_mnist(opener=_opener(served, down=("http://mirror-a/",)))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"cnnx: downloading http://mirror-b/{name}" for name in IDX_NAMES], lines
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "not-quiet"])
+def test_a_download_that_gets_no_byte_prints_no_downloading_line(places, served, capsys, quiet):
+    with pytest.raises(DataError, match="download failed"):
+        data.load_fashion_mnist(
+            opener=_opener(served, down=("http://mirror-a/", "http://mirror-b/")), quiet=quiet
+        )
+    assert capsys.readouterr().err == "", "a line for a download that never started"
+
+
+def test_a_quiet_download_prints_nothing(places, served, capsys):
+    data.load_fashion_mnist(opener=_opener(served), quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def _recorded_as(monkeypatch, name, directory, files=IDX_NAMES):
+    """Record the files of ``directory`` as data set ``name``'s published ones (payload or archive)."""
+    source = sources.idx_source(name)
+    if source.hashed == "payload":
+        digests = {
+            f: hashlib.sha256(gzip.decompress((directory / f).read_bytes())).hexdigest() for f in files
+        }
+    else:
+        digests = {f: hashlib.sha256((directory / f).read_bytes()).hexdigest() for f in files}
+    attribute = {
+        "fashion-mnist": "PAYLOAD_SHA256",
+        "mnist": "MNIST_ARCHIVE_SHA256",
+        "kmnist": "KMNIST_ARCHIVE_SHA256",
+    }
+    monkeypatch.setattr(sources, attribute[name], digests)
+
+
+@pytest.mark.parametrize(
+    "asked, files_are", [("fashion-mnist", "mnist"), ("kmnist", "mnist"), ("mnist", "fashion-mnist")]
+)
+def test_a_folder_of_another_published_data_set_is_refused_in_one_line(
+    places, tmp_path, monkeypatch, asked, files_are
+):
+    directory = _write_idx_dir(tmp_path / "folder")
+    _recorded_as(monkeypatch, files_are, directory)
+    with pytest.raises(DataError) as refused:
+        data.load_dataset(asked, directory)
+    message, titles = (
+        str(refused.value),
+        (sources.idx_source(asked).title, sources.idx_source(files_are).title),
+    )
+    assert f"--data-dir {directory} holds {titles[1]}, not {titles[0]}" in message, message
+    assert f"pass --dataset {files_are}" in message and "\n" not in message, message
+
+
+def test_a_csv_of_fashion_mnist_asked_for_as_mnist_is_refused(places, tmp_path, monkeypatch):
+    _recorded_as(monkeypatch, "fashion-mnist", _write_idx_dir(tmp_path / "idx"))
+    arrays = list(_synthetic().values())
+    data.write_csv(tmp_path / "mnist_train.csv", arrays[0], arrays[1])
+    data.write_csv(tmp_path / "mnist_test.csv", arrays[2], arrays[3])
+    with pytest.raises(DataError, match="holds Fashion-MNIST, not MNIST"):
+        data.load_dataset("mnist", tmp_path)
+
+
+def test_a_folder_of_the_data_set_asked_for_or_of_none_published_loads(places, tmp_path, monkeypatch):
+    directory = _write_idx_dir(tmp_path / "folder")
+    assert len(data.load_dataset("mnist", directory).train_images) == TRAIN_N, "unpublished files load"
+    _recorded_as(monkeypatch, "mnist", directory)
+    assert len(data.load_dataset("mnist", directory).train_images) == TRAIN_N, "MNIST's own files load"
+
+
+@pytest.mark.skipif(not data.SYSTEM_DIR.is_dir(), reason=f"{data.SYSTEM_DIR} missing")
+def test_the_real_fashion_mnist_asked_for_as_mnist_is_refused():
+    with pytest.raises(DataError, match="holds Fashion-MNIST, not MNIST: .*pass --dataset fashion-mnist"):
+        data.load_dataset("mnist", data.SYSTEM_DIR)
 
 
 # ---------------------------------------------------------------- subsets and scaling

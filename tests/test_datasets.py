@@ -93,3 +93,12 @@ def test_a_class_names_file_must_hold_sensible_names(tmp_path):
     with pytest.raises(DataError, match="expected 2 to 1000 class names"):
         _names_file(tmp_path)
     assert _names_file(None) is None
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion-mnist"])
+def test_a_test_limit_sets_the_number_of_test_images_on_its_own(tmp_path, name):
+    from helpers import write_blob_idx
+
+    data_dir = None if name == "digits" else write_blob_idx(tmp_path)
+    data = load_dataset(name, data_dir, test_limit=20)
+    assert len(data.test_labels) == 20 and np.bincount(data.test_labels).tolist() == [2] * 10

@@ -141,6 +141,24 @@ def _jpeg_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (8, 1))  # (8, 256): black to white
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    read = read_photo(tmp_path / "ramp16.png").astype(int)
+    expected = np.tile(np.arange(256), (8, 1))
+    assert np.abs(read - expected).max() <= 1, f"16-bit ramp read as {read[0, ::32].tolist()}"
+
+
+@pytest.mark.parametrize("pillow_format", ["TIFF", "PPM", "TGA", "PCX"])
+def test_a_picture_in_a_format_not_promised_is_refused_whatever_its_name(tmp_path, pillow_format):
+    path = tmp_path / "looks-like.png"
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(path, format=pillow_format)
+    with pytest.raises(DataError) as refused:
+        read_photo(path)
+    message = str(refused.value)
+    assert message.startswith(str(path)) and "not an image in a format cnnx reads" in message, message
+
+
 # -- preparing --------------------------------------------------------------------------------------
 
 
@@ -148,7 +166,8 @@ def test_a_dataset_like_28x28_item_passes_through_unchanged():
     original = item()
     prepared, steps = prepare_image(original)
     assert np.array_equal(prepared, original)
-    assert steps == {"source_size": [28, 28], "inverted": False, "trimmed": None, "resized_to": None}
+    assert steps == {"source_size": [28, 28], "inverted": False, "trimmed": None, "resized_to": None,
+                     "contrast": int(original.max()), "low_contrast": False}  # fmt: skip
 
 
 def test_a_28x28_item_on_white_is_negated_and_can_be_told_not_to_be():
@@ -178,6 +197,69 @@ def test_a_photo_is_trimmed_resized_centred_and_negated(tmp_path):
     rows, cols = np.flatnonzero(prepared.max(axis=1) > 60), np.flatnonzero(prepared.max(axis=0) > 60)
     centre = ((rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2)
     assert abs(centre[0] - 13.5) <= 1.5 and abs(centre[1] - 13.5) <= 1.5, f"item not centred: {centre}"
+
+
+def _dark_box_on_white(height, width, top, bottom, left, right, level=20) -> np.ndarray:
+    grey = np.full((height, width), 255, np.uint8)
+    grey[top:bottom, left:right] = level
+    return grey
+
+
+def test_a_dark_box_on_white_is_trimmed_to_its_exact_bounds():
+    _, steps = prepare_image(_dark_box_on_white(80, 100, top=17, bottom=53, left=31, right=62))
+    assert steps["trimmed"] == [31, 17, 62, 53], f"trimmed to {steps['trimmed']}, the box is [31, 17, 62, 53]"
+    assert steps["resized_to"] == [round(31 * 28 / 36), 28], steps["resized_to"]
+
+
+def test_an_item_touching_three_borders_is_still_trimmed():
+    # The box reaches the top, left and bottom edges; only the white on its right is background.
+    _, steps = prepare_image(_dark_box_on_white(60, 100, top=0, bottom=60, left=0, right=24))
+    assert steps["inverted"], "the border is mostly white, so the picture is negated"
+    assert steps["trimmed"] == [0, 0, 24, 60], f"trimmed to {steps['trimmed']}"
+
+
+def test_a_wide_item_keeps_its_aspect_ratio_and_is_centred():
+    prepared, steps = prepare_image(_dark_box_on_white(50, 90, top=15, bottom=35, left=10, right=70))
+    assert steps["resized_to"] == [28, round(20 * 28 / 60)], f"60x20 box resized to {steps['resized_to']}"
+    lit_rows = np.flatnonzero(prepared.max(axis=1) > 100)
+    expected = np.arange((28 - 9) // 2, (28 - 9) // 2 + 9)
+    assert lit_rows.tolist() == expected.tolist(), f"item on rows {lit_rows.tolist()}, expected centred"
+    assert prepared[:, 0].max() > 100 and prepared[:, -1].max() > 100, "the long edge spans the width"
+
+
+@pytest.mark.parametrize(
+    "common, rare, inverted",
+    [(100, 255, False), (160, 0, True)],
+    ids=["dark-median-light-mean", "light-median-dark-mean"],
+)
+def test_the_median_of_the_border_decides_the_inversion(common, rare, inverted):
+    # 60 % of the border at one level, 40 % at another: the mean falls on the other side of 127.
+    grey = np.full((40, 40), common, np.uint8)
+    for edge in (grey[0], grey[-1], grey[:, 0], grey[:, -1]):
+        edge[: len(edge) * 2 // 5] = rare
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    mean_says, median_says = bool(border.mean() > 127), bool(np.median(border) > 127)
+    assert mean_says != median_says and median_says == inverted, "the case must split mean and median"
+    assert prepare_image(grey)[1]["inverted"] is inverted
+
+
+@pytest.mark.parametrize(
+    "picture",
+    [np.full((60, 40), 255, np.uint8), np.full((28, 28), 0, np.uint8),
+     np.random.default_rng(0).integers(230, 246, (50, 50)).astype(np.uint8),
+     _dark_box_on_white(40, 40, 5, 30, 5, 30, level=215)],
+    ids=["blank-white", "blank-black", "uniform-noise", "faint-item"],
+)  # fmt: skip
+def test_a_picture_with_almost_no_contrast_is_flagged(picture):
+    _, steps = prepare_image(picture)
+    assert steps["low_contrast"] and steps["contrast"] < 64, steps
+
+
+def test_a_garment_photo_and_a_data_set_item_are_not_flagged_as_low_contrast(tmp_path):
+    photo(item()).save(tmp_path / "shirt.jpg", quality=85)
+    for picture in (tmp_path / "shirt.jpg", item(1)):
+        _, steps = prepare_image(picture)
+        assert not steps["low_contrast"] and steps["contrast"] > 200, steps
 
 
 def test_a_directory_gives_its_pictures_sorted_and_leaves_other_files_out(tmp_path):

@@ -4,19 +4,22 @@ Everything here is plain NumPy. Pixels stay uint8 until a batch is scaled with `
 a batch to the device is the backend's job. Malformed input raises ``DataError`` with one line that
 names the file and the problem.
 
-The package is split by job: ``readers`` (the file formats and the gzip size cap), ``images`` (a
-user's own pictures, read through Pillow and prepared as the data set's images were made), ``sources`` (where
-the data set is found on disk, and the verified download) and ``dataset`` (``Dataset``, loading,
-subsets, scaling). Every public name is re-exported here. The constants are read by the submodule that
-defines them, so a test that patches one patches it there (``cnnx.data.sources.MIRRORS``), not here.
+The package is split by job: ``readers`` (the file formats and the size cap), ``images`` (a
+user's own pictures, read through Pillow and prepared as the data set's images were made), ``folders``
+(a data set of one's own pictures, ``train/<class>/*.png``), ``sources`` (where the data set is found
+on disk, and the verified download), ``dataset`` (``Dataset``, loading, subsets, scaling) and
+``catalog`` (the data sets a run can name). Every public name is re-exported here. The constants are
+read by the submodule that defines them, so a test that patches one patches it there
+(``cnnx.data.sources.MIRRORS``), not here.
 """
 
 from __future__ import annotations
 
 from .augment import TRANSFORMS, Augmenter, format_augment, parse_augment
-from .catalog import DATASETS, class_count, class_names, digest, load_dataset
+from .catalog import DATASETS, class_count, class_names, digest, image_folder, load_dataset
 from .dataset import (
     CLASS_NAMES,
+    MAX_CLASSES,
     SUBSET_SEED,
     Dataset,
     balanced_subset,
@@ -25,7 +28,16 @@ from .dataset import (
     model_inputs,
     scale_pixels,
 )
-from .images import IMAGE_SUFFIXES, image_files, prepare_image, read_photo, to_grey
+from .folders import ImageFolder, is_image_folder, load_image_folder, scan_image_folder
+from .images import (
+    IMAGE_SUFFIXES,
+    LOW_CONTRAST,
+    PICTURE_FORMATS,
+    image_files,
+    prepare_image,
+    read_photo,
+    to_grey,
+)
 from .readers import (
     IMAGE_SHAPE,
     MAX_UNPACKED_BYTES,
@@ -44,12 +56,15 @@ from .sources import (
     PAYLOAD_SHA256,
     SYSTEM_DIR,
     IdxSource,
+    Search,
     cache_dir,
     candidate_dirs,
     download,
     download_fashion_mnist,
     find_dataset,
     idx_source,
+    recognise,
+    search,
 )
 
 __all__ = [
@@ -57,7 +72,18 @@ __all__ = [
     "class_count",
     "class_names",
     "digest",
+    "image_folder",
     "load_dataset",
+    "ImageFolder",
+    "is_image_folder",
+    "load_image_folder",
+    "scan_image_folder",
+    "LOW_CONTRAST",
+    "MAX_CLASSES",
+    "PICTURE_FORMATS",
+    "Search",
+    "recognise",
+    "search",
     "TRANSFORMS",
     "Augmenter",
     "format_augment",

@@ -9,20 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..nn.datainfo import FASHION_MNIST_CLASSES
-from .readers import read_csv, read_idx
-from .sources import (
-    IDX_FILES,
-    _describe,
-    _DownloadUnavailable,
-    _find,
-    _idx_paths,
-    candidate_dirs,
-    idx_source,
-)
+from ..nn.datainfo import FASHION_MNIST_CLASSES, MAX_CLASS_CHARS, MAX_CLASSES
+from .readers import file_sha256, idx_payload_sha256, read_csv, read_idx
+from .sources import IDX_FILES, _DownloadUnavailable, _idx_paths, idx_source, recognise, search
 from .sources import download as fetch_idx
 
 CLASS_NAMES = FASHION_MNIST_CLASSES  # defined with what a model file says of its classes
+MAX_CLASS_NAME = MAX_CLASS_CHARS  # characters in a class name: as many as a model file may hold
 SUBSET_SEED = 20170825  # the day Fashion-MNIST was published; any fixed number would do
 
 
@@ -84,18 +77,20 @@ def load_fashion_mnist(
     limit: int | None = None,
     test_limit: int | None = None,
     opener=None,
+    quiet: bool = False,
 ) -> Dataset:
     """Find (or download) Fashion-MNIST and load it.
 
     Search order: ``data_dir``, else ``$CNNX_DATA`` (either one is the only place looked at), else the
-    user cache then the system package, then a verified download into the cache when ``download``.
-    ``limit`` keeps a fixed, class-balanced subset: ``limit`` training images and ``ceil(limit / 6)`` test
-    images (the full set's 6:1 ratio); the same limit gives the same subset every time. ``test_limit``
-    sets the number of test images on its own (a class-balanced subset of that many; all of them when
-    it is at least the test set's size).
+    user cache then the system package, then a verified download into the cache when ``download``
+    (saying so on stderr unless ``quiet``). ``limit`` keeps a fixed, class-balanced subset: ``limit``
+    training images and ``ceil(limit / 6)`` test images (the full set's 6:1 ratio); the same limit gives
+    the same subset every time. ``test_limit`` sets the number of test images on its own (a
+    class-balanced subset of that many; all of them when it is at least the test set's size). A folder
+    whose files are another published data set's (by their SHA-256) is refused.
     """
     return load_idx_dataset("fashion-mnist", data_dir, download=download, limit=limit,
-                            test_limit=test_limit, opener=opener)  # fmt: skip
+                            test_limit=test_limit, opener=opener, quiet=quiet)  # fmt: skip
 
 
 def load_idx_dataset(
@@ -106,6 +101,7 @@ def load_idx_dataset(
     limit: int | None = None,
     test_limit: int | None = None,
     opener=None,
+    quiet: bool = False,
 ) -> Dataset:
     """Find (or download) the IDX data set ``name`` ("fashion-mnist", "mnist" or "kmnist") and load it,
     as :func:`load_fashion_mnist` does; MNIST and KMNIST are searched in ``data_dir``, else the user cache
@@ -113,24 +109,17 @@ def load_idx_dataset(
     for option, value in (("limit", limit), ("test_limit", test_limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{option} must be a positive whole number, got {value!r}")
-    source = idx_source(name)
-    candidates = candidate_dirs(data_dir, name)
-    found = _find(data_dir, name)
-    csv = source.csv_files
-    if found:
-        label, directory, layout = found
-    elif candidates[0][0] in ("--data-dir", source.env_var):  # an explicit choice never falls through
-        label, directory = candidates[0]
-        raise DataError(
-            f"{label} {directory} has no {source.title} ({_describe(directory, name)}): expected the four "
-            f"IDX files (train-images-idx3-ubyte[.gz], ...) or {csv['train']} and {csv['test']}"
-        )
+    source, looked = idx_source(name), search(data_dir, name)
+    if looked.found:
+        label, directory, layout = looked.found
+    elif looked.explicit:  # an explicit choice never falls through
+        raise DataError(looked.not_there())
     else:
-        tried = [f"{label} {path} ({_describe(path, name)})" for label, path in candidates]
         try:
             if not download:
                 raise _DownloadUnavailable("download disabled")
-            directory, layout, label = fetch_idx(name, opener=opener), "idx", "downloaded to"
+            directory = fetch_idx(name, opener=opener, quiet=quiet)
+            label, layout = "downloaded to", "idx"
         except _DownloadUnavailable as exc:
             fixes = ["pass --data-dir DIR"]
             fixes += [f"set {source.env_var}=DIR"] if source.env_var else []
@@ -138,15 +127,35 @@ def load_idx_dataset(
             fixes += [f"`apt-get install {source.package}`"] if source.package else []
             fixes += [f"allow the download from {source.mirrors[0]}"]
             raise DataError(
-                f"{source.title} not found; tried {', '.join(tried)}, {exc}. Fix: " + ", or ".join(fixes)
+                f"{source.title} not found; tried {looked.tried()}, {exc}. Fix: " + ", or ".join(fixes)
             ) from None
     arrays = _read_dir(directory, layout, name)
+    if label != "downloaded to":  # a download is verified already
+        _check_identity(f"{label} {directory}", directory, layout, name, arrays)
     sizes = [(0, limit), (2, test_limit if test_limit is not None else limit and math.ceil(limit / 6))]
     for i, size in sizes:
         if size is not None and size < len(arrays[i]):
             keep = balanced_subset(arrays[i + 1], size)
             arrays[i], arrays[i + 1] = arrays[i][keep], arrays[i + 1][keep]
     return Dataset(*arrays, source=f"{label} {directory} ({layout})", class_names=source.class_names)
+
+
+def _check_identity(where: str, directory: Path, layout: str, name: str, arrays: list) -> None:
+    """Refuse a folder whose files are another published data set's (MNIST's digits asked for as
+    Fashion-MNIST, say), known by their SHA-256: of the IDX payload of what was read (which a CSV of
+    the same arrays shares), and of each .gz as stored."""
+    files = [file for pair in IDX_FILES.values() for file in pair]
+    payload = {file: idx_payload_sha256(array) for file, array in zip(files, arrays, strict=True)}
+    stored = _idx_paths(directory) if layout == "idx" else {}
+    archive = {file: file_sha256(path) for file, path in stored.items() if path.suffix == ".gz"}
+    matches = recognise(payload, archive)
+    if matches and name not in (match for match, _ in matches):
+        (other, file), asked = matches[0], idx_source(name)
+        other = idx_source(other)
+        raise DataError(
+            f"{where} holds {other.title}, not {asked.title}: {file} has the SHA-256 of {other.title}'s "
+            f"published file; pass --dataset {other.name}"
+        )
 
 
 def scale_pixels(images_uint8, dtype="float32") -> np.ndarray:

@@ -11,49 +11,74 @@ ringing. A 28x28 picture with a dark background, like the data set's own, passes
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from ..fileio import open_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# The decoders Pillow may use: those of the formats promised. Pillow picks a decoder by content, so a
+# TIFF, PSD or EPS named .png would otherwise be decoded by code cnnx never meant to run.
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 MAX_PIXELS = 64_000_000  # far above any camera's 50 MP; a 20,000 x 20,000 "bomb" (400 MP) is refused
 MIN_SIDE = 8  # fewer pixels than this on a side cannot show a garment
 TRIM_THRESHOLD = 24  # grey levels from the background colour that count as the item (JPEG noise is less)
+# A prepared image whose grey levels span less than this has almost no contrast (a blank or uniform
+# picture, a faint item): every Fashion-MNIST image spans at least 254, so a model's answer means little.
+LOW_CONTRAST = 64
 
 
 def read_photo(path) -> np.ndarray:
-    """A picture file as 8-bit grey (H, W): PNG, JPEG, WebP, BMP or GIF (its first frame). Transparent
-    parts are laid over white, as a product photo's background is. The size is checked from the file's
-    header before anything is decoded. Any problem is a one-line DataError naming the file."""
+    """A picture file as 8-bit grey (H, W): PNG, JPEG, WebP, BMP or GIF (its first frame), whatever its
+    name says; 16-bit grey is scaled to 8 bits. Transparent parts are laid over white, as a product
+    photo's background is. Only a regular file is opened, and the size is checked from the file's header
+    before anything is decoded. Any problem is a one-line DataError naming the file."""
+    with bomb_warnings_as_errors():
+        return decode_photo(path)
+
+
+@contextlib.contextmanager
+def bomb_warnings_as_errors():
+    """Pillow's decompression-bomb warning raised as an error inside. It changes the warning filters of
+    the whole process, which threads share: enter it once, in one thread, around all the decoding."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def decode_photo(path) -> np.ndarray:
+    """:func:`read_photo` for callers inside :func:`bomb_warnings_as_errors` (threads decoding at once)."""
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib; imported when needed
 
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise DataError(
-                        f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} cnnx decodes"
-                    )
-                if min(width, height) < MIN_SIDE:
-                    raise DataError(
-                        f"{path}: a {width}x{height} image is too small (at least {MIN_SIDE}x{MIN_SIDE})"
-                    )
-                image.seek(0)  # an animation's first frame
-                return _grey_over_white(image)
+        with (
+            open_regular(path, "rb", what="picture") as handle,
+            Image.open(handle, formats=PICTURE_FORMATS) as image,
+        ):
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} cnnx decodes"
+                )
+            if min(width, height) < MIN_SIDE:
+                raise DataError(
+                    f"{path}: a {width}x{height} image is too small (at least {MIN_SIDE}x{MIN_SIDE})"
+                )
+            image.seek(0)  # an animation's first frame
+            return _grey_over_white(image)
     except DataError:
         raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory") from None
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, WebP, BMP or GIF)") from None
+        raise DataError(
+            f"{path}: not an image in a format cnnx reads (PNG, JPEG, WebP, BMP or GIF)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: refused as a possible decompression bomb ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -63,6 +88,9 @@ def read_photo(path) -> np.ndarray:
 def _grey_over_white(image) -> np.ndarray:
     from PIL import Image
 
+    if image.mode.startswith("I"):  # 16-bit grey (I;16, or I from older Pillows): scale, never clip
+        wide = np.asarray(image, dtype=np.float64)
+        return np.rint(np.clip(wide, 0, 65535) * (255 / 65535)).astype(np.uint8)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -95,33 +123,38 @@ def prepare_image(image, size: int = 28, *, invert: bool | None = None) -> tuple
     """Turn a picture (a path, or an array as :func:`to_grey` takes) into what a Fashion-MNIST model
     sees: uint8 (size, size), a light item on a black background. Returns the image and what was done
     to it: ``{"source_size": [w, h], "inverted": bool, "trimmed": [left, top, right, bottom] or None,
-    "resized_to": [w, h] or None}``.
+    "resized_to": [w, h] or None, "contrast": int, "low_contrast": bool}``, where ``contrast`` is the
+    span of the prepared image's grey levels and ``low_contrast`` says it is below LOW_CONTRAST.
 
-    ``invert=None`` negates when the border is light (a photo on a white background); True or False
-    forces it. A size x size image with a dark border passes through unchanged.
+    ``invert=None`` negates when the border is light (its median grey level: a photo on a white
+    background); True or False forces it. A size x size image with a dark border passes through unchanged.
     """
     grey = read_photo(image) if isinstance(image, (str, Path)) else to_grey(image)
     height, width = grey.shape
     if min(height, width) < 1:
         raise DataError(f"an empty image ({width}x{height})")
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    background = int(np.median(border))
+    background = int(np.median(border))  # the median: an item reaching the border does not move it
     light = background > 127 if invert is None else bool(invert)
     steps = {"source_size": [width, height], "inverted": light, "trimmed": None, "resized_to": None}
     if (height, width) == (size, size):
-        return (255 - grey if light else grey), steps
-    item = np.abs(grey.astype(np.int16) - background) > TRIM_THRESHOLD
-    if item.any():
-        rows, cols = np.flatnonzero(item.any(axis=1)), np.flatnonzero(item.any(axis=0))
-        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        if (top, bottom, left, right) != (0, height, 0, width):
-            grey = grey[top:bottom, left:right]
-            steps["trimmed"] = [int(left), int(top), int(right), int(bottom)]
-    # The background becomes black, as in the data set: negate a light one, then take its level off.
-    oriented = (255 - grey.astype(np.int16)) if light else grey.astype(np.int16)
-    level = 255 - background if light else background
-    oriented = np.clip(oriented - level, 0, 255).astype(np.uint8)
-    return _fit_centred(oriented, size, steps), steps
+        prepared = 255 - grey if light else grey
+    else:
+        item = np.abs(grey.astype(np.int16) - background) > TRIM_THRESHOLD
+        if item.any():
+            rows, cols = np.flatnonzero(item.any(axis=1)), np.flatnonzero(item.any(axis=0))
+            top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            if (top, bottom, left, right) != (0, height, 0, width):
+                grey = grey[top:bottom, left:right]
+                steps["trimmed"] = [int(left), int(top), int(right), int(bottom)]
+        # The background becomes black, as in the data set: negate a light one, then take its level off.
+        oriented = (255 - grey.astype(np.int16)) if light else grey.astype(np.int16)
+        level = 255 - background if light else background
+        oriented = np.clip(oriented - level, 0, 255).astype(np.uint8)
+        prepared = _fit_centred(oriented, size, steps)
+    contrast = int(prepared.max()) - int(prepared.min())
+    steps.update(contrast=contrast, low_contrast=contrast < LOW_CONTRAST)
+    return prepared, steps
 
 
 def _fit_centred(grey: np.ndarray, size: int, steps: dict) -> np.ndarray:

@@ -126,8 +126,7 @@ def candidate_dirs(data_dir=None, name: str = "fashion-mnist") -> list[tuple[str
         return [("--data-dir", Path(data_dir).expanduser())]
     if source.env_var and os.environ.get(source.env_var):
         return [(source.env_var, Path(os.environ[source.env_var]).expanduser())]
-    places = [("user cache", cache_dir(name))]
-    return places + [("system package", source.system_dir)] if source.system_dir else places
+    return _default_places(name)
 
 
 def _is_file(path: Path) -> bool:
@@ -174,18 +173,78 @@ def _describe(directory: Path, name: str = "fashion-mnist") -> str:
     return f"no {source.title} files"
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where data set ``name`` is looked for and what each place holds: the one answer that the loader
+    acts on and ``cnnx info`` reports. ``places`` are (label, directory, layout or None), in order;
+    ``explicit`` says the first was chosen (``--data-dir`` or the variable), so nothing else is tried."""
+
+    name: str
+    places: tuple[tuple[str, Path, str | None], ...]
+    explicit: bool
+
+    @property
+    def found(self) -> tuple[str, Path, str] | None:
+        """The first place holding a complete layout, as (label, directory, layout), or None."""
+        return next(((label, path, layout) for label, path, layout in self.places if layout), None)
+
+    def states(self) -> list[tuple[str, Path, str]]:
+        """Each place as (label, directory, what it holds: "found (idx)", "does not exist", ...)."""
+        return [(label, path, f"found ({layout})" if layout else _describe(path, self.name))
+                for label, path, layout in self.places]  # fmt: skip
+
+    def not_there(self) -> str:
+        """Why an explicit choice holds no data set, in one line, with where a copy is if one is."""
+        source, (label, directory, _) = idx_source(self.name), self.places[0]
+        csv = source.csv_files
+        message = (
+            f"{label} {directory} has no {source.title} ({_describe(directory, self.name)}): expected the "
+            f"four IDX files (train-images-idx3-ubyte[.gz], ...) or {csv['train']} and {csv['test']}"
+        )
+        for other, path in _default_places(self.name):
+            if _layout(path, self.name):
+                undo = f"unset {label}" if label == source.env_var else "leave out --data-dir"
+                return f"{message}; the {other} {path} has it ({undo} to use it)"
+        return message
+
+    def tried(self) -> str:
+        """Every place and what is wrong with it, for the message when nothing was found."""
+        return ", ".join(f"{label} {path} ({state})" for label, path, state in self.states())
+
+
+def search(data_dir=None, name: str = "fashion-mnist") -> Search:
+    """Look for data set ``name`` in :func:`candidate_dirs` and say what each place holds."""
+    places = tuple((label, path, _layout(path, name)) for label, path in candidate_dirs(data_dir, name))
+    return Search(name, places, explicit=places[0][0] in ("--data-dir", idx_source(name).env_var))
+
+
+def _default_places(name: str) -> list[tuple[str, Path]]:
+    """The places searched when nothing is chosen: the user cache, then the system package if any."""
+    source = idx_source(name)
+    places = [("user cache", cache_dir(name))]
+    return places + [("system package", source.system_dir)] if source.system_dir else places
+
+
 def _find(data_dir, name: str = "fashion-mnist") -> tuple[str, Path, str] | None:
-    for label, directory in candidate_dirs(data_dir, name):
-        layout = _layout(directory, name)
-        if layout:
-            return label, directory, layout
-    return None
+    return search(data_dir, name).found
 
 
 def find_dataset(data_dir=None, name: str = "fashion-mnist") -> tuple[Path, str] | None:
     """The first candidate directory holding a complete layout, as (directory, "idx" | "csv"), or None."""
     found = _find(data_dir, name)
     return found[1:] if found else None
+
+
+def recognise(payload_sha256: dict[str, str], archive_sha256: dict[str, str]) -> list[tuple[str, str]]:
+    """Which published data sets a folder's files are, from their digests (file name -> SHA-256 of the
+    IDX payload, and of the .gz as stored where there is one): (data set, a file that matched) for each."""
+    found = []
+    for name in IDX_DATASETS:
+        source = idx_source(name)
+        digests = payload_sha256 if source.hashed == "payload" else archive_sha256
+        known = set(source.sha256.values())
+        found += [(name, file) for file, digest in digests.items() if digest in known][:1]
+    return found
 
 
 # ---------------------------------------------------------------- download
@@ -195,12 +254,16 @@ class _DownloadUnavailable(DataError):
     """No mirror could be reached; the caller folds this into the 'nothing found' message."""
 
 
-def _copy_verified(response, handle, name: str, expected: str, hashed: str = "payload") -> None:
+def _copy_verified(response, handle, name: str, expected: str, hashed: str = "payload", arrived=None) -> None:
     """Stream ``response`` into ``handle`` while hashing the decompressed payload (or, for ``hashed=
-    "archive"``, the bytes as served) and checking that it is one whole gzip stream; DataError if not."""
+    "archive"``, the bytes as served) and checking that it is one whole gzip stream; DataError if not.
+    ``arrived()``, if given, is called once the first bytes are in."""
     digest, unzip = hashlib.sha256(), zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16+: expect a gzip header
     try:
         for chunk in iter(lambda: response.read(1 << 20), b""):
+            if arrived is not None:  # the first bytes: now the download is worth a line
+                arrived()
+                arrived = None
             handle.write(chunk)
             payload = unzip.decompress(chunk)
             digest.update(chunk if hashed == "archive" else payload)
@@ -215,18 +278,20 @@ def _copy_verified(response, handle, name: str, expected: str, hashed: str = "pa
         raise DataError(f"{name}: SHA-256 mismatch: expected {expected}, downloaded {digest.hexdigest()}")
 
 
-def download_fashion_mnist(directory=None, *, opener=None) -> Path:
+def download_fashion_mnist(directory=None, *, opener=None, quiet: bool = False) -> Path:
     """Fetch Fashion-MNIST's official IDX files missing from ``directory`` (default: the cache), each
     verified against ``PAYLOAD_SHA256``: see :func:`download`."""
-    return download("fashion-mnist", directory, opener=opener)
+    return download("fashion-mnist", directory, opener=opener, quiet=quiet)
 
 
-def download(name: str, directory=None, *, opener=None) -> Path:
+def download(name: str, directory=None, *, opener=None, quiet: bool = False) -> Path:
     """Fetch data set ``name``'s official IDX files missing from ``directory`` (default: its cache).
 
     ``opener(url, timeout=...)`` returns a readable, closable response (default ``urllib.request.urlopen``).
     A file is renamed into place only after its SHA-256 (of the decompressed payload or of the archive,
-    see :class:`IdxSource`) matches the recorded one; the mirrors are tried in order.
+    see :class:`IdxSource`) matches the recorded one; the mirrors are tried in order. A line on stderr
+    says which file is coming, once its first bytes arrive (never with ``quiet``, never for a mirror
+    that cannot be reached).
     """
     source = idx_source(name)
     directory = Path(directory) if directory is not None else cache_dir(name)
@@ -241,14 +306,15 @@ def download(name: str, directory=None, *, opener=None) -> Path:
             continue
         failures = []
         for base in source.mirrors:
-            print(f"cnnx: downloading {base}{file}", file=sys.stderr)
+            url = base + file
+            arrived = None if quiet else lambda url=url: print(f"cnnx: downloading {url}", file=sys.stderr)
             try:
                 # A DataError from the check propagates and atomic_write deletes the temporary file.
-                with atomic_write(target) as handle, opener(base + file, timeout=60) as response:
-                    _copy_verified(response, handle, file, expected, source.hashed)
+                with atomic_write(target) as handle, opener(url, timeout=60) as response:
+                    _copy_verified(response, handle, file, expected, source.hashed, arrived)
                 break
             except OSError as exc:  # URLError, HTTPError, timeouts, a full disk: try the next mirror
-                failures.append(f"{base}{file}: {getattr(exc, 'reason', None) or exc}")
+                failures.append(f"{url}: {getattr(exc, 'reason', None) or exc}")
         else:
             raise _DownloadUnavailable("download failed (" + "; ".join(failures) + ")")
     return directory
