@@ -296,3 +296,40 @@ def test_a_mnist_run_trains_evaluates_and_predicts_with_digit_names(tmp_path):
     result = invoke("predict", out, tmp_path / "x-idx3-ubyte", "--format", "json")
     named = {c["class"] for record in json.loads(result.stdout) for c in record["top"]}
     assert named <= {str(d) for d in range(10)}, named
+
+
+def test_predict_warns_of_a_picture_with_almost_no_contrast(digits_run, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 200, np.uint8)).save(tmp_path / "blank.png")
+    result = invoke("predict", digits_run, tmp_path / "blank.png")
+    assert result.exit_code == 0, result.output
+    assert "almost no contrast" in result.stderr and "blank.png" in result.stderr, result.stderr
+
+
+def test_an_image_folder_run_trains_evaluates_and_predicts_with_its_folder_names(tmp_path):
+    from PIL import Image
+
+    images, labels = blobs(90, 1)
+    names = ("boot", "coat", "hat")
+    for split, rows in (("train", range(0, 60)), ("test", range(60, 90))):
+        for i in rows:
+            folder = tmp_path / "photos" / split / names[labels[i] % 3]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    result = invoke("train", "--data-dir", tmp_path / "photos", "--model", "mlp", "--epochs", "1",
+                    "--batch-size", "16", "--out", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = invoke("evaluate", out)
+    assert report.exit_code == 0 and all(name in report.output for name in names), report.output
+    picked = tmp_path / "photos" / "test" / "hat"
+    result = invoke("predict", out, picked, "--format", "json")
+    assert {c["class"] for r in json.loads(result.stdout) for c in r["top"]} <= set(names), result.stdout
+
+
+def test_class_names_a_model_file_could_not_hold_are_refused_where_they_are_read(tmp_path):
+    data = three_class_folder(tmp_path / "tabbed", ("a\tb", "square", "triangle"))
+    line = error_line(invoke("train", "--data-dir", data, "--model", "mlp", "--out", tmp_path / "r"))
+    assert "printable" in line and "classes.txt" in line, line
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from cnnx.checks import plural
 from cnnx.errors import ConfigError
 
 from .options import data_dir_option, dataset_option, device_option, load_classifier, model_file
@@ -36,7 +37,6 @@ def evaluate(model_path, dataset, data_dir, device, limit):
     """Test-set loss, accuracy, confusion matrix and per-class report of a saved model: MODEL is a model file,
     or a run directory (its best.npz when it kept one, else its model.npz). The classes are named as the
     model file names them; a data set whose classes or image size differ from the model's is refused."""
-    from cnnx.data import balanced_subset
     from cnnx.training import evaluate as evaluate_model
     from cnnx.training.metrics import (
         confusion_matrix,
@@ -47,14 +47,11 @@ def evaluate(model_path, dataset, data_dir, device, limit):
 
     model_path = model_file(model_path)
     model = load_classifier(model_path, device)
-    data = _test_data(model, model_path, dataset, data_dir)
+    data = _test_data(model, model_path, dataset, data_dir, limit)
     images, labels = data.test_images, data.test_labels.astype("int64")
-    if limit is not None and limit < len(labels):
-        keep = balanced_subset(labels, limit)
-        images, labels = images[keep], labels[keep]
     names = list(model.data_info.classes)
     loss, accuracy, predictions = evaluate_model(model, images, labels)
-    click.echo(f"{model_path}: {model.name} on {len(labels):,} test images from {data.source}")
+    click.echo(f"{model_path}: {model.name} on {plural(len(labels), 'test image')} from {data.source}")
     click.echo(f"accuracy {accuracy:.4f}  loss {loss:.4f}\n")
     click.echo("confusion matrix (rows: true class, columns: predicted)")
     click.echo(format_confusion_matrix(confusion_matrix(labels, predictions, len(names)), names))
@@ -62,7 +59,7 @@ def evaluate(model_path, dataset, data_dir, device, limit):
     click.echo(format_report(per_class_report(labels, predictions, names)))
 
 
-def _test_data(model, model_path: Path, dataset: str | None, data_dir: Path | None):
+def _test_data(model, model_path: Path, dataset: str | None, data_dir: Path | None, limit: int | None):
     """The data set to evaluate ``model`` on: the one its file records, or ``--dataset``/``--data-dir``;
     a ConfigError when its classes or its images do not fit the model."""
     from cnnx.data import class_count, load_dataset
@@ -76,7 +73,7 @@ def _test_data(model, model_path: Path, dataset: str | None, data_dir: Path | No
         )
     if data_dir is None and name == info.dataset:
         data_dir = info.data_dir  # the folder the run was trained from, if it named one
-    data = load_dataset(name, data_dir)
+    data = load_dataset(name, data_dir, test_limit=limit)
     where = f"{name} ({data.source})"
     classes = class_count(data)
     if classes != len(info.classes):

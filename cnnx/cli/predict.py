@@ -95,9 +95,10 @@ def predict(model_path, files, top, output_format, invert, preview, device):
                 record = _record(path, i if len(images) > 1 else None, row, names, top, steps)
                 records.append(record)
                 where = _where(record)
-                if steps.get("low_contrast"):
-                    click.echo(f"cnnx: warning: {where}: the prepared image has almost no contrast (blank or "
-                               "uniform?); its classes mean little", err=True)  # fmt: skip
+                if steps["low_contrast"]:
+                    click.echo(f"cnnx: warning: {where}: the prepared image has almost no contrast ("
+                               f"{steps['contrast']} grey levels; blank or uniform?): its classes mean "
+                               "little", err=True)  # fmt: skip
                 if preview is not None and len(shown) < PREVIEW_ROWS:  # the preview draws no more
                     shown.append((_thumbnail(images[i]), image, record))
                 if output_format == "human":

@@ -116,10 +116,12 @@ def _names_file(data_dir) -> tuple[str, ...] | None:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: unreadable class names (byte {exc.start} is not UTF-8)") from None
     names = tuple(line.strip() for line in lines if line.strip())
-    if not 2 <= len(names) <= MAX_CLASSES or any(len(n) > MAX_CLASS_NAME for n in names):
+    if not 2 <= len(names) <= MAX_CLASSES or any(
+        len(n) > MAX_CLASS_NAME or not n.isprintable() for n in names
+    ):
         raise DataError(
-            f"{path}: expected 2 to {MAX_CLASSES} class names of at most {MAX_CLASS_NAME} characters, "
-            "one a line"
+            f"{path}: expected 2 to {MAX_CLASSES} class names of at most {MAX_CLASS_NAME} printable "
+            "characters, one a line"
         )
     return names
 

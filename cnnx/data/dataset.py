@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..nn.datainfo import FASHION_MNIST_CLASSES, MAX_CLASS_CHARS, MAX_CLASSES
+from ..nn.datainfo import FASHION_MNIST_CLASSES, MAX_CLASS_CHARS
+from ..nn.datainfo import MAX_CLASSES as MAX_CLASSES  # the most classes a data set may name
 from .readers import file_sha256, idx_payload_sha256, read_csv, read_idx
 from .sources import IDX_FILES, _DownloadUnavailable, _idx_paths, idx_source, recognise, search
 from .sources import download as fetch_idx

@@ -100,8 +100,12 @@ def _class_folders(split_dir: Path) -> list[str]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            if len(entry.name) > MAX_CLASS_NAME:
-                raise DataError(f"{split_dir / entry.name}: a class name over {MAX_CLASS_NAME} characters")
+            if len(entry.name) > MAX_CLASS_NAME or not entry.name.isprintable():
+                shown = entry.name.encode("unicode_escape").decode("ascii")[:MAX_CLASS_NAME]
+                raise DataError(
+                    f"{split_dir}: class folder {shown!r}: a class name is 1 to {MAX_CLASS_NAME} printable "
+                    "characters (a model file names its classes)"
+                )
             names.append(entry.name)
         elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
             raise DataError(

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     threads = task.get("threads")
     limits = threadpool_limits(limits=threads, user_api="blas") if threads else None
     try:
-        dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit)
+        dataset = load_dataset(config.dataset, config.data_dir, limit=config.limit, quiet=True)
         if config.max_steps is not None:  # enough epochs for the steps; max_steps ends the run
             batches = -(-len(dataset.train_images) // config.batch_size)
             config = config.replace(epochs=max(1, -(-config.max_steps // batches)))

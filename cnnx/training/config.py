@@ -343,11 +343,12 @@ def check_run(
         raise SettingError(Setting("checkpoint_every"), " needs a run directory to write the checkpoints to")
 
 
-def load_run_data(config: RunConfig):
-    """The data set ``config`` names. A ``data_dir`` that holds none is a SettingError about data_dir,
-    which a run file then names as its key (cnnx.data says it as the option, ``--data-dir DIR``)."""
+def load_run_data(config: RunConfig, *, quiet: bool = False):
+    """The data set ``config`` names (``quiet``: nothing on stderr, no download or reading progress). A
+    ``data_dir`` that holds none is a SettingError about data_dir, which a run file then names as its
+    key (cnnx.data says it as the option, ``--data-dir DIR``)."""
     try:
-        return load_dataset(config.dataset, config.data_dir, limit=config.limit)
+        return load_dataset(config.dataset, config.data_dir, limit=config.limit, quiet=quiet)
     except DataError as exc:
         if config.data_dir is None or config.dataset not in IDX_DATASETS:
             raise

@@ -82,7 +82,7 @@ def run_training(
         # Before the minutes of loading and training: writable, enough space, new or resumable.
         check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
     if dataset is None:
-        dataset = load_run_data(config)
+        dataset = load_run_data(config, quiet=progress == "none")
     classes = class_count(dataset)
     if built and isinstance(config.model, str) and classes != model.output_shapes()[-1][0]:
         # A preset adapts to the data's number of classes (a folder of another data set's files).
