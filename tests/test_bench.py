@@ -94,15 +94,16 @@ def test_profile_runs_the_layers_as_a_training_step_does():
 
 def test_profile_with_torch_times_the_twin_module_by_module():
     pytest.importorskip("torch", reason="PyTorch is not installed: nothing to compare against")
-    profile = profile_layers("seed", 8, steps=2, warmup=1, compare="torch")
+    profile = profile_layers("seed", 32, steps=3, warmup=1, compare="torch")
     rows = profile["layers"]
     assert len(rows) == 14
     for row in rows:
         for key in ("forward_ms", "backward_ms", "torch_forward_ms", "torch_backward_ms"):
             assert row[key] is not None and 0 <= row[key] < 60_000, (row["layer"], key, row[key])
     # The first convolution's weight gradient is made after PyTorch's backward hook for it would fire:
-    # it must still be timed, not show the hook's few microseconds.
-    assert rows[0]["torch_backward_ms"] > 0.2 * rows[0]["torch_forward_ms"], rows[0]
+    # it must still be timed, not show the hook's few microseconds. The two are a hundred times apart;
+    # the bound sits far from both, so a busy machine's noise in either time does not decide it.
+    assert rows[0]["torch_backward_ms"] > 0.05 * rows[0]["torch_forward_ms"], rows[0]
     assert profile["torch_optimizer_ms"] > 0 and profile["torch_step_ms"] > 0
     table = format_profile(profile)
     assert "torch fw" in table and "torch sum" in table and "PyTorch" in table, table
