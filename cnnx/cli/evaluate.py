@@ -78,8 +78,8 @@ def _test_data(model, model_path: Path, dataset: str | None, data_dir: Path | No
     classes = class_count(data)
     if classes != len(info.classes):
         raise ConfigError(
-            f"{model_path} tells {len(info.classes)} classes apart, and {where} has {classes}: evaluate "
-            "it on the data set it was trained on (--dataset, --data-dir)"
+            f"{model_path} tells {plural(len(info.classes), 'class', 'classes')} apart, and {where} has "
+            f"{classes}: evaluate it on the data set it was trained on (--dataset, --data-dir)"
         )
     if data.class_names is not None and tuple(data.class_names) != info.classes:
         pairs = enumerate(zip(data.class_names, info.classes, strict=True))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cnnx.backends import DEVICES
+from cnnx.checks import plural
 from cnnx.errors import CnnxError, ConfigError
 
 from .options import data_dir_option
@@ -59,7 +60,7 @@ def list_experiments(directory: Path, results: Path | None) -> None:
             record = read_metrics(readable_dir(final))
             state = "not run" if record is None else record.describe()
             if record is not None and record.limit:
-                state += f" (a trial on {record.limit:,} images)"
+                state += f" (a trial on {plural(record.limit, 'image')})"
             staged = read_metrics(staging_dir(final))
             if staged is not None:
                 state += f"; a replacement beside it: {staged.describe()}"
@@ -146,8 +147,8 @@ def run(names, run_all, protocol, jobs, cluster, threads, force, limit, device, 
     specs = [with_settings(spec, **overrides) for spec in select(experiments, list(names), protocols)]
     results = results or directory / "results"
     if limit is not None:
-        click.echo(f"a trial on {limit:,} images: its runs go to {grid_root(results, limit)}, apart from the "
-                   "full runs")  # fmt: skip
+        click.echo(f"a trial on {plural(limit, 'image')}: its runs go to {grid_root(results, limit)}, "
+                   "apart from the full runs")  # fmt: skip
     summaries = run_grid(specs, results, jobs=jobs, cluster=cluster, force=force, threads=threads,
                          echo=click.echo)  # fmt: skip
     problem = unfinished(summaries)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cnnx.checks import plural
 from cnnx.data.sources import IDX_DATASETS
 
 
@@ -63,7 +64,8 @@ def dataset_lines(name: str, data_dir) -> list[str]:
             listed = scan_image_folder(folder)
             names = ", ".join(listed.class_names[:5]) + (", ..." if len(listed.class_names) > 5 else "")
             return [
-                f"--data-dir {folder}: image folder, {len(listed.class_names)} classes ({names}), "
+                f"--data-dir {folder}: image folder, "
+                f"{plural(len(listed.class_names), 'class', 'classes')} ({names}), "
                 f"{listed.count('train'):,} train / {listed.count('test'):,} test pictures",
                 f"cnnx train uses image folder {folder}: every picture prepared as cnnx predict prepares it",
             ]

@@ -100,8 +100,8 @@ def load_classifier(model_path: Path, device: str):
     model = load_model(model_path, device=device)
     if model.data_info is None:
         raise CheckpointError(
-            f"{model_path}: the model outputs {'x'.join(map(str, model.output_shapes()[-1]))} values per "
-            "input, not one score per class: it is not a classifier"
+            f"{model_path}: the model outputs an array of {'x'.join(map(str, model.output_shapes()[-1]))} "
+            "per input, not one score per class: it is not a classifier"
         )
     return model
 
