@@ -1,3 +1,3 @@
 """The version of cnnx, in a module of its own so that every package can read it without importing cnnx."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
