@@ -8,6 +8,7 @@ training they start and end, so that each case costs a second or two."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -346,3 +347,24 @@ def test_a_grid_empties_no_replacement_another_process_took_up_after_it_planned(
             holder.release()
     assert (staging / "model.npz").is_file(), "the replacement another process writes was emptied"
     assert (summary["status"], started) == ("busy", []), f"{summary['status']}, workers started: {started}"
+
+
+# -- output into a closed pipe -------------------------------------------------------------------------------
+
+
+def test_experiment_run_into_a_closed_pipe_runs_its_grid_and_says_why_a_run_failed(tmp_path):
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(STUDY.format(data=tmp_path / "nonexistent"))
+    reader, writer = os.pipe()
+    os.close(reader)  # `| head -0`: nobody reads
+    try:
+        command = [sys.executable, "-m", "cnnx", "experiment", "run", "--all", "--protocol", "report",
+                   "--dir", str(folder), "--results", str(tmp_path / "results")]  # fmt: skip
+        done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writer)
+    assert done.returncode == 1, f"exit status {done.returncode}, stderr {done.stderr!r}"
+    assert done.stderr.startswith("cnnx: error: 1 of 1 runs failed: tiny/report-12-steps: --data-dir"), (
+        done.stderr
+    )
