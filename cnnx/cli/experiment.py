@@ -9,6 +9,7 @@ import click
 from cnnx.backends import DEVICES
 from cnnx.checks import plural
 from cnnx.errors import CnnxError, ConfigError
+from cnnx.fileio import echo
 
 from .options import data_dir_option
 
@@ -54,7 +55,7 @@ def list_experiments(directory: Path, results: Path | None) -> None:
     results = results or directory / "results"
     limits = trial_limits(results)
     for item in find_experiments(directory):
-        click.echo(f"{item.name}: {item.title}")
+        echo(f"{item.name}: {item.title}")
         for spec in item.runs:
             final = run_dir(results, spec)
             record = read_metrics(readable_dir(final))
@@ -64,11 +65,11 @@ def list_experiments(directory: Path, results: Path | None) -> None:
             staged = read_metrics(staging_dir(final))
             if staged is not None:
                 state += f"; a replacement beside it: {staged.describe()}"
-            click.echo(f"  {spec.protocol:<6} {spec.label:<12} {state}")
+            echo(f"  {spec.protocol:<6} {spec.label:<12} {state}")
             for limit in (n for n in limits if n != spec.config.limit):
                 trial = read_metrics(readable_dir(run_dir(results, with_settings(spec, limit=limit))))
                 if trial is not None:
-                    click.echo(f"  {'':<6} {'':<12} trial --limit {limit}: {trial.describe()}")
+                    echo(f"  {'':<6} {'':<12} trial --limit {limit}: {trial.describe()}")
 
 
 @experiment.command("run")
@@ -147,10 +148,9 @@ def run(names, run_all, protocol, jobs, cluster, threads, force, limit, device, 
     specs = [with_settings(spec, **overrides) for spec in select(experiments, list(names), protocols)]
     results = results or directory / "results"
     if limit is not None:
-        click.echo(f"a trial on {plural(limit, 'image')}: its runs go to {grid_root(results, limit)}, "
-                   "apart from the full runs")  # fmt: skip
-    summaries = run_grid(specs, results, jobs=jobs, cluster=cluster, force=force, threads=threads,
-                         echo=click.echo)  # fmt: skip
+        where = grid_root(results, limit)
+        echo(f"a trial on {plural(limit, 'image')}: its runs go to {where}, apart from the full runs")
+    summaries = run_grid(specs, results, jobs=jobs, cluster=cluster, force=force, threads=threads, echo=echo)
     problem = unfinished(summaries)
     if problem is not None:
         raise CnnxError(problem)
@@ -192,4 +192,4 @@ def report(directory: Path, results: Path | None, limit: int | None, out: Path |
     if out is None:
         out, reason = default_destination(rows, directory, results, limit)
     path = write_report(experiments, results, out, limit=limit, rows=rows)
-    click.echo(f"wrote {path}" + (f" ({reason})" if reason else ""))
+    echo(f"wrote {path}" + (f" ({reason})" if reason else ""))

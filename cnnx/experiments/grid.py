@@ -4,10 +4,15 @@ once through joblib, on this machine or on a Dask cluster.
 - A run writes to its directory under the results (:mod:`.store`), a folder every worker can reach;
   trials on a subset (``limit``) have a folder of their own, apart from the full runs.
 - A finished run (completed, or diverged: that is a result too) with the same settings is reused
-  unless ``force``; a run that stopped early (a killed worker) is resumed from its last checkpoint.
-  Any other run already in the directory (forced, made with other settings, a damaged record, one that
-  stopped before its first checkpoint) is replaced by a run trained beside it, which takes its place
-  only once it finished: nothing already there is deleted before its replacement exists.
+  unless ``force``; a run that stopped early (a killed worker) is resumed from its last checkpoint,
+  and one that died before its first checkpoint (a dead claim) starts again in its directory. Any
+  other run already in the directory (forced, made with other settings, a damaged record) is replaced
+  by a run trained beside it, which takes its place only once it finished: nothing already there is
+  deleted before its replacement exists.
+- A run whose directory, or replacement beside it, another process holds (the lock of
+  :mod:`cnnx.training.rundir`: a live run, another grid's worker or swap) is that process's: the grid
+  starts no worker for it and reports it as running there. Grids that share a results folder never
+  train one run twice at once, and never move or empty a directory a live process writes.
 - With ``cluster``, the scheduler is reached before anything on disk is touched.
 - Locally, ``jobs`` runs go at once, longest first, and each gets ``cores // jobs`` threads (BLAS and
   cnnx's pool), so they do not oversubscribe the cores. With ``cluster``, joblib's Dask backend sends
@@ -21,27 +26,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnx.errors import ConfigError, ResourceError
+from cnnx.errors import ConfigError, ResourceError, RunLockedError
 from cnnx.training import RunConfig
 from cnnx.training.config import upgrade_settings
-from cnnx.training.rundir import CHECKPOINT
+from cnnx.training.rundir import CHECKPOINT, check_unlocked, is_dead_claim
 
 from .records import FINAL, RunRecord, read_metrics
 from .spec import RunSpec
-from .store import promote, run_dir, settle, staging_dir
+from .store import clear_unfinished, promote, run_dir, settle, staging_dir
+from .watch import BUSY, BUSY_TEXT, Watcher
 from .worker import LOCKED
 
-WAITING, RUNNING = "waiting", "running"
-KILLED, FAILED, BUSY = "killed", "failed", "busy"  # how a run of this grid ended without a result
-BUSY_TEXT = "running in another process"
+KILLED, FAILED = "killed", "failed"  # how a run of this grid ended without a result (or BUSY)
 POLL_SECONDS = 10.0
 CONNECT_SECONDS = 30  # how long to wait for a Dask scheduler
 # Settings that may differ from a finished run's record without making it another run: where it ran,
@@ -82,6 +84,16 @@ def _occupied(directory: Path) -> bool:
     return os.path.lexists(directory) and (not directory.is_dir() or any(directory.iterdir()))
 
 
+def _held(*directories: Path) -> bool:
+    """Whether a live process holds the lock of one of ``directories`` (asked, never taken)."""
+    for directory in directories:
+        try:
+            check_unlocked(directory)
+        except RunLockedError:
+            return True
+    return False
+
+
 def _replacing(spec: RunSpec, record: RunRecord | None, force: bool) -> str:
     """Why the run in a directory is replaced, in a few words."""
     if record is None:
@@ -94,33 +106,34 @@ def _replacing(spec: RunSpec, record: RunRecord | None, force: bool) -> str:
 
 
 def plan(specs: list[RunSpec], results, force: bool = False) -> list[dict]:
-    """What to do with each run (``action``: reuse, resume or start), its directory (``dir``), the one
-    its worker writes (``work``: the same, or the staging directory beside it when it replaces the run
-    there) and why it replaces that run (``replaces``, None when it does not)."""
-    tasks = []
-    for spec in specs:
-        final = run_dir(results, spec)
+    """What to do with each run (``action``: reuse, resume, start, or busy when another process holds
+    it), its directory (``dir``), the one its worker writes (``work``: the same, or the staging
+    directory beside it when it replaces the run there) and why it replaces that run (``replaces``,
+    None when it does not)."""
+    return [_plan_one(spec, run_dir(results, spec), force) for spec in specs]
+
+
+def _plan_one(spec: RunSpec, final: Path, force: bool) -> dict:
+    staging = staging_dir(final)
+    task = {"spec": spec, "dir": final, "work": final, "action": "start", "record": None, "replaces": None}
+    try:
         settle(final)
-        staging = staging_dir(final)
-        record = read_metrics(final)
-        task = {
-            "spec": spec,
-            "dir": final,
-            "work": final,
-            "action": "start",
-            "record": record,
-            "replaces": None,
-        }
-        if _current(spec, record) and record.finished and not force:
-            task["action"] = "reuse"
-        elif _resumable(spec, final, record):
-            task["action"] = "resume"
-        elif _resumable(spec, staging, read_metrics(staging)):
-            task.update(action="resume", work=staging, replaces=_replacing(spec, record, force))
-        elif _occupied(final):
-            task.update(work=staging, replaces=_replacing(spec, record, force))
-        tasks.append(task)
-    return tasks
+    except RunLockedError:  # another grid is changing places there now
+        return {**task, "action": BUSY}
+    record = task["record"] = read_metrics(final)
+    if _current(spec, record) and record.finished and not force:
+        task["action"] = "reuse"
+    elif _held(final, staging):
+        task["action"] = BUSY
+    elif _resumable(spec, final, record):
+        task["action"] = "resume"
+    elif _resumable(spec, staging, read_metrics(staging)):
+        task.update(action="resume", work=staging, replaces=_replacing(spec, record, force))
+    elif is_dead_claim(final):  # its worker died before the first checkpoint: nothing to keep
+        pass
+    elif _occupied(final):
+        task.update(work=staging, replaces=_replacing(spec, record, force))
+    return task
 
 
 def execute(task: dict) -> dict:
@@ -134,29 +147,59 @@ def execute(task: dict) -> dict:
     earlier = read_metrics(final) if task["resume"] and work == final else None
     if earlier is not None and earlier.finished:  # another grid finished it since this one looked
         return _finished(summary, earlier, started, reused=True)
-    env = dict(os.environ)
-    if task.get("threads"):
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[name] = str(task["threads"])
-    done = subprocess.run(worker_command(task), env=env, capture_output=True, text=True, check=False)
+    try:  # a replacement that never finished is emptied under its lock: never one a live process writes
+        fresh = task["resume"] or work == final or clear_unfinished(work)
+    except RunLockedError:
+        return _ended(summary, started, BUSY)
+    except ResourceError as exc:
+        return _ended(summary, started, FAILED, str(exc))
+    if not fresh:  # another grid has just trained the replacement
+        return _put_in_place(summary, work, final, started)
+    done = _run_worker(task)
     record = read_metrics(work)
     if done.returncode == LOCKED:  # another process writes this run: its result is its own
         if record is not None and record.finished and work == final:  # and it has just finished it
             return _finished(summary, record, started, reused=True)
-        return {**summary, "status": BUSY, "seconds": time.monotonic() - started}
+        return _ended(summary, started, BUSY)
+    if record is not None and record.finished and work != final:
+        return _put_in_place(summary, work, final, started)
     if record is not None and record.finished:
-        if work != final:
-            try:
-                promote(work, final)
-            except ResourceError as exc:
-                return {**summary, "status": FAILED, "error": str(exc), "seconds": time.monotonic() - started}
         return _finished(summary, record, started)
     if done.returncode < 0:  # killed by a signal: the checkpoint stays for the next run of the grid
         error = f"the worker was killed by signal {-done.returncode}; running the grid again resumes it"
-        return {**summary, "status": KILLED, "error": error, "seconds": time.monotonic() - started}
+        return _ended(summary, started, KILLED, error)
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
     error = lines[-1].removeprefix("error: ") if lines else f"the worker exited with status {done.returncode}"
-    return {**summary, "status": FAILED, "error": error, "seconds": time.monotonic() - started}
+    return _ended(summary, started, FAILED, error)
+
+
+def _run_worker(task: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if task.get("threads"):
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(task["threads"])
+    return subprocess.run(worker_command(task), env=env, capture_output=True, text=True, check=False)
+
+
+def _put_in_place(summary: dict, work: Path, final: Path, started: float) -> dict:
+    """Swap the finished replacement in ``work`` into ``final``; the run there is then the result (also
+    when another grid swapped it in first). Busy while another process holds one of them."""
+    try:
+        promote(work, final)
+    except RunLockedError:  # the replacement stays finished beside it, for the next grid to swap in
+        return _ended(summary, started, BUSY)
+    except ResourceError as exc:
+        return _ended(summary, started, FAILED, str(exc))
+    record = read_metrics(final)
+    if record is None or not record.finished:
+        return _ended(summary, started, FAILED, f"the finished run in {work} is gone, and {final} holds none")
+    return _finished(summary, record, started)
+
+
+def _ended(summary: dict, started: float, status: str, error: str | None = None) -> dict:
+    """The summary of a run that gave no result (killed, failed, busy), with why."""
+    return {**summary, "status": status, **({"error": error} if error else {}),
+            "seconds": time.monotonic() - started}  # fmt: skip
 
 
 def _finished(summary: dict, record: RunRecord, started: float, reused: bool = False) -> dict:
@@ -216,15 +259,13 @@ def run_grid(
     try:
         tasks = plan(specs, results, force)
         summaries = {t["spec"].key: _reused(t) for t in tasks if t["action"] == "reuse"}
+        summaries.update({t["spec"].key: _busy(t) for t in tasks if t["action"] == BUSY})
         todo = _announce(
             tasks, echo, f" on the Dask cluster at {cluster}" if cluster else f", {jobs} at a time"
         )
         if todo:
             if threads is None and not cluster:
                 threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
-            for task in todo:
-                if task["action"] == "start" and task["work"] != task["dir"]:
-                    shutil.rmtree(task["work"], ignore_errors=True)  # a replacement never finished
             summaries.update(_execute_all(todo, threads, jobs, cluster, echo, poll_seconds))
     finally:
         if client is not None:
@@ -238,16 +279,24 @@ def _reused(task: dict) -> dict:
             "test_accuracy": record.test_accuracy, "steps": record.steps, "reused": True}  # fmt: skip
 
 
+def _busy(task: dict) -> dict:
+    return {"key": task["spec"].key, "dir": str(task["dir"]), "status": BUSY}
+
+
 def _announce(tasks: list[dict], echo, where: str) -> list[dict]:
     """Say what the grid is about to do; returns the tasks to run, longest first (a long run started last
     would leave the other cores idle at the end)."""
-    todo = sorted((t for t in tasks if t["action"] != "reuse"), key=lambda t: -_estimated_steps(t["spec"]))
+    todo = [t for t in tasks if t["action"] not in ("reuse", BUSY)]
+    todo.sort(key=lambda t: -_estimated_steps(t["spec"]))
     for task in todo:
         if task["replaces"] is not None and task["replaces"] != "forced":
             echo(f"{task['spec'].key} {task['replaces']}: it stays until a run trained beside it "
                  f"({task['work'].name}) finishes and takes its place")  # fmt: skip
-    resume, start = (sum(t["action"] == action for t in todo) for action in ("resume", "start"))
-    line = f"{len(tasks)} runs: {len(tasks) - len(todo)} reused, {resume} to resume, {start} to start{where}"
+    reused, busy, resume, start = (
+        sum(t["action"] == a for t in tasks) for a in ("reuse", BUSY, "resume", "start")
+    )
+    line = f"{len(tasks)} runs: {reused} reused, " + (f"{busy} {BUSY_TEXT}, " if busy else "")
+    line += f"{resume} to resume, {start} to start{where}"
     replacing = sum(t["replaces"] is not None for t in todo)
     if replacing:
         line += f"; {replacing} of them replace the runs in their directories once they finish"
@@ -260,7 +309,7 @@ def _execute_all(todo, threads, jobs, cluster, echo, poll_seconds) -> dict:
 
     payloads = [_task_payload(t, threads) for t in todo]
     summaries = {}
-    watcher = _Watcher(todo, echo, poll_seconds)
+    watcher = Watcher(todo, echo, poll_seconds)
     watcher.start()
     # Locally, threads only wait on the worker processes: each run is a process of its own.
     options = {"n_jobs": -1} if cluster else {"n_jobs": min(jobs, len(todo)), "prefer": "threads"}
@@ -295,70 +344,3 @@ def _dask_client(address: str):
         raise ConfigError(
             f"cannot reach the Dask scheduler at {address} ({' '.join(str(exc).split())})"
         ) from None
-
-
-class _Watcher:
-    """Prints a line when a run finishes, and, every ``poll_seconds`` while runs go on, one line with how
-    far each running run has come (read from its metrics.json) when that changed."""
-
-    def __init__(self, tasks: list[dict], echo, poll_seconds: float):
-        self.tasks = {t["spec"].key: t for t in tasks}
-        self.echo, self.poll_seconds = echo, poll_seconds
-        self.done: dict[str, dict] = {}
-        self.lock = threading.Lock()
-        self.halt = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="cnnx-grid-progress")
-        self.last = None
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.thread.join()
-
-    def finished(self, summary: dict) -> None:
-        with self.lock:
-            self.done[summary["key"]] = summary
-            n = len(self.done)
-        accuracy = summary.get("test_accuracy")
-        status = BUSY_TEXT if summary["status"] == BUSY else summary["status"]
-        text = f"[{n}/{len(self.tasks)}] {summary['key']}: {status}"
-        if accuracy is not None:
-            text += f", test accuracy {accuracy:.4f}"
-        text += f", {summary['seconds']:.0f} s"
-        if summary.get("error"):
-            text += f" ({summary['error']})"
-        self.echo(text)
-
-    def _loop(self) -> None:
-        while not self.halt.wait(self.poll_seconds):
-            line = self.progress_line()
-            if line != self.last:
-                self.last = line
-                self.echo(line)
-
-    def progress_line(self) -> str:
-        with self.lock:
-            done = set(self.done)
-        running, waiting = [], 0
-        for key, task in self.tasks.items():
-            if key in done:
-                continue
-            record = read_metrics(task["work"])
-            if record is None or record.status != RUNNING:
-                waiting += 1
-                continue
-            spec = task["spec"]
-            if spec.config.max_steps is not None:
-                where = f"step {record.steps or 0}/{spec.config.max_steps}"
-            else:
-                epochs = record.config.get("epochs", "?")
-                where = f"epoch {(record.data.get('epochs_completed') or 0) + 1}/{epochs}"
-            running.append(f"{key} {where}")
-        parts = [f"{len(done)}/{len(self.tasks)} done"]
-        if running:
-            parts.append("running: " + ", ".join(running))
-        if waiting:
-            parts.append(f"{waiting} {WAITING}")
-        return "progress: " + "; ".join(parts)
