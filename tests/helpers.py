@@ -81,3 +81,22 @@ class StopAtStep:
     def requested(self):
         self.polls += 1
         return "test" if self.polls >= self.step else None
+
+
+# An experiment file of the smallest study the grid tests run: one mlp, a run under each protocol.
+TINY_STUDY = """
+title = "Tiny {name}"
+compare = ["optimizers"]
+
+[config]
+model = "mlp"
+optimizer = "adam"
+batch_size = 32
+data_dir = "{data}"
+
+[[runs.report]]
+max_steps = 12
+
+[[runs.modern]]
+epochs = 2
+"""

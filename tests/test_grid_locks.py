@@ -22,22 +22,7 @@ from cnnx.experiments import find_experiments, plan, run_grid, select
 from cnnx.experiments.store import promote
 from cnnx.training.rundir import lock_run_dir
 
-STUDY = """
-title = "Tiny"
-compare = ["optimizers"]
-
-[config]
-model = "mlp"
-optimizer = "adam"
-batch_size = 32
-data_dir = "{data}"
-
-[[runs.report]]
-max_steps = 12
-
-[[runs.modern]]
-epochs = 2
-"""
+from helpers import TINY_STUDY
 
 WAIT_SECONDS = 60  # a bound on every wait below, never a measure: each should take a fraction of it
 
@@ -128,7 +113,8 @@ class Lab:
         (self.path / "grid.py").write_text(GRID)
         self.folder, self.results = tmp_path / "experiments", tmp_path / "results"
         self.folder.mkdir()
-        (self.folder / "tiny.toml").write_text(STUDY.format(data=tmp_path / "data"))  # the fakes read none
+        study = TINY_STUDY.format(name="tiny", data=tmp_path / "data")  # the fakes read no data
+        (self.folder / "tiny.toml").write_text(study)
         self.processes: list[subprocess.Popen] = []
 
     def specs(self, protocols=("report", "modern")):
@@ -355,7 +341,7 @@ def test_a_grid_empties_no_replacement_another_process_took_up_after_it_planned(
 def test_experiment_run_into_a_closed_pipe_runs_its_grid_and_says_why_a_run_failed(tmp_path):
     folder = tmp_path / "experiments"
     folder.mkdir()
-    (folder / "tiny.toml").write_text(STUDY.format(data=tmp_path / "nonexistent"))
+    (folder / "tiny.toml").write_text(TINY_STUDY.format(name="tiny", data=tmp_path / "nonexistent"))
     reader, writer = os.pipe()
     os.close(reader)  # `| head -0`: nobody reads
     try:

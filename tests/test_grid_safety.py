@@ -18,24 +18,7 @@ from cnnx.cli import cli
 from cnnx.errors import ConfigError
 from cnnx.experiments import find_experiments, plan, run_grid, select
 
-from helpers import write_blob_idx
-
-TINY = """
-title = "Tiny {name}"
-compare = ["optimizers"]
-
-[config]
-model = "mlp"
-optimizer = "adam"
-batch_size = 32
-data_dir = "{data}"
-
-[[runs.report]]
-max_steps = 12
-
-[[runs.modern]]
-epochs = 2
-"""
+from helpers import TINY_STUDY, write_blob_idx
 
 # What the fake worker does, by mode: "complete" writes a completed record (noting the record it saw
 # in the run's own directory, when it trains beside it); "fail" and "kill" write a checkpoint and a
@@ -92,7 +75,7 @@ def study(tmp_path):
     folder = tmp_path / "experiments"
     folder.mkdir()
     for name in ("tiny-a", "tiny-b"):
-        (folder / f"{name}.toml").write_text(TINY.format(name=name, data=data))
+        (folder / f"{name}.toml").write_text(TINY_STUDY.format(name=name, data=data))
     return folder, tmp_path / "results"
 
 
