@@ -28,6 +28,7 @@ from cnnx.nn import build_model
 from cnnx.nn.saving import HEADER_KEY
 
 from helpers import blobs, write_blob_idx
+from zipcraft import bomb, filler, lie, rewrite
 
 TRAIN_IMAGES, TRAIN_LABELS = IDX_FILES["train"]
 FAST = ["--model", "mlp", "--epochs", "1", "--batch-size", "32", "-q"]
@@ -223,8 +224,22 @@ MODEL_CASES = [
     ("array-shorter-than-declared", with_member("optim/m.npy", _npy("(1000,)", bytes(40))), "disagree"),
     ("npy-format-version-3", with_member("optim/m.npy", _npy("(1,)", bytes(4), b"\x03\x00")), "version"),
     ("npy-header-garbage", with_member("optim/m.npy", b"\x93NUMPY\x01\x00\x08\x00garbage!"), "unreadable"),
+    # The zip's structure, checked before any member's data is read (tests/zipcraft.py builds these;
+    # a FIFO or /dev/zero for a model file: tests/test_hostile_files.py, in a child process).
+    ("members-overlap", rewrite(lambda m: bomb(2) + m), "overlap"),
+    ("member-runs-into-the-next", rewrite(lie(2, size=100_000)), "overlap"),
+    ("member-runs-into-the-directory", rewrite(lie(-1, size=10**9)), "central directory"),
+    ("member-offset-beyond-the-data", rewrite(lie(2, offset=10**9)), "outside the data"),
+    ("local-header-size-differs", rewrite(lie(3, local_size=5)), "disagree on its size"),
+    ("local-header-name-differs", rewrite(lie(3, local_name="param/9.W.npy")), "disagree on its name"),
+    ("member-encrypted", rewrite(lie(0, flags=0x1)), "encrypted"),
+    ("more-members-than-the-cap", rewrite(lambda m: m + filler(4097 - len(m))), "more than the 4,096"),
+    ("end-record-undercounts", rewrite(lambda m: m, count=12), "end record says 12"),
+    ("directory-larger-than-its-count", rewrite(lambda m: m, count=1), "more than its 1 entries need"),
+    ("bytes-before-the-archive", raw(lambda p: p.write_bytes(b"MZ" * 64 + p.read_bytes())), "does not end"),
+    ("bytes-after-the-archive", raw(lambda p: p.write_bytes(p.read_bytes() + b"\0" * 64)), "no zip end"),
     ("a-directory", raw(lambda p: p.unlink() or p.mkdir()), "is a directory"),
-    ("no-such-file", raw(lambda p: p.unlink()), "no such file"),
+    ("no-such-file", raw(lambda p: p.unlink()), "no such model file"),
 ]
 
 
