@@ -713,6 +713,24 @@ def settings(**values):
     return meta(lambda m: m["settings"].update(values))
 
 
+def shuffle_state(**values):
+    """A tamper of the shuffle generator's saved state: its inner ``state`` dict updated."""
+    return meta(lambda m: m["rng_state"]["state"].update(values))
+
+
+EARLY = {"best_loss": None, "best_epoch": 0, "waited": 0}  # early stopping's state before any epoch
+
+
+def early_state(**values):
+    """A checkpoint given early stopping's state, ``values`` changed."""
+    return meta(lambda m: m.update(early={**EARLY, **values}))
+
+
+def _early_nan(arrays, head):
+    head["meta"]["early"] = EARLY
+    return json.dumps(head).replace('"best_loss": null', '"best_loss": NaN')  # JSON itself has no NaN
+
+
 # Where --resume finds the problem before the model file reader does, it says so in its own words.
 RESUME_FRAGMENTS = {
     "input-shape-not-fashion-mnist": "not a training checkpoint",
@@ -757,6 +775,24 @@ CHECKPOINT_CASES = [
     ("unexpected-layer-buffer", array("buffer/0.mean", np.zeros(3, np.float32)), "unexpected ['0.mean']"),
     ("settings-model-not-a-layer-list", settings(model=["seed"]), "layer 0 of the architecture is not"),
     ("settings-seed-a-string", settings(seed="x"), "seed must be a whole number"),
+    ("rng-state-beyond-128-bits", shuffle_state(state=2**200), "'rng_state' must be the shuffle"),
+    ("rng-state-negative", shuffle_state(inc=-1), "'rng_state' must be the shuffle"),
+    ("rng-state-increment-even", shuffle_state(inc=2), "'rng_state' must be the shuffle"),
+    ("rng-state-has-uint32-two", meta(lambda m: m["rng_state"].update(has_uint32=2)), "'rng_state'"),
+    ("rng-state-uinteger-a-string", meta(lambda m: m["rng_state"].update(uinteger="0")), "'rng_state'"),
+    ("rng-state-an-extra-key", meta(lambda m: m["rng_state"].update(seed=1)), "'rng_state'"),
+    (
+        "augment-rng-state-beyond-128-bits",
+        meta(lambda m: m.update(augment_rng_state={**m["rng_state"], "state": {"state": 2**200, "inc": 1}})),
+        "'augment_rng_state' must be",
+    ),
+    ("augment-rng-state-a-list", meta(lambda m: m.update(augment_rng_state=[1])), "'augment_rng_state'"),
+    ("early-a-list", meta(lambda m: m.update(early=[1, 2])), "'early' must be"),
+    ("early-best-loss-a-string", early_state(best_loss="low"), "'early' must be"),
+    ("early-best-loss-nan", edit(_early_nan), "'early' must be"),
+    ("early-best-epoch-beyond-the-run", early_state(best_epoch=10**6), "'early' must be"),
+    ("early-waited-negative", early_state(waited=-1), "'early' must be"),
+    ("early-missing-a-field", meta(lambda m: m.update(early={"best_loss": None})), "'early' must be"),
 ]
 
 
