@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from cnnx.errors import CheckpointError
-from cnnx.io import modelfile, read_archive
+from cnnx.errors import CheckpointError, ConfigError
+from cnnx.io import load_model, modelfile, read_archive
 from cnnx.nn import build_model
 from cnnx.nn.saving import HEADER_KEY
 
@@ -93,3 +93,13 @@ def test_the_header_is_checked_before_any_array_is_read(saved_model, tmp_path, m
     with pytest.raises(CheckpointError, match="format version 99 is newer"):
         read_archive(path)
     assert read == [HEADER_KEY + ".npy"], f"read before the header was checked: {read}"
+
+
+@pytest.mark.parametrize("dtype", ["nonsense", 5, "float16", "int32", ["float32"]], ids=repr)
+def test_load_model_refuses_a_dtype_it_cannot_load_as_in_one_line(saved_model, dtype):
+    with pytest.raises(ConfigError, match="a model loads as one of float32, float64, not "):
+        load_model(saved_model, dtype=dtype)
+
+
+def test_load_model_loads_as_another_dtype_when_asked(saved_model):
+    assert str(load_model(saved_model, dtype="float64").dtype) == "float64"

@@ -225,8 +225,8 @@ def load_model(path, *, device=None, dtype=None):
     """Load a model saved by :meth:`cnnx.nn.Sequential.save`, checked (see :func:`read_archive`), onto
     ``device`` (default CPU), in ``dtype`` (default: the file's)."""
     header, arrays = read_archive(path)
-    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
-        raise ConfigError(f"a model loads as one of {', '.join(DTYPES)}, not {dtype}")
+    if dtype is not None and _dtype_name(dtype) not in DTYPES:
+        raise ConfigError(f"a model loads as one of {', '.join(DTYPES)}, not {short_repr(dtype)}")
     try:
         model = build_from_architecture(
             header["architecture"],
@@ -239,3 +239,11 @@ def load_model(path, *, device=None, dtype=None):
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return model
+
+
+def _dtype_name(dtype) -> str | None:
+    """The name of the NumPy dtype ``dtype`` stands for, or None when it stands for none."""
+    try:
+        return str(np.dtype(dtype))
+    except (TypeError, ValueError):
+        return None
