@@ -1,6 +1,7 @@
 """Hostile files, beyond the table of tests/test_hostile.py: a model path that is not a regular file at
-every entry point that reads one, the archive caps, the order of the checks, and the model-loading
-options.
+every entry point that reads one, the archive caps, the order of the checks, the model-loading options,
+and memory: inference batches sized to the model's activations, running out of memory as one line, and
+cnnx bench refusing a batch size the machine cannot hold.
 
 What could block or read for ever (a FIFO, /dev/zero) runs in a child process with a time and memory
 limit, so that a regression fails its test instead of hanging the suite or exhausting the machine.
@@ -13,16 +14,24 @@ import os
 import resource
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from cnnx.errors import CheckpointError, ConfigError
+import cnnx.nn.model as model_module
+from cnnx.cli import cli
+from cnnx.errors import CheckpointError, ConfigError, ResourceError
 from cnnx.io import load_model, modelfile, read_archive
-from cnnx.nn import build_model
+from cnnx.nn import Sequential, build_model
+from cnnx.nn.model import INFERENCE_BYTES, build_from_architecture
+from cnnx.nn.presets import layer
+from cnnx.nn.registry import MAX_ACTIVATION
 from cnnx.nn.saving import HEADER_KEY
+from cnnx.training import evaluate
 
-from helpers import write_blob_idx
+from helpers import blobs, write_blob_idx
 
 LIMIT_S = 120  # safety nets, not measures: a hang or a runaway read ends the child, and fails the test
 MEMORY_LIMIT = 3 << 30
@@ -103,3 +112,120 @@ def test_load_model_refuses_a_dtype_it_cannot_load_as_in_one_line(saved_model, d
 
 def test_load_model_loads_as_another_dtype_when_asked(saved_model):
     assert str(load_model(saved_model, dtype="float64").dtype) == "float64"
+
+
+# ---------------------------------------------------------------- inference in bounded memory
+
+
+def _wide(backend=None, dtype="float32"):
+    """Conv2D 1->64 'same' on 28x28 (50,176 values per image), a global average and a Dense to ten."""
+    return build_from_architecture(
+        [layer("Conv2D", in_channels=1, out_channels=64, kernel_size=3, padding="same"),
+         layer("GlobalAvgPool2D"), layer("Dense", in_features=64, out_features=10)],
+        backend=backend, dtype=dtype, rng=0,
+    )  # fmt: skip
+
+
+def _predict_proba(model, images, labels, batch_size):
+    return model.predict_proba(images, batch_size=batch_size)
+
+
+def _predict(model, images, labels, batch_size):
+    return model.predict(images, batch_size=batch_size)
+
+
+def _evaluate(model, images, labels, batch_size):
+    return evaluate(model, images, labels, batch_size)
+
+
+INFERENCE = {"predict_proba": _predict_proba, "predict": _predict, "evaluate": _evaluate}
+
+
+def _batches_run(model, monkeypatch) -> list[int]:
+    """The batch sizes ``model``'s forward passes will see, recorded as they run."""
+    sizes, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda x, train=True: sizes.append(len(x)) or forward(x, train))
+    return sizes
+
+
+@pytest.mark.parametrize("entry", INFERENCE)
+def test_inference_cuts_its_batches_to_the_activation_budget(entry, monkeypatch):
+    model = _wide()
+    monkeypatch.setattr(model_module, "INFERENCE_BYTES", 4 * model.activation_values() * 4)  # 4 images
+    sizes = _batches_run(model, monkeypatch)
+    images, labels = blobs(10, seed=0)
+    INFERENCE[entry](model, images, labels.astype(np.int64), 1000)
+    assert sizes == [4, 4, 2], f"batches of {sizes} images, for a budget of 4 images' activations"
+
+
+@pytest.mark.parametrize("entry", INFERENCE)
+def test_inference_within_the_budget_runs_in_the_batches_asked_for(entry, monkeypatch):
+    model = build_model("seed")
+    sizes = _batches_run(model, monkeypatch)
+    images, labels = blobs(70, seed=0)
+    INFERENCE[entry](model, images, labels.astype(np.int64), 32)
+    assert sizes == [32, 32, 6], f"batches of {sizes} images, asked for 32"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_model_at_the_activation_cap_runs_in_batches_within_the_budget(dtype):
+    # The issue's shape: a convolution to as many channels as the cap allows, 'same', then a Dense.
+    channels = MAX_ACTIVATION // (28 * 28)
+    model = build_from_architecture(
+        [layer("Conv2D", in_channels=1, out_channels=channels, kernel_size=3, padding="same"),
+         layer("GlobalAvgPool2D"), layer("Dense", in_features=channels, out_features=10)],
+        dtype=dtype, rng=0,
+    )  # fmt: skip
+    per_image = model.activation_values() * model.dtype.itemsize
+    size = model.inference_batch_size(10_000)
+    assert 1 <= size and size * per_image <= INFERENCE_BYTES, (size, per_image)
+
+
+def test_a_layer_whose_scratch_passes_the_activation_cap_is_refused_before_it_runs(tmp_path):
+    # 1,060,864 values out, within the cap, but 188 x 188 windows of 201 x 201 taps unfolded: 1.4e9.
+    wide_kernel = layer("Conv2D", in_channels=1, out_channels=30, kernel_size=201, padding=180)
+    with pytest.raises(CheckpointError, match="works on 1,4[0-9,]+ values per image besides its output"):
+        build_from_architecture([wide_kernel], rng=0)
+
+
+def _out_of_memory(*args, **kwargs):
+    raise MemoryError("Unable to allocate 9.2 GiB for an array")
+
+
+@pytest.mark.parametrize("entry", INFERENCE)
+def test_running_out_of_memory_in_inference_is_a_resource_error(entry, monkeypatch):
+    model = build_model("mlp")
+    monkeypatch.setattr(model, "forward", _out_of_memory)
+    images, labels = blobs(3, seed=0)
+    doing = "evaluating" if entry == "evaluate" else "predicting"
+    with pytest.raises(ResourceError, match=f"^out of memory {doing} in batches of 3 images on cpu"):
+        INFERENCE[entry](model, images, labels.astype(np.int64), 256)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_running_out_of_memory_in_predict_and_evaluate_is_one_error_line(
+    command, saved_model, data_dir, monkeypatch
+):
+    monkeypatch.setattr(Sequential, "forward", _out_of_memory)
+    extra = [data_dir / "t10k-images-idx3-ubyte.gz"] if command == "predict" else ["--data-dir", data_dir]
+    result = CliRunner().invoke(cli, [command, str(saved_model), *map(str, extra)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, f"exit {result.exit_code}: {result.output}"
+    assert lines[0].startswith("cnnx: error: out of memory "), lines[0]
+
+
+def test_cupy_running_out_of_memory_counts_as_running_out_of_memory(monkeypatch):
+    class OutOfMemoryError(Exception):
+        pass
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(memory=types.SimpleNamespace(
+        OutOfMemoryError=OutOfMemoryError)))  # fmt: skip
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    model = build_model("mlp")
+    monkeypatch.setattr(model, "forward", lambda *a, **k: _raise(OutOfMemoryError("out of memory")))
+    with pytest.raises(ResourceError, match="OutOfMemoryError"):
+        model.predict_proba(blobs(2, seed=0)[0])
+
+
+def _raise(exc):
+    raise exc
