@@ -21,7 +21,15 @@ import pytest
 from click.testing import CliRunner
 
 import cnnx.nn.model as model_module
+from cnnx.bench import epoch as bench_epoch
+from cnnx.bench import memory as bench_memory
+from cnnx.bench import profile as bench_profile
+from cnnx.bench import timing as bench_timing
+from cnnx.bench.benchmark import run_benchmark
+from cnnx.bench.epoch import run_epoch_benchmark
+from cnnx.bench.profile import profile_layers
 from cnnx.cli import cli
+from cnnx.data import Dataset
 from cnnx.errors import CheckpointError, ConfigError, ResourceError
 from cnnx.io import load_model, modelfile, read_archive
 from cnnx.nn import Sequential, build_model
@@ -229,3 +237,44 @@ def test_cupy_running_out_of_memory_counts_as_running_out_of_memory(monkeypatch)
 
 def _raise(exc):
     raise exc
+
+
+# ---------------------------------------------------------------- cnnx bench
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+    images, labels = blobs(40, seed=3)
+    return Dataset(images[:32], labels[:32], images[32:], labels[32:], source="blobs")
+
+
+BENCH = {
+    "benchmark": lambda data, size: run_benchmark("seed", (size,), steps=1, warmup=0, repeats=1),
+    "profile": lambda data, size: profile_layers("seed", size, steps=1, warmup=0),
+    "epoch": lambda data, size: run_epoch_benchmark(data, model="seed", batch_size=size, repeats=1),
+}
+
+
+@pytest.mark.parametrize("entry", BENCH)
+def test_bench_refuses_a_batch_size_the_machine_cannot_hold_before_allocating(entry, small_dataset,
+                                                                             monkeypatch):  # fmt: skip
+    monkeypatch.setattr(bench_memory, "machine_memory", lambda: 8 << 20)  # an 8 MiB machine
+    monkeypatch.setattr(bench_timing, "synthetic_batches", _out_of_memory)  # nothing may be allocated
+    with pytest.raises(ResourceError, match=r"^--batch-size 16 needs about .* GiB .* try --batch-size 2 or"):
+        BENCH[entry](small_dataset, 16)
+
+
+def test_bench_command_with_an_absurd_batch_size_is_one_error_line():
+    result = CliRunner().invoke(cli, ["bench", "--batch-size", "10000000"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, f"exit {result.exit_code}: {result.output}"
+    assert "--batch-size 10,000,000 needs about" in lines[0] and "try --batch-size" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("entry", BENCH)
+def test_bench_running_out_of_memory_is_a_resource_error(entry, small_dataset, monkeypatch):
+    monkeypatch.setattr(bench_timing.CnnxRunner, "_steps", _out_of_memory)
+    monkeypatch.setattr(bench_profile, "_cnnx_run", _out_of_memory)
+    monkeypatch.setattr(bench_epoch, "_cnnx_epoch", _out_of_memory)
+    with pytest.raises(ResourceError, match=r"^out of memory benchmarking batch size 8 on cpu .* 4$"):
+        BENCH[entry](small_dataset, 8)
