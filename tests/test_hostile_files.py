@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import types
+import zipfile
 
 import numpy as np
 import pytest
@@ -95,6 +96,34 @@ def test_members_holding_more_bytes_than_the_cap_are_refused_before_they_are_rea
     with pytest.raises(CheckpointError, match="bytes, more than a cnnx file's 10,000"):
         read_archive(saved_model)
     assert not reads, f"members were read before the archive was refused: {reads}"
+
+
+@pytest.fixture
+def zip64_model(tmp_path, monkeypatch):
+    """A model file written as zipfile writes one past 2 GiB: zip64 end records, offsets in zip64
+    extras. Lowering zipfile's limit while writing does that to a small file."""
+    with monkeypatch.context() as patch:
+        patch.setattr(zipfile, "ZIP64_LIMIT", 1000)
+        path = build_model("mlp", seed=1).save(tmp_path / "zip64.npz")
+    assert path.read_bytes()[-42:-38] == b"PK\x06\x07", "no zip64 end record was written"
+    return path
+
+
+def test_a_model_file_with_the_zip64_records_of_one_past_2_gib_is_read(zip64_model, saved_model):
+    _, arrays = read_archive(zip64_model)
+    _, expected = read_archive(saved_model)
+    differ = sorted(key for key in expected if not np.array_equal(arrays.get(key), expected[key]))
+    assert arrays.keys() == expected.keys() and not differ, f"arrays differ: {differ}"
+
+
+@pytest.mark.parametrize("field, value", [("offset", 7), ("disks", 2)])
+def test_a_zip64_end_record_out_of_place_is_refused(zip64_model, field, value):
+    data = bytearray(zip64_model.read_bytes())
+    at = len(data) - 42 + (8 if field == "offset" else 16)  # the locator: signature, disk, offset, disks
+    data[at : at + (8 if field == "offset" else 4)] = value.to_bytes(8 if field == "offset" else 4, "little")
+    zip64_model.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="a zip64 end record out of place"):
+        read_archive(zip64_model)
 
 
 def test_the_header_is_checked_before_any_array_is_read(saved_model, tmp_path, monkeypatch):

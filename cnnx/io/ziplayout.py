@@ -4,7 +4,8 @@ Python's :mod:`zipfile` believes the central directory: it does not check that m
 file, that they do not overlap (a few megabytes of data named by a hundred members read back as
 gigabytes), or that a member's local header agrees with its directory entry. A cnnx model file is
 simple (what :func:`numpy.savez` writes to a regular file: stored members one after another, then the
-central directory, then the end record, no comment, no zip64 end record), so anything else is refused:
+central directory, then the end record (after a zip64 end record past 2 GiB), no comment), so anything
+else is refused:
 
 1. :func:`read_end_record`, before :mod:`zipfile` parses anything: the end record closes the file, its
    member count is within the cap, and the central directory fills the bytes just before it and is no
@@ -28,7 +29,12 @@ from cnnx.errors import CheckpointError
 # signature, disk, the directory's disk, entries on this disk, entries, directory size and offset, comment
 _END = struct.Struct("<4s4H2LH")
 _END_SIGNATURE = b"PK\x05\x06"
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # what would precede the end record of a zip64 archive
+# Before the end record of an archive whose directory starts past 2 GiB: the zip64 end record (signature,
+# its size, versions, disks, entries here, entries, directory size and offset), then its locator.
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_SIGNATURE = b"PK\x06\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, the zip64 record's disk, its offset, disks
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
 _LOCAL = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, CRC, sizes, name, extra
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _ZIP64_EXTRA = 0x0001
@@ -47,25 +53,26 @@ class EndRecord:
 
 
 def read_end_record(handle, max_members: int) -> EndRecord:
-    """The end record of the archive open as ``handle`` (a seekable binary file), checked."""
+    """The end record of the archive open as ``handle`` (a seekable binary file), checked; a zip64 end
+    record (which :mod:`zipfile` writes once the directory starts past 2 GiB) takes its place when one
+    stands just before it, as :mod:`zipfile` reads it."""
     size = handle.seek(0, 2)
     if size < _END.size:
         raise CheckpointError("unreadable or truncated archive (shorter than a zip end record)")
     handle.seek(size - _END.size)
-    signature, disk, directory_disk, here, members, directory_size, offset, comment = _END.unpack(
-        handle.read(_END.size)
-    )
+    signature, *fields, comment = _END.unpack(handle.read(_END.size))
     if signature != _END_SIGNATURE or comment:
         raise CheckpointError("unreadable or truncated archive (no zip end record at its end)")
+    directory_end = size - _END.size  # where the central directory (or the zip64 records) must end
+    zip64 = _zip64_end(handle, directory_end)
+    if zip64 is not None:
+        fields, directory_end = zip64, directory_end - _ZIP64_LOCATOR.size - _ZIP64_END.size
+    disk, directory_disk, here, members, directory_size, offset = fields
     if disk or directory_disk or here != members:
         raise CheckpointError("unreadable archive (a zip split over several disks)")
-    if size >= _END.size + _ZIP64_LOCATOR.size:
-        handle.seek(size - _END.size - _ZIP64_LOCATOR.size)
-        if handle.read(4) == b"PK\x06\x07":
-            raise CheckpointError("a zip64 archive: larger than any cnnx file")
     if members > max_members:
         raise CheckpointError(f"{members:,} arrays, more than the {max_members:,} a cnnx file holds")
-    if offset + directory_size != size - _END.size:
+    if offset + directory_size != directory_end:
         raise CheckpointError(
             "unreadable or truncated archive (the central directory does not end where the end record begins)"
         )
@@ -74,6 +81,24 @@ def read_end_record(handle, max_members: int) -> EndRecord:
             f"the central directory takes {directory_size:,} bytes, more than its {members:,} entries need"
         )
     return EndRecord(members, offset, directory_size, size)
+
+
+def _zip64_end(handle, end: int) -> list[int] | None:
+    """The fields of the zip64 end record (disk, directory's disk, entries here, entries, directory size
+    and offset) when its locator stands just before the end record at ``end``; None when none does."""
+    if end < _ZIP64_LOCATOR.size + _ZIP64_END.size:
+        return None
+    handle.seek(end - _ZIP64_LOCATOR.size)
+    signature, disk, record_offset, disks = _ZIP64_LOCATOR.unpack(handle.read(_ZIP64_LOCATOR.size))
+    if signature != _ZIP64_LOCATOR_SIGNATURE:
+        return None
+    expected = end - _ZIP64_LOCATOR.size - _ZIP64_END.size  # zipfile reads it there, whatever it says
+    handle.seek(expected)
+    record_signature, record_size, _, _, *fields = _ZIP64_END.unpack(handle.read(_ZIP64_END.size))
+    if (disk, disks, record_offset, record_signature, record_size) != (0, 1, expected, _ZIP64_SIGNATURE,
+                                                                       _ZIP64_END.size - 12):  # fmt: skip
+        raise CheckpointError("unreadable archive (a zip64 end record out of place or of another kind)")
+    return fields
 
 
 def check_layout(handle, members: list[zipfile.ZipInfo], end: EndRecord, max_bytes: int) -> None:
