@@ -136,7 +136,7 @@ def test_evaluate_prints_accuracy_confusion_matrix_and_report(trained, data_dir)
 
 
 def test_evaluate_of_a_missing_model_is_a_one_line_error(tmp_path):
-    assert_one_line_error(run("evaluate", str(tmp_path / "none.npz")), "no such file")
+    assert_one_line_error(run("evaluate", str(tmp_path / "none.npz")), "no such model file")
 
 
 def test_predict_lists_the_top_k_classes_of_each_image(trained, tmp_path):

@@ -28,6 +28,7 @@ from cnnx.nn import build_model
 from cnnx.nn.saving import FORMAT_VERSION, HEADER_KEY
 
 from helpers import blobs, write_blob_idx
+from zipcraft import bomb, filler, lie, rewrite
 
 TRAIN_IMAGES, TRAIN_LABELS = IDX_FILES["train"]
 FAST = ["--model", "mlp", "--epochs", "1", "--batch-size", "32", "-q"]
@@ -225,8 +226,22 @@ MODEL_CASES = [
     ("array-shorter-than-declared", with_member("optim/m.npy", _npy("(1000,)", bytes(40))), "disagree"),
     ("npy-format-version-3", with_member("optim/m.npy", _npy("(1,)", bytes(4), b"\x03\x00")), "version"),
     ("npy-header-garbage", with_member("optim/m.npy", b"\x93NUMPY\x01\x00\x08\x00garbage!"), "unreadable"),
+    # The zip's structure, checked before any member's data is read (tests/zipcraft.py builds these;
+    # a FIFO or /dev/zero for a model file: tests/test_hostile_files.py, in a child process).
+    ("members-overlap", rewrite(lambda m: bomb(2) + m), "overlap"),
+    ("member-runs-into-the-next", rewrite(lie(2, size=100_000)), "overlap"),
+    ("member-runs-into-the-directory", rewrite(lie(-1, size=10**9)), "central directory"),
+    ("member-offset-beyond-the-data", rewrite(lie(2, offset=10**9)), "outside the data"),
+    ("local-header-size-differs", rewrite(lie(3, local_size=5)), "disagree on its size"),
+    ("local-header-name-differs", rewrite(lie(3, local_name="param/9.W.npy")), "disagree on its name"),
+    ("member-encrypted", rewrite(lie(0, flags=0x1)), "encrypted"),
+    ("more-members-than-the-cap", rewrite(lambda m: m + filler(4097 - len(m))), "more than the 4,096"),
+    ("end-record-undercounts", rewrite(lambda m: m, count=12), "end record says 12"),
+    ("directory-larger-than-its-count", rewrite(lambda m: m, count=1), "more than its 1 entries need"),
+    ("bytes-before-the-archive", raw(lambda p: p.write_bytes(b"MZ" * 64 + p.read_bytes())), "does not end"),
+    ("bytes-after-the-archive", raw(lambda p: p.write_bytes(p.read_bytes() + b"\0" * 64)), "no zip end"),
     ("a-directory", raw(lambda p: p.unlink() or p.mkdir()), "is a directory"),
-    ("no-such-file", raw(lambda p: p.unlink()), "no such file"),
+    ("no-such-file", raw(lambda p: p.unlink()), "no such model file"),
 ]
 
 
@@ -700,6 +715,24 @@ def settings(**values):
     return meta(lambda m: m["settings"].update(values))
 
 
+def shuffle_state(**values):
+    """A tamper of the shuffle generator's saved state: its inner ``state`` dict updated."""
+    return meta(lambda m: m["rng_state"]["state"].update(values))
+
+
+EARLY = {"best_loss": None, "best_epoch": 0, "waited": 0}  # early stopping's state before any epoch
+
+
+def early_state(**values):
+    """A checkpoint given early stopping's state, ``values`` changed."""
+    return meta(lambda m: m.update(early={**EARLY, **values}))
+
+
+def _early_nan(arrays, head):
+    head["meta"]["early"] = EARLY
+    return json.dumps(head).replace('"best_loss": null', '"best_loss": NaN')  # JSON itself has no NaN
+
+
 # Where --resume finds the problem before the model file reader does, it says so in its own words.
 RESUME_FRAGMENTS = {
     "input-shape-not-fashion-mnist": "not a training checkpoint",
@@ -745,6 +778,24 @@ CHECKPOINT_CASES = [
     ("unexpected-layer-buffer", array("buffer/0.mean", np.zeros(3, np.float32)), "unexpected ['0.mean']"),
     ("settings-model-not-a-layer-list", settings(model=["seed"]), "layer 0 of the architecture is not"),
     ("settings-seed-a-string", settings(seed="x"), "seed must be a whole number"),
+    ("rng-state-beyond-128-bits", shuffle_state(state=2**200), "'rng_state' must be the shuffle"),
+    ("rng-state-negative", shuffle_state(inc=-1), "'rng_state' must be the shuffle"),
+    ("rng-state-increment-even", shuffle_state(inc=2), "'rng_state' must be the shuffle"),
+    ("rng-state-has-uint32-two", meta(lambda m: m["rng_state"].update(has_uint32=2)), "'rng_state'"),
+    ("rng-state-uinteger-a-string", meta(lambda m: m["rng_state"].update(uinteger="0")), "'rng_state'"),
+    ("rng-state-an-extra-key", meta(lambda m: m["rng_state"].update(seed=1)), "'rng_state'"),
+    (
+        "augment-rng-state-beyond-128-bits",
+        meta(lambda m: m.update(augment_rng_state={**m["rng_state"], "state": {"state": 2**200, "inc": 1}})),
+        "'augment_rng_state' must be",
+    ),
+    ("augment-rng-state-a-list", meta(lambda m: m.update(augment_rng_state=[1])), "'augment_rng_state'"),
+    ("early-a-list", meta(lambda m: m.update(early=[1, 2])), "'early' must be"),
+    ("early-best-loss-a-string", early_state(best_loss="low"), "'early' must be"),
+    ("early-best-loss-nan", edit(_early_nan), "'early' must be"),
+    ("early-best-epoch-beyond-the-run", early_state(best_epoch=10**6), "'early' must be"),
+    ("early-waited-negative", early_state(waited=-1), "'early' must be"),
+    ("early-missing-a-field", meta(lambda m: m.update(early={"best_loss": None})), "'early' must be"),
 ]
 
 

@@ -147,7 +147,7 @@ def test_a_tampered_model_file_gets_a_one_line_error(tmp_path, tamper, message):
 
 
 def test_loading_a_missing_file_names_it(tmp_path):
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such model file"):
         load_model(tmp_path / "absent.npz")
 
 

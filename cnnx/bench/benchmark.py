@@ -24,8 +24,9 @@ import numpy as np  # host: synthetic batches and results live on the host
 from cnnx.backends import get_backend
 from cnnx.checks import plural
 from cnnx.errors import ConfigError
-from cnnx.nn.presets import PRESETS
+from cnnx.nn.presets import PRESETS, build_model
 
+from .memory import check_batch_fits, out_of_memory_as_error
 from .timing import SYNTHETIC_BATCHES, CnnxRunner, PeakRSS, TorchRunner, machine_info, synthetic_batches
 
 EPOCH_IMAGES = 60_000
@@ -97,7 +98,9 @@ def run_benchmark(
     ``repeats`` runs of ``steps`` timed steps each (images/s for training and inference, training
     seconds per 60,000-image epoch extrapolated from that), every run's ms per step, peak RSS, the
     device memory pool on a GPU, and with a comparison the time ratios cnnx / PyTorch and the
-    agreement of the first forward's logits. Raises ConfigError (or BackendUnavailable) on bad settings.
+    agreement of the first forward's logits. Raises ConfigError (or BackendUnavailable) on bad settings,
+    and ResourceError for a batch size the machine cannot hold (checked before anything is allocated,
+    see :func:`cnnx.bench.memory.check_batch_fits`) or when memory runs out all the same.
     """
     batch_sizes = tuple(batch_sizes)
     _check_settings(model, batch_sizes, dtype, steps, warmup, repeats, compare)
@@ -121,48 +124,59 @@ def run_benchmark(
         "rss_reset": rss.reset(),
         "results": [],
     }
+    probe = build_model(model, dtype=dtype)  # the activations per image, before anything is allocated
     for batch_size in batch_sizes:
-        ours = CnnxRunner(model, backend, dtype, seed, lr)
-        runners = [ours] + ([TorchRunner(ours, threads)] if compare else [])
-        batches = synthetic_batches(
-            batch_size, ours.model.input_shape, ours.model.output_shapes()[-1][0], seed
-        )
-        entry = {"batch_size": batch_size}
-        if compare:
-            first = batches[0][0]
-            entry["logits"] = _agreement(
-                ours.logits(first).astype(np.float64), runners[1].logits(first), dtype
-            )
-            result["torch"] = {
-                "version": runners[1].torch.__version__,
-                "threads": runners[1].threads,
-                "device": runners[1].device,
-            }
-        records = {r.name: {"train": [], "infer": [], "rss": [], "pool": []} for r in runners}
-        for repeat in range(repeats):
-            order = runners if repeat % 2 == 0 else runners[::-1]  # neither side always goes first
-            for train in (True, False):
-                for runner in order:
-                    reset_pool, read_pool = runner.memory_pool()
-                    reset_pool()
-                    rss.reset()
-                    seconds = runner.time(batches, steps, warmup, train)
-                    record = records[runner.name]
-                    record["train" if train else "infer"].append(seconds)
-                    record["rss"].append(rss.read())
-                    pool = read_pool()
-                    record["pool"].append(None if pool is None else pool / 2**20)
-        for name, record in records.items():
-            entry[name] = _summary(batch_size, record)
-        if compare:
-            entry["ratio"] = {
-                "train_time": entry["cnnx"]["train_seconds_per_epoch"]
-                / entry["torch"]["train_seconds_per_epoch"],
-                "infer_time": entry["torch"]["infer_images_per_s"] / entry["cnnx"]["infer_images_per_s"],
-            }
+        check_batch_fits(probe, batch_size)
+    plan = {"model": model, "dtype": dtype, "seed": seed, "lr": lr, "steps": steps, "warmup": warmup,
+            "repeats": repeats, "compare": compare, "threads": threads}  # fmt: skip
+    for batch_size in batch_sizes:
+        with out_of_memory_as_error(batch_size, backend):
+            entry, torch_info = _time_batch_size(batch_size, backend, rss, plan)
         result["results"].append(entry)
+        if torch_info:
+            result["torch"] = torch_info
     result["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
+
+
+def _time_batch_size(batch_size: int, backend, rss: PeakRSS, plan: dict) -> tuple[dict, dict | None]:
+    """One batch size's entry of :func:`run_benchmark`'s results, and PyTorch's facts when compared;
+    ``plan`` holds run_benchmark's settings."""
+    dtype, compare, repeats = plan["dtype"], plan["compare"], plan["repeats"]
+    ours = CnnxRunner(plan["model"], backend, dtype, plan["seed"], plan["lr"])
+    runners = [ours] + ([TorchRunner(ours, plan["threads"])] if compare else [])
+    batches = synthetic_batches(
+        batch_size, ours.model.input_shape, ours.model.output_shapes()[-1][0], plan["seed"]
+    )
+    entry, torch_info = {"batch_size": batch_size}, None
+    if compare:
+        first = batches[0][0]
+        entry["logits"] = _agreement(ours.logits(first).astype(np.float64), runners[1].logits(first), dtype)
+        torch_info = {"version": runners[1].torch.__version__, "threads": runners[1].threads,
+                      "device": runners[1].device}  # fmt: skip
+    records = {r.name: {"train": [], "infer": [], "rss": [], "pool": []} for r in runners}
+    for repeat in range(repeats):
+        order = runners if repeat % 2 == 0 else runners[::-1]  # neither side always goes first
+        for train in (True, False):
+            for runner in order:
+                reset_pool, read_pool = runner.memory_pool()
+                reset_pool()
+                rss.reset()
+                seconds = runner.time(batches, plan["steps"], plan["warmup"], train)
+                record = records[runner.name]
+                record["train" if train else "infer"].append(seconds)
+                record["rss"].append(rss.read())
+                pool = read_pool()
+                record["pool"].append(None if pool is None else pool / 2**20)
+    for name, record in records.items():
+        entry[name] = _summary(batch_size, record)
+    if compare:
+        entry["ratio"] = {
+            "train_time": entry["cnnx"]["train_seconds_per_epoch"]
+            / entry["torch"]["train_seconds_per_epoch"],
+            "infer_time": entry["torch"]["infer_images_per_s"] / entry["cnnx"]["infer_images_per_s"],
+        }
+    return entry, torch_info
 
 
 # -- reports and the command ----------------------------------------------------------------------

@@ -27,8 +27,10 @@ import numpy as np  # host: the data set and the timings live on the host
 
 from cnnx.data import Dataset, model_inputs
 from cnnx.errors import ConfigError
+from cnnx.nn.presets import build_model
 from cnnx.training import RunConfig, evaluate, run_training, shuffle_rng
 
+from .memory import check_batch_fits, out_of_memory_as_error
 from .timing import CnnxRunner, TorchRunner, machine_info
 
 EVAL_BATCH = 256  # what cnnx's epoch loop evaluates with (cnnx.training.fit's default for the test pass)
@@ -129,15 +131,17 @@ def run_epoch_benchmark(
         raise ConfigError(f"--repeats must be a whole number >= 1, got {repeats!r}")
     size = min(batch_size, len(dataset.train_images))
     config = RunConfig(model=model, epochs=1, batch_size=size, seed=seed, device=device, dtype=dtype, lr=1e-3)
+    check_batch_fits(build_model(model, dtype=dtype), size)
     machine = machine_info()
     threads = machine["blas"]["threads"] or 1
     runs = {"cnnx": []} | ({"torch": []} if compare else {})
     for repeat in range(repeats):
         names = list(runs) if repeat % 2 == 0 else list(runs)[::-1]  # neither side always goes first
         for name in names:
-            runs[name].append(
-                _cnnx_epoch(dataset, config) if name == "cnnx" else _torch_epoch(dataset, config, threads)
-            )
+            with out_of_memory_as_error(size, _backend(config)):
+                runs[name].append(
+                    _cnnx_epoch(dataset, config) if name == "cnnx" else _torch_epoch(dataset, config, threads)
+                )
     result = {
         "mode": "epoch",
         "model": model,

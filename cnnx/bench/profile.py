@@ -19,6 +19,7 @@ from cnnx.backends import get_backend
 from cnnx.checks import plural
 
 from .benchmark import EPOCH_IMAGES, _check_settings
+from .memory import check_batch_fits, out_of_memory_as_error
 from .timing import CnnxRunner, TorchRunner, machine_info, synthetic_batches
 
 
@@ -60,19 +61,22 @@ def profile_layers(
     _check_settings(model, (batch_size,), dtype, steps, warmup, repeats, compare)
     backend = get_backend(device)
     ours = CnnxRunner(model, backend, dtype, seed, lr)
+    check_batch_fits(ours.model, batch_size)
     twin = TorchRunner(ours, machine_info()["blas"]["threads"] or 1) if compare else None
-    batches = synthetic_batches(batch_size, ours.model.input_shape, ours.model.output_shapes()[-1][0], seed)
     layers = ours.model.layers
     keys = [(part, i) for part in ("forward", "backward") for i in range(len(layers))]
     keys += [("loss", 0), ("optimizer", 0)]
     frameworks = [("cnnx", ours, _cnnx_run)] + ([("torch", twin, _torch_run)] if twin is not None else [])
     best = {name: dict.fromkeys(keys, math.inf) for name, _, _ in frameworks}
-    for repeat in range(repeats):
-        for name, runner, run in frameworks if repeat % 2 == 0 else frameworks[::-1]:  # neither always first
-            times = run(runner, batches, steps, warmup, keys)
-            for key, values in times.items():
-                if values:
-                    best[name][key] = min(best[name][key], statistics.median(values) * 1e3)
+    with out_of_memory_as_error(batch_size, backend):
+        batches = synthetic_batches(batch_size, ours.model.input_shape, ours.model.output_shapes()[-1][0],
+                                    seed)  # fmt: skip
+        for repeat in range(repeats):
+            for name, runner, run in frameworks if repeat % 2 == 0 else frameworks[::-1]:  # neither first
+                times = run(runner, batches, steps, warmup, keys)
+                for key, values in times.items():
+                    if values:
+                        best[name][key] = min(best[name][key], statistics.median(values) * 1e3)
 
     def ms(name, key):
         value = best[name][key]

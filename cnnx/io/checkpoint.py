@@ -41,12 +41,36 @@ def _count(value) -> bool:
     return is_whole_number(value) and value >= 0
 
 
+def _pcg64_state(value) -> bool:
+    """A PCG64 generator's state as NumPy gives it (``rng.bit_generator.state``): state and increment
+    below 2**128 (the increment odd, as PCG64's always is), has_uint32 0 or 1, uinteger below 2**32.
+    Anything else would make NumPy raise (an OverflowError for 2**200) or give a broken stream."""
+    if not isinstance(value, dict) or set(value) != {"bit_generator", "state", "has_uint32", "uinteger"}:
+        return False
+    inner = value["state"]
+    return (
+        value["bit_generator"] == "PCG64"
+        and isinstance(inner, dict)
+        and set(inner) == {"state", "inc"}
+        and all(_count(inner[key]) and inner[key] < 1 << 128 for key in ("state", "inc"))
+        and inner["inc"] % 2 == 1
+        and is_whole_number(value["has_uint32"])
+        and value["has_uint32"] in (0, 1)
+        and _count(value["uinteger"])
+        and value["uinteger"] < 1 << 32
+    )
+
+
+_PCG64 = "a PCG64 state (state and inc whole numbers below 2**128, has_uint32 0 or 1, uinteger below 2**32)"
+_EARLY_FIELDS = {"best_loss", "best_epoch", "waited"}
+
+
 # meta key -> (type check, what it must be): checked before anything from the file is used.
 _META = {
     "epoch": (_count, "a whole number >= 0"),
     "batch": (_count, "a whole number >= 0"),
     "step": (_count, "a whole number >= 0"),
-    "rng_state": (lambda v: isinstance(v, dict), "an object"),
+    "rng_state": (_pcg64_state, "the shuffle generator's state, " + _PCG64),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
     "partial": (lambda v: isinstance(v, dict), "an object"),
     "settings": (lambda v: isinstance(v, dict), "an object"),
@@ -77,8 +101,12 @@ def load_checkpoint(path) -> Checkpoint:
             raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}")
     _check_history(path, meta["history"])
     _check_curves(path, meta.get("curves", {"train": [], "test": []}))
-    if not isinstance(meta.get("augment_rng_state", {}), dict):
-        raise CheckpointError(f"{path}: checkpoint field 'augment_rng_state' must be an object")
+    if "augment_rng_state" in meta and not _pcg64_state(meta["augment_rng_state"]):
+        raise CheckpointError(
+            f"{path}: checkpoint field 'augment_rng_state' must be the augmentation's state, {_PCG64}"
+        )
+    if "early" in meta:
+        _check_early(path, meta["early"], meta["epoch"])
     partial = meta["partial"]
     optional = {key: kind for key, kind in _PARTIAL_OPTIONAL.items() if key in partial}
     for key, kind in {**_PARTIAL, **optional}.items():
@@ -107,6 +135,22 @@ def _check_history(path, history: list[dict]) -> None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise CheckpointError(f"{where}: {key} must be a finite number or null, not {value!r}")
+
+
+def _check_early(path, early, epoch: int) -> None:
+    """Early stopping's state: the best validation loss (a finite number, or null before any), the best
+    epoch (0 before any) and the epochs waited since, neither beyond the epochs done."""
+    ok = (
+        isinstance(early, dict)
+        and set(early) == _EARLY_FIELDS
+        and _number_or_null(early["best_loss"])
+        and all(_count(early[key]) and early[key] <= epoch for key in ("best_epoch", "waited"))
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{path}: checkpoint field 'early' must be an object of best_loss (a finite number or null), "
+            f"best_epoch and waited (whole numbers from 0 to the {epoch} epochs done)"
+        )
 
 
 def _number_or_null(value) -> bool:

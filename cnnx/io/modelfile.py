@@ -2,10 +2,11 @@
 
 The format is written by :mod:`cnnx.nn.saving` (which describes its members). A model file may come
 from anywhere (a download, a tampered checkpoint), so it is read as untrusted data. Unpickling an object
-array can run arbitrary code, so :func:`read_archive` never unpickles or imports anything: it opens the
-zip itself, reads each ``.npy`` header before its data (plain numeric dtypes only, sizes within the
-caps) and checks the JSON header and the architecture against the layer registry
-(:func:`cnnx.nn.registry.check_architecture`) before anything is built. Any defect is one
+array can run arbitrary code, so :func:`read_archive` never unpickles or imports anything: it opens
+regular files only, checks the zip's structure before reading any member's data (sizes, offsets,
+overlaps: :mod:`cnnx.io.ziplayout`), reads each ``.npy`` header before its data (plain numeric dtypes
+only, sizes within the caps) and checks the JSON header and the architecture against the layer
+registry (:func:`cnnx.nn.registry.check_architecture`) before anything is built. Any defect is one
 CheckpointError line. :func:`load_model` then builds the model from what was checked.
 """
 
@@ -21,6 +22,7 @@ import numpy as np  # host: model files are read on the host
 
 from cnnx.checks import is_whole_number, short_repr
 from cnnx.errors import CheckpointError, ConfigError
+from cnnx.fileio import open_regular
 from cnnx.nn.datainfo import DataInfo, check_data_info, check_fits, legacy_data_info
 from cnnx.nn.model import build_from_architecture
 from cnnx.nn.registry import MAX_PARAMETERS, check_architecture
@@ -34,12 +36,17 @@ from cnnx.nn.saving import (
     STREAM_PREFIX,
 )
 
+from .ziplayout import check_layout, read_end_record
+
 # Caps of the file itself; the caps of what it describes live with the layer registry.
 MAX_INPUT_SIDE = 1 << 16  # each input dimension (a flat input of 65,536 features at most)
 MAX_INPUT_VALUES = 1 << 24  # values in one input sample: a 4096 x 4096 image
 MAX_NAME_CHARS = 100
 MAX_HEADER_CHARS = 1 << 20
 MAX_MEMBERS = 4096  # arrays in one archive: parameters, buffers, streams and optimizer moments
+# All the members' bytes: a float64 model at the parameter cap, as many buffer values, Adam's two
+# moments, and the header (a 4-byte character each).
+MAX_ARCHIVE_BYTES = 4 * 8 * MAX_PARAMETERS + 4 * MAX_HEADER_CHARS + MAX_MEMBERS * 256
 DTYPES = ("float32", "float64")
 HEADER_FIELDS = {"format", "version", "name", "dtype", "input_shape", "architecture", "meta", "data"}
 OPTIONAL_FIELDS = {"meta", "data"}  # data: format 3 on
@@ -98,55 +105,62 @@ def check_header(header) -> None:
 def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
     """Read and check a cnnx ``.npz`` file without pickle: (header, arrays).
 
-    The zip members must be ``<name>.npy`` files, stored uncompressed (as
-    :func:`cnnx.nn.saving.write_model` writes them, so memory use is bounded by the file's size), at most
-    :data:`MAX_MEMBERS`; names are the header ``__cnnx__`` (a JSON string of at most
-    :data:`MAX_HEADER_CHARS` characters), ``param/...``, ``buffer/...`` (layer state), ``rng/...`` (random
-    streams) or ``optim/...`` (optimizer state); every array is plain numeric (never object, void or
-    structured) and finite where floating. The header is checked with :func:`check_header`. Any defect
-    raises CheckpointError with one line naming ``path`` and the problem; nothing in the file is ever
-    unpickled or imported.
+    ``path`` must name a regular file (not a FIFO, a device or a directory: see
+    :func:`cnnx.fileio.open_regular`). Its zip structure is checked before any member's data is read
+    (:mod:`cnnx.io.ziplayout`: at most :data:`MAX_MEMBERS` members, stored one after another inside the
+    file without overlapping, local headers agreeing with the central directory, at most
+    :data:`MAX_ARCHIVE_BYTES` in all), so memory use is bounded by the file's real size. The members
+    must be ``<name>.npy`` files, stored uncompressed and unencrypted (as :func:`cnnx.nn.saving.write_model`
+    writes them); names are the header ``__cnnx__`` (a JSON string of at most :data:`MAX_HEADER_CHARS`
+    characters), ``param/...``, ``buffer/...`` (layer state), ``rng/...`` (random streams) or
+    ``optim/...`` (optimizer state). The header is read and checked (:func:`check_header`) before any
+    array; every array is plain numeric (never object, void or structured) and finite where floating.
+    Any defect raises CheckpointError with one line naming ``path`` and the problem; nothing in the file
+    is ever unpickled or imported.
     """
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-            if len(members) > MAX_MEMBERS:
-                raise CheckpointError(
-                    f"{len(members):,} arrays, more than the {MAX_MEMBERS:,} a cnnx file holds"
-                )
-            arrays = {}
-            for info in members:
-                name = _array_name(info)
-                if name in arrays:
-                    raise CheckpointError(f"array {name} appears twice")
-                arrays[name] = _read_member(archive, info)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a model file") from None
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable or truncated archive ({_one_line(exc)})") from None
-    if HEADER_KEY not in arrays:
-        raise CheckpointError(f"{path}: not a cnnx model file (no {HEADER_KEY} header)")
-    raw = arrays.pop(HEADER_KEY)
-    try:
-        header = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the header is not valid JSON ({exc.msg})") from None
-    except (ValueError, RecursionError) as exc:  # a number of thousands of digits; nesting too deep
-        raise CheckpointError(f"{path}: the header is not usable JSON ({_one_line(exc)})") from None
-    try:
-        check_header(header)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    with open_regular(path, "rb", error=CheckpointError, what="model file") as handle:
+        try:
+            header, arrays = _read_checked(handle)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable or truncated archive ({_one_line(exc)})") from None
+    return header, arrays
+
+
+def _read_checked(handle) -> tuple[dict, dict[str, np.ndarray]]:
+    """What :func:`read_archive` returns, from the open file ``handle``; errors without the path."""
+    end = read_end_record(handle, MAX_MEMBERS)  # before zipfile parses the central directory
+    with zipfile.ZipFile(handle) as archive:
+        members = {}
+        for info in archive.infolist():
+            name = _array_name(info)
+            if name in members:
+                raise CheckpointError(f"array {name} appears twice")
+            members[name] = info
+        check_layout(handle, archive.infolist(), end, MAX_ARCHIVE_BYTES)
+        if HEADER_KEY not in members:
+            raise CheckpointError(f"not a cnnx model file (no {HEADER_KEY} header)")
+        header = _header(_read_member(archive, members.pop(HEADER_KEY)))
+        arrays = {name: _read_member(archive, info) for name, info in members.items()}
     for key, value in arrays.items():  # weights are stored in the model's dtype, never cast on the way
         floating_buffer = key.startswith(BUFFER_PREFIX) and value.dtype.kind == "f"
         if (key.startswith(PARAM_PREFIX) or floating_buffer) and value.dtype != np.dtype(header["dtype"]):
-            raise CheckpointError(f"{path}: {key} has dtype {value.dtype}, the header says {header['dtype']}")
+            raise CheckpointError(f"{key} has dtype {value.dtype}, the header says {header['dtype']}")
     return header, arrays
+
+
+def _header(raw: np.ndarray) -> dict:
+    """The JSON header from its member, parsed and checked."""
+    try:
+        header = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"the header is not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a number of thousands of digits; nesting too deep
+        raise CheckpointError(f"the header is not usable JSON ({_one_line(exc)})") from None
+    check_header(header)
+    return header
 
 
 def _one_line(exc: BaseException) -> str:
@@ -159,8 +173,10 @@ def _array_name(info: zipfile.ZipInfo) -> str:
     if not info.filename.endswith(".npy") or not (name == HEADER_KEY or _ARRAY_NAME.fullmatch(name)):
         raise CheckpointError(f"unexpected member {short_repr(info.filename)} (a cnnx file holds only arrays "
                               f"named {HEADER_KEY}, param/, buffer/, rng/ and optim/...)")  # fmt: skip
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # bit 0: encrypted
-        raise CheckpointError(f"member {name} is compressed or encrypted; cnnx reads stored arrays only")
+    if info.flag_bits & 0x1:  # bit 0: encrypted (zipfile would ask for a password)
+        raise CheckpointError(f"member {name} is encrypted; cnnx reads plain stored arrays only")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise CheckpointError(f"member {name} is compressed; cnnx reads plain stored arrays only")
     return name
 
 
@@ -219,8 +235,8 @@ def load_model(path, *, device=None, dtype=None):
     """Load a model saved by :meth:`cnnx.nn.Sequential.save`, checked (see :func:`read_archive`), onto
     ``device`` (default CPU), in ``dtype`` (default: the file's)."""
     header, arrays = read_archive(path)
-    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
-        raise ConfigError(f"a model loads as one of {', '.join(DTYPES)}, not {dtype}")
+    if dtype is not None and _dtype_name(dtype) not in DTYPES:
+        raise ConfigError(f"a model loads as one of {', '.join(DTYPES)}, not {short_repr(dtype)}")
     try:
         model = build_from_architecture(
             header["architecture"],
@@ -248,3 +264,11 @@ def header_data_info(header: dict, model) -> DataInfo | None:
     info = check_data_info(header["data"])
     check_fits(info, model.input_shape, output[0])
     return info
+
+
+def _dtype_name(dtype) -> str | None:
+    """The name of the NumPy dtype ``dtype`` stands for, or None when it stands for none."""
+    try:
+        return str(np.dtype(dtype))
+    except (TypeError, ValueError):
+        return None

@@ -9,15 +9,25 @@ import math
 import numpy as np  # host: predictions are returned as host arrays
 
 from cnnx.backends import get_backend
-from cnnx.errors import CheckpointError, ConfigError
+from cnnx.errors import CheckpointError, ConfigError, ResourceError, out_of_memory_errors
 
 from .functional import softmax
 from .init import make_rng
 from .layers.base import Layer
-from .registry import MAX_ACTIVATION, SubLayers, build_layer, check_architecture, register_layer
+from .registry import (
+    MAX_ACTIVATION,
+    SubLayers,
+    build_layer,
+    check_architecture,
+    register_layer,
+    scratch_values,
+)
 from .saving import write_model
 
 IMAGE_SHAPE = (1, 28, 28)  # a Fashion-MNIST image, what a model takes unless told otherwise
+# Bytes of activations an inference batch may hold (predict_proba, cnnx.training.evaluate): batches are
+# cut smaller than asked where a model's images need more (see Sequential.inference_batch_size).
+INFERENCE_BYTES = 512 << 20
 
 
 @register_layer(fields={"layers": SubLayers()}, not_config=("input_shape", "name"))
@@ -155,11 +165,48 @@ class Sequential(Layer):
         copy.data_info = self.data_info
         return copy
 
+    def activation_values(self) -> int:
+        """An upper bound on the values one sample's inference pass holds at once: its input, every
+        layer's output at any depth (as if none were freed) and the largest scratch any layer allocates
+        besides its output (a convolution's unfolded windows; see :func:`register_layer`)."""
+        outputs, scratch = math.prod(self.input_shape), 0
+        for _, layer, shape_in, shape_out in _traced(self, self.input_shape):
+            outputs += math.prod(shape_out)
+            scratch = max(scratch, scratch_values(layer, shape_in, shape_out))
+        return outputs + scratch
+
+    def inference_batch_size(self, batch_size: int) -> int:
+        """How many images an inference pass takes at once when asked for ``batch_size``: that many, or
+        fewer where they would hold more than :data:`INFERENCE_BYTES` of activations, at least one."""
+        per_image = self.activation_values() * self.dtype.itemsize
+        return max(1, min(batch_size, INFERENCE_BYTES // per_image))
+
+    def out_of_memory(self, doing: str, batch_size: int, exc: BaseException) -> ResourceError:
+        """The one-line error for running out of memory (``exc``) while ``doing`` in batches of
+        ``batch_size`` images."""
+        per_image = self.activation_values() * self.dtype.itemsize
+        return ResourceError(
+            f"out of memory {doing} in batches of {batch_size:,} images on {self.backend.describe()} "
+            f"({type(exc).__name__}); this model holds up to {per_image / 2**20:,.2f} MiB per image"
+        )
+
     def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:  # host
         """Class probabilities (N, classes) on the host for host images of any batch size: uint8 pixels
         (0-255) or floats in [0, 1], shaped (N, *input_shape) or flat per sample, e.g. (N, 28, 28) or
-        (N, 784) for a 1x28x28 model. Computed in batches of ``batch_size``."""
+        (N, 784) for a 1x28x28 model. Computed in batches of ``batch_size`` images, or fewer where the
+        model's activations need it (:meth:`inference_batch_size`). Running out of memory all the same
+        raises ResourceError."""
         x = self._as_inputs(images)
+        size = self.inference_batch_size(batch_size)
+        try:
+            out = self._probabilities(x, size)
+        except out_of_memory_errors() as exc:
+            raise self.out_of_memory("predicting", min(size, len(x)), exc) from None
+        if not out:
+            return np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)  # host
+        return np.concatenate(out)  # host
+
+    def _probabilities(self, x, batch_size: int) -> list[np.ndarray]:  # host
         out = []
         with self.backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
             for start in range(0, len(x), batch_size):
@@ -168,9 +215,7 @@ class Sequential(Layer):
                     chunk = chunk.astype(self.dtype) / np.asarray(255, self.dtype)  # host
                 batch = self.backend.to_device(chunk, self.dtype)
                 out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
-        if not out:
-            return np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)  # host
-        return np.concatenate(out)  # host
+        return out
 
     def predict(self, images, batch_size: int = 1000) -> np.ndarray:  # host
         """The most probable class of each image, as host int64 (N,); inputs as :meth:`predict_proba`."""
@@ -215,11 +260,28 @@ def build_from_architecture(
     model = Sequential(layers, name=name)
     model.input_shape = tuple(input_shape)
     try:
-        for path, _, shape in model.trace_shapes(model.input_shape):  # in order: the first misfit
-            if math.prod(shape) > MAX_ACTIVATION:
-                raise CheckpointError(f"layer {path} outputs {math.prod(shape):,} values per image "
+        for path, layer, shape_in, shape_out in _traced(model, model.input_shape):  # the first misfit
+            outputs, scratch = math.prod(shape_out), scratch_values(layer, shape_in, shape_out)
+            if outputs > MAX_ACTIVATION:
+                raise CheckpointError(f"layer {path} outputs {outputs:,} values per image "
                                       f"(the cap is {MAX_ACTIVATION:,})")  # fmt: skip
+            if scratch > MAX_ACTIVATION:
+                raise CheckpointError(f"layer {path} works on {scratch:,} values per image besides its "
+                                      f"output (the cap is {MAX_ACTIVATION:,})")  # fmt: skip
     except (ValueError, ConfigError) as exc:
         shape = "x".join(map(str, model.input_shape))
         raise CheckpointError(f"the architecture does not fit together on inputs of {shape}: {exc}") from None
     return model
+
+
+def _traced(layer, input_shape, prefix: str = ""):
+    """(path, sublayer, its per-sample input shape, its output shape) for every sublayer of ``layer`` at
+    any depth, in the order they run: a Sequential's children each take the one before's output, any
+    other container's (a residual block's body and shortcut) all take the container's input."""
+    shape = tuple(input_shape)
+    for name, child in layer.children().items():
+        out = tuple(child.output_shape(shape))
+        yield prefix + name, child, shape, out
+        yield from _traced(child, shape, f"{prefix}{name}.")
+        if isinstance(layer, Sequential):
+            shape = out

@@ -27,8 +27,12 @@ from .init import SCHEMES
 
 # Caps that keep a small hostile description from making cnnx allocate gigabytes; each is far above
 # any model cnnx builds (the seed CNN: 234,410 parameters, 21,632 values after its widest layer).
+# They count values, not bytes: one description serves float32 and float64 models, and a file may be
+# loaded in either. Bytes follow at 4 or 8 a value: one image's widest layer takes at most 80 MB.
+# Inference sizes its batches from these bytes (cnnx.nn.model.INFERENCE_BYTES), so a model at the caps
+# runs in bounded memory at any requested batch size.
 MAX_PARAMETERS = 10**8  # per layer and in total
-MAX_ACTIVATION = 10**7  # values per image after any layer
+MAX_ACTIVATION = 10**7  # values per image after any layer, and in any layer's scratch (see register_layer)
 MAX_SIZE = 1 << 24  # any single size: channels, features, kernel, stride, padding
 MAX_LAYERS = 256  # layer descriptions in one architecture, nested ones included
 MAX_DEPTH = 8  # containers inside containers
@@ -161,16 +165,24 @@ class LayerType:
     required: frozenset[str]
     parameters: object  # config -> parameters of the layer itself (not of its sublayers)
     takes_rng: bool  # whether the constructor draws initial weights from an ``rng``
+    scratch: object  # (config, input shape, output shape) -> values per sample a forward allocates
 
 
 REGISTRY: dict[str, LayerType] = {}
 
 
 def register_layer(
-    *, fields: dict[str, Field] | None = None, parameters=None, name: str | None = None, not_config=()
+    *,
+    fields: dict[str, Field] | None = None,
+    parameters=None,
+    scratch=None,
+    name: str | None = None,
+    not_config=(),
 ):
-    """Class decorator: declare a layer type with its config ``fields`` and ``parameters(config)`` (the
-    layer's own parameter count; its sublayers count for themselves).
+    """Class decorator: declare a layer type with its config ``fields``, ``parameters(config)`` (the
+    layer's own parameter count; its sublayers count for themselves) and ``scratch(config, input_shape,
+    output_shape)``: the values per sample its forward pass allocates besides its output (a
+    convolution's unfolded windows, say; none when not given), which is capped like an output.
 
     Every constructor argument but ``backend``, ``dtype``, ``rng`` and those named in ``not_config``
     must be a field and every field a constructor argument; those without a default are required in a
@@ -198,7 +210,8 @@ def register_layer(
             raise TypeError(f"a layer type named {kind!r} is registered already ({previous.cls.__module__})")
         required = frozenset(key for key, p in arguments.items() if p.default is p.empty)
         count = parameters or (lambda config: 0)
-        REGISTRY[kind] = LayerType(kind, cls, fields, required, count, "rng" in signature.parameters)
+        work = scratch or (lambda config, input_shape, output_shape: 0)
+        REGISTRY[kind] = LayerType(kind, cls, fields, required, count, "rng" in signature.parameters, work)
         cls.layer_type = kind
         return cls
 
@@ -298,6 +311,13 @@ def build_layer(entry: dict, *, backend, dtype, rng=None, path: str = "0"):
 def _child_path(path: str, key: str, index: int) -> str:
     # A Sequential's children are named by index alone, as in parameter names ("4.0.W").
     return f"{path}.{index}" if key == "layers" else f"{path}.{key}.{index}"
+
+
+def scratch_values(layer, input_shape, output_shape) -> int:
+    """The values per sample that ``layer``'s forward pass allocates besides its output, for a sample of
+    ``input_shape`` (see :func:`register_layer`; none for a layer type the registry does not know)."""
+    spec = REGISTRY.get(layer.layer_type)
+    return 0 if spec is None else spec.scratch(layer.config(), input_shape, output_shape)
 
 
 def describe(layer) -> dict:

@@ -12,14 +12,13 @@ as a run that never stopped.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
 from cnnx.checks import is_whole_number, plural
 from cnnx.data import Augmenter, parse_augment
-from cnnx.errors import ConfigError, DivergenceError, ResourceError
+from cnnx.errors import ConfigError, DivergenceError, ResourceError, out_of_memory_errors
 from cnnx.io.checkpoint import load_checkpoint
 from cnnx.nn.random import derive_rng
 
@@ -176,7 +175,7 @@ def train_run(
         except KeyboardInterrupt:
             run.finish("interrupted", error="stopped at once, without a new checkpoint")
             raise
-        except _out_of_memory() as exc:
+        except out_of_memory_errors() as exc:
             message = (
                 f"out of memory training with batch size {batch_size} on {model.backend.describe()} "
                 f"({type(exc).__name__}): try a smaller one, e.g. --batch-size {max(1, batch_size // 2)}"
@@ -283,13 +282,6 @@ def _check_options(epochs, batch_size, check_every, checkpoint_every, max_skips,
         raise ConfigError(
             f"on_divergence must be one of {', '.join(DIVERGENCE_MODES)}, got {on_divergence!r}"
         )
-
-
-def _out_of_memory() -> tuple[type[BaseException], ...]:
-    """NumPy's MemoryError, and CuPy's OutOfMemoryError if CuPy is loaded (if not, it raised nothing)."""
-    cupy = sys.modules.get("cupy")
-    oom = getattr(getattr(getattr(cupy, "cuda", None), "memory", None), "OutOfMemoryError", None)
-    return (MemoryError, oom) if isinstance(oom, type) else (MemoryError,)
 
 
 def shuffle_rng(seed: int) -> np.random.Generator:

@@ -7,6 +7,7 @@ import math
 import numpy as np  # host: predictions and read-back values are returned on the host
 
 from cnnx.data import model_inputs
+from cnnx.errors import out_of_memory_errors
 from cnnx.nn.losses import correct_count, softmax_cross_entropy
 
 from .divergence import step_is_finite
@@ -36,11 +37,18 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     """Mean loss, accuracy and predicted classes of ``model`` on host ``images``: uint8 pixels or other
     numbers (see :func:`cnnx.data.model_inputs`), (N, *input_shape) or flat per sample.
 
-    Returns ``(loss, accuracy, predictions)`` as host values: a float, a float and an int64 vector.
+    Computed in batches of ``batch_size`` images, or fewer where the model's activations need it
+    (:meth:`cnnx.nn.Sequential.inference_batch_size`); running out of memory all the same raises
+    ResourceError. Returns ``(loss, accuracy, predictions)`` as host values: a float, a float and an
+    int64 vector.
     """
     backend, xp = model.backend, model.xp
-    with backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
-        loss_sum, predictions = _evaluate(model, images, labels, batch_size)
+    size = model.inference_batch_size(batch_size)
+    try:
+        with backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
+            loss_sum, predictions = _evaluate(model, images, labels, size)
+    except out_of_memory_errors() as exc:
+        raise model.out_of_memory("evaluating", min(size, len(images)), exc) from None
     if not predictions:
         return math.nan, math.nan, np.zeros(0, np.int64)  # nothing to measure: no number, not a zero
     predicted = backend.to_host(xp.concatenate(predictions)).astype(np.int64)

@@ -21,11 +21,20 @@ def _kernel_area(kernel_size) -> int:
     return kernel_size * kernel_size if isinstance(kernel_size, int) else kernel_size[0] * kernel_size[1]
 
 
+def _scratch(config, input_shape, output_shape) -> int:
+    """Values per image a forward allocates besides its output: the padded input and its unfolded
+    windows (OH*OW rows of kh*kw*C numbers)."""
+    (kh, kw), (c, h, w) = config["kernel_size"], input_shape
+    ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if config["padding"] == "same" else (config["padding"],) * 2
+    return c * (h + 2 * ph) * (w + 2 * pw) + output_shape[1] * output_shape[2] * kh * kw * c
+
+
 @register_layer(
     fields={"in_channels": Size(), "out_channels": Size(), "kernel_size": SizePair(), "stride": Size(),
             "padding": OneOf(Size(minimum=0), Choice("same")), "init": INIT, "bias": Flag()},
     parameters=lambda c: c["out_channels"] * (c["in_channels"] * _kernel_area(c.get("kernel_size", 3))
                                               + bool(c.get("bias", True))),
+    scratch=_scratch,
 )  # fmt: skip
 class Conv2D(Layer):
     """Cross-correlation of (N, C, H, W) inputs with F kernels of shape (C, kh, kw), plus a bias per kernel

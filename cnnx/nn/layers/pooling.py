@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
@@ -32,7 +34,12 @@ class _WindowPool(Layer):
         return {"kernel_size": self.k, "stride": self.stride}
 
 
-@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())})
+def _windows(config, input_shape, output_shape) -> int:
+    """Values per image a forward may allocate besides its output: its k*k windows, stacked."""
+    return config["kernel_size"] ** 2 * math.prod(output_shape)
+
+
+@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())}, scratch=_windows)
 class MaxPool2D(_WindowPool):
     """Max over k x k windows moved by ``stride`` (floor mode: a partial window at the edge is dropped).
 
@@ -79,7 +86,7 @@ class MaxPool2D(_WindowPool):
         return F.unpool_argmax(self.xp, dy, first, x_shape, self.k, self.stride)
 
 
-@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())})
+@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())}, scratch=_windows)
 class AvgPool2D(_WindowPool):
     """Mean over k x k windows moved by ``stride`` (floor mode); each input gets dy / (k*k) from every
     window it lies in."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cnnx.errors import ConfigError
 
 from ..registry import INIT, Size, register_layer
@@ -16,6 +18,8 @@ def _sigmoid(xp, a):
 @register_layer(
     fields={"input_size": Size(), "hidden_size": Size(), "init": INIT},
     parameters=lambda c: 3 * c["hidden_size"] * (c["input_size"] + c["hidden_size"] + 2),
+    # Besides the output: the input as a sequence (a copy), then every step's input products (T, 3H).
+    scratch=lambda c, shape, _: math.prod(shape) + math.prod(shape) // c["input_size"] * 3 * c["hidden_size"],
 )
 class GRU(Layer):
     """A GRU that reads a sequence and gives its final hidden state: (N, T, D) -> (N, H).
