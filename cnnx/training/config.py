@@ -293,7 +293,7 @@ class RunConfig:
         path = Path(path)
         try:
             # A FIFO or a device would block the read, or never end: only a regular file is opened.
-            with open_regular(path, "r", error=ConfigError, what="run config", encoding="utf-8") as handle:
+            with open_regular(path, "r", error=ConfigError, what="run config file", encoding="utf-8") as handle:
                 values = tomllib.loads(handle.read())
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the run config ({exc.strerror or exc})") from None
