@@ -293,8 +293,8 @@ class RunConfig:
         path = Path(path)
         try:
             # A FIFO or a device would block the read, or never end: only a regular file is opened.
-            with open_regular(path, "r", error=ConfigError, what="run config file", encoding="utf-8") as handle:
-                values = tomllib.loads(handle.read())
+            with open_regular(path, "r", error=ConfigError, what="run config file", encoding="utf-8") as file:
+                values = tomllib.loads(file.read())
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the run config ({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

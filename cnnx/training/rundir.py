@@ -131,8 +131,11 @@ def claim_run_dir(path, *, need_bytes: int = 0, unique: bool = False) -> RunClai
             continue
         try:
             claim = _claim(check_run_dir(path, need_bytes=need_bytes))
-        except RunLockedError:
-            if not unique:
+        except ConfigError as exc:
+            # Another run took the name between the look above and the check: it holds the lock, or
+            # has written its record there. A generated name moves on; any other refusal stands.
+            taken = isinstance(exc, RunLockedError) or (path.is_dir() and not _is_empty(path))
+            if not (unique and taken):
                 raise
             claim = None
         if claim is not None:
