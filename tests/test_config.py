@@ -197,6 +197,22 @@ def test_runs_started_at_the_same_moment_in_parallel_processes_get_directories_o
     assert all((Path(path) / METRICS).exists() for path in claimed)
 
 
+def test_a_generated_name_taken_between_the_look_and_the_check_moves_on(tmp_path, monkeypatch):
+    import cnnx.training.rundir as rundir
+
+    base = tmp_path / "20261130-120000-seed-adam"
+    base.mkdir()  # empty: the look before the check finds it free
+    check = rundir.check_run_dir
+
+    def another_run_writes_first(path, **kwargs):
+        if Path(path) == base:
+            (base / METRICS).write_text("{}")  # the other run's record lands just now
+        return check(path, **kwargs)
+
+    monkeypatch.setattr(rundir, "check_run_dir", another_run_writes_first)
+    assert claim_run_dir(base, unique=True).path == base.with_name(base.name + "-2")
+
+
 def test_an_explicit_run_directory_that_another_run_claimed_is_refused(tmp_path):
     claim_run_dir(tmp_path / "run")
     with pytest.raises(ConfigError, match="is not empty"):
