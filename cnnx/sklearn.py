@@ -365,7 +365,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         from cnnx.io import load_model
         from cnnx.io.modelfile import read_archive
 
-        header, _ = read_archive(path)
+        header, _ = read_archive(path, optimizer=False)
         saved = (header.get("meta") or {}).get("sklearn")
         if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
             raise ValueError(f"{path}: a cnnx model file, but not one saved by {cls.__name__}.save_model")

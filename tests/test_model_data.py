@@ -333,3 +333,28 @@ def test_class_names_a_model_file_could_not_hold_are_refused_where_they_are_read
     line = error_line(invoke("train", "--data-dir", data, "--model", "mlp", "--out", tmp_path / "r"))
     assert "printable" in line and "classes.txt" in line, line
     assert not (tmp_path / "r").exists()
+
+
+def test_loading_a_checkpoint_for_use_reads_no_optimizer_moment(tmp_path):
+    from cnnx.errors import CheckpointError
+    from cnnx.io.checkpoint import load_checkpoint, save_checkpoint
+    from cnnx.optim import make_optimizer
+
+    model = cnnx.build_model("mlp")
+    optimizer = make_optimizer("adam", model, 1e-3)
+    x, y = blobs(8, 1)
+    logits = model.forward(model.backend.to_device(x.reshape(8, 1, 28, 28) / 255, "float32"))
+    _, dlogits = cnnx.softmax_cross_entropy(model.xp, logits, model.backend.to_device(y.astype("int64")))
+    model.backward(dlogits)
+    optimizer.step()
+    meta = {"epoch": 0, "batch": 0, "step": 1, "rng_state": {}, "history": [], "partial": {},
+            "settings": {}, "optimizer": {}}  # fmt: skip
+    path = save_checkpoint(tmp_path / "c.npz", model, optimizer, meta)
+    with zipfile.ZipFile(path) as archive:
+        arrays = {i.filename.removesuffix(".npy"): np.load(archive.open(i)) for i in archive.infolist()}
+    moment = next(name for name in arrays if name.startswith("optim/m/"))
+    arrays[moment] = np.full_like(arrays[moment], np.nan)  # the data no use of the model reads
+    np.savez(path, **arrays)
+    assert load_model(path).parameter_count() == model.parameter_count()
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_checkpoint(path)

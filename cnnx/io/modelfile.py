@@ -102,8 +102,10 @@ def check_header(header) -> None:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and check a cnnx ``.npz`` file without pickle: (header, arrays).
+def read_archive(path, *, optimizer: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and check a cnnx ``.npz`` file without pickle: (header, arrays). With ``optimizer=False`` the
+    data of a checkpoint's ``optim/...`` members is not read, only their structure and ``.npy`` headers
+    are checked: what loading a model for use needs (under Adam, a third of the checkpoint).
 
     ``path`` must name a regular file (not a FIFO, a device or a directory: see
     :func:`cnnx.fileio.open_regular`). Its zip structure is checked before any member's data is read
@@ -121,7 +123,7 @@ def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     with open_regular(path, "rb", error=CheckpointError, what="model file") as handle:
         try:
-            header, arrays = _read_checked(handle)
+            header, arrays = _read_checked(handle, optimizer)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
@@ -129,7 +131,7 @@ def read_archive(path) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _read_checked(handle) -> tuple[dict, dict[str, np.ndarray]]:
+def _read_checked(handle, optimizer: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """What :func:`read_archive` returns, from the open file ``handle``; errors without the path."""
     end = read_end_record(handle, MAX_MEMBERS)  # before zipfile parses the central directory
     with zipfile.ZipFile(handle) as archive:
@@ -143,7 +145,9 @@ def _read_checked(handle) -> tuple[dict, dict[str, np.ndarray]]:
         if HEADER_KEY not in members:
             raise CheckpointError(f"not a cnnx model file (no {HEADER_KEY} header)")
         header = _header(_read_member(archive, members.pop(HEADER_KEY)))
-        arrays = {name: _read_member(archive, info) for name, info in members.items()}
+        read = {name: optimizer or not name.startswith(OPTIM_PREFIX) for name in members}
+        arrays = {name: _read_member(archive, info, read[name]) for name, info in members.items()}
+    arrays = {name: array for name, array in arrays.items() if read[name]}
     for key, value in arrays.items():  # weights are stored in the model's dtype, never cast on the way
         floating_buffer = key.startswith(BUFFER_PREFIX) and value.dtype.kind == "f"
         if (key.startswith(PARAM_PREFIX) or floating_buffer) and value.dtype != np.dtype(header["dtype"]):
@@ -180,9 +184,10 @@ def _array_name(info: zipfile.ZipInfo) -> str:
     return name
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: bool = True) -> np.ndarray | None:
     """One ``.npy`` member, its header checked before any data is read: a numeric dtype (or the JSON
-    header's string), a size within the caps, and exactly as many bytes as the header declares."""
+    header's string), a size within the caps, and exactly as many bytes as the header declares. With
+    ``data=False`` only the header is read and checked, and None returned."""
     name = info.filename.removesuffix(".npy")
     with archive.open(info) as handle:
         version = np.lib.format.read_magic(handle)
@@ -207,10 +212,12 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         size = count * dtype.itemsize
         if info.file_size != handle.tell() + size:
             raise CheckpointError(f"array {name}: the archive and the array header disagree on its size")
-        data = handle.read(size)
-    if len(data) != size:
-        raise CheckpointError(f"array {name} is truncated ({len(data)} of {size} bytes)")
-    array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+        if not data:
+            return None
+        raw = handle.read(size)
+    if len(raw) != size:
+        raise CheckpointError(f"array {name} is truncated ({len(raw)} of {size} bytes)")
+    array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
     if dtype.kind == "f" and not np.isfinite(array).all():
         raise CheckpointError(f"array {name} holds NaN or infinite values")
     return array
@@ -234,7 +241,7 @@ def model_state(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def load_model(path, *, device=None, dtype=None):
     """Load a model saved by :meth:`cnnx.nn.Sequential.save`, checked (see :func:`read_archive`), onto
     ``device`` (default CPU), in ``dtype`` (default: the file's)."""
-    header, arrays = read_archive(path)
+    header, arrays = read_archive(path, optimizer=False)  # a checkpoint's moments are training state
     if dtype is not None and _dtype_name(dtype) not in DTYPES:
         raise ConfigError(f"a model loads as one of {', '.join(DTYPES)}, not {short_repr(dtype)}")
     try:
