@@ -128,7 +128,8 @@ SCHEDULED = RunConfig(model="mlp", epochs=3, batch_size=32, lr=1e-2, lr_schedule
                       weight_decay=0.01, clip_grad_norm=0.5)  # fmt: skip
 
 
-def test_a_scheduled_run_steps_its_rate_per_batch(monkeypatch):
+def rates_of(config: RunConfig, monkeypatch) -> list[float]:
+    """The learning rate of every Adam step of a run of ``config``, as the optimizer saw it."""
     seen = []
     original = make_optimizer("adam", build_model("mlp"), 1e-3).__class__.step
 
@@ -137,21 +138,18 @@ def test_a_scheduled_run_steps_its_rate_per_batch(monkeypatch):
         return original(self)
 
     monkeypatch.setattr("cnnx.optim.optimizers.Adam.step", spy)
-    run_training(SCHEDULED, dataset=dataset(), progress="none")
+    run_training(config, dataset=dataset(), progress="none")
+    return seen
+
+
+def test_a_scheduled_run_steps_its_rate_per_batch(monkeypatch):
+    seen = rates_of(SCHEDULED, monkeypatch)
     total = 3 * 7
     assert seen == pytest.approx([learning_rate("onecycle", 1e-2, s, total) for s in range(total)])
 
 
 def test_a_cosine_run_cut_by_max_steps_follows_the_schedule_of_max_steps(monkeypatch):
-    seen = []
-    original = make_optimizer("adam", build_model("mlp"), 1e-3).__class__.step
-
-    def spy(self):
-        seen.append(self.lr)
-        return original(self)
-
-    monkeypatch.setattr("cnnx.optim.optimizers.Adam.step", spy)
-    run_training(SCHEDULED.replace(lr_schedule="cosine", max_steps=10), dataset=dataset(), progress="none")
+    seen = rates_of(SCHEDULED.replace(lr_schedule="cosine", max_steps=10), monkeypatch)
     assert seen == pytest.approx([learning_rate("cosine", 1e-2, s, 10) for s in range(10)]), (
         "the rates follow another run length than max_steps' 10 steps"
     )
