@@ -43,8 +43,6 @@ class Sequential(Layer):
     def __init__(
         self, layers: list[Layer], *, input_shape=None, name: str = "custom", backend=None, dtype=None
     ):
-        if not layers:
-            raise ConfigError("a Sequential model needs at least one layer")
         first = layers[0]
         super().__init__(backend=first.backend if backend is None else backend,
                          dtype=first.dtype if dtype is None else dtype)  # fmt: skip

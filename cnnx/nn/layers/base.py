@@ -9,7 +9,7 @@ from cnnx.errors import CheckpointError
 
 from ..init import initial_weight, make_rng
 from ..random import derive_rng, generator_from_state, pack_state
-from ..registry import describe
+from ..registry import describe, param_shapes
 
 
 class Layer:
@@ -164,6 +164,11 @@ class Layer:
             raise ValueError(f"{type(self).__name__}: {name!r} already names a parameter or buffer")
         rng = self.streams[name] = derive_rng(0, f"layer/{name}")
         return rng
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of this layer's own parameters by name, as its registration declares them for its
+        ``config()``: the constructor makes its parameters in these shapes (and the counts read them)."""
+        return param_shapes(self)
 
     def _new_weight(self, shape, init: str, rng):
         host = initial_weight(init, shape, make_rng(rng)).astype(self.dtype)

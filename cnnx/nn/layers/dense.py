@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
 from ..registry import INIT, Flag, Size, register_layer
@@ -11,8 +10,9 @@ from .base import Layer
 
 @register_layer(
     fields={"in_features": Size(), "out_features": Size(), "init": INIT, "bias": Flag()},
-    parameters=lambda c: (c["in_features"] + bool(c.get("bias", True))) * c["out_features"],
-)
+    param_shapes=lambda c: {"W": (c["in_features"], c["out_features"]), "b": (c["out_features"],)}
+    if c["bias"] else {"W": (c["in_features"], c["out_features"])},
+)  # fmt: skip
 class Dense(Layer):
     """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)
     (no b with ``bias=False``: before a batch norm, which would cancel it)."""
@@ -29,15 +29,12 @@ class Dense(Layer):
         dtype="float32",
     ):
         super().__init__(backend=backend, dtype=dtype)
-        self.in_features = whole_number("Dense", "in_features", in_features)
-        self.out_features = whole_number("Dense", "out_features", out_features)
-        self.init = init  # an unknown scheme is refused by initial_weight below
-        self.params["W"] = self._new_weight((self.in_features, self.out_features), init, rng)
-        if not isinstance(bias, bool):
-            raise ValueError(f"Dense bias must be true or false, got {bias!r}")
-        self.bias = bias
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.init, self.bias = init, bias
+        shapes = self.param_shapes()
+        self.params["W"] = self._new_weight(shapes["W"], init, rng)
         if bias:
-            self.params["b"] = self._zeros((self.out_features,))
+            self.params["b"] = self._zeros(shapes["b"])
 
     def forward(self, x, train=True):
         if x.ndim != 2 or x.shape[1] != self.in_features:

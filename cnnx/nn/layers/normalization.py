@@ -8,7 +8,16 @@ from .. import functional as F
 from ..registry import Number, Size, register_layer
 from .base import Layer
 
-FIELDS = {"num_features": Size(), "momentum": Number(0, 1), "eps": Number(0, 1, high_open=True)}
+FIELDS = {
+    "num_features": Size(),
+    "momentum": Number(0, 1),
+    "eps": Number(0, 1, low_open=True, high_open=True),
+}
+
+
+def _param_shapes(config) -> dict:
+    """gamma and beta, one number per feature each."""
+    return {"gamma": (config["num_features"],), "beta": (config["num_features"],)}
 
 
 class _BatchNorm(Layer):
@@ -24,14 +33,10 @@ class _BatchNorm(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, *, backend=None,
                  dtype="float32"):  # fmt: skip
         super().__init__(backend=backend, dtype=dtype)
-        if not FIELDS["num_features"].ok(num_features):
-            raise ValueError(f"{type(self).__name__} num_features must be {FIELDS['num_features'].what}")
-        for name, value in (("momentum", momentum), ("eps", eps)):
-            if not FIELDS[name].ok(value) or (name == "eps" and value <= 0):
-                raise ValueError(f"{type(self).__name__} {name} must be {FIELDS[name].what}, got {value!r}")
         self.num_features, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
-        self.params["gamma"] = self.xp.ones((self.num_features,), dtype=self.dtype)
-        self.params["beta"] = self._zeros((self.num_features,))
+        shapes = self.param_shapes()
+        self.params["gamma"] = self.xp.ones(shapes["gamma"], dtype=self.dtype)
+        self.params["beta"] = self._zeros(shapes["beta"])
         self.buffers["running_mean"] = self._zeros((self.num_features,))
         self.buffers["running_var"] = self.xp.ones((self.num_features,), dtype=self.dtype)
         self.saved = None
@@ -142,7 +147,7 @@ class _BatchNorm(Layer):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
 
 
-@register_layer(fields=FIELDS, parameters=lambda c: 2 * c["num_features"])
+@register_layer(fields=FIELDS, param_shapes=_param_shapes)
 class BatchNorm1D(_BatchNorm):
     """Batch normalisation of (N, features) inputs, per feature (after a Dense layer)."""
 
@@ -162,7 +167,7 @@ class BatchNorm1D(_BatchNorm):
         return tuple(input_shape)
 
 
-@register_layer(fields=FIELDS, parameters=lambda c: 2 * c["num_features"])
+@register_layer(fields=FIELDS, param_shapes=_param_shapes)
 class BatchNorm2D(_BatchNorm):
     """Batch normalisation of (N, C, H, W) inputs, per channel, over the batch and every pixel. Computed
     on channels-last rows: the result keeps the layers' NHWC memory."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
 from .. import functional as F
@@ -17,10 +16,9 @@ class _WindowPool(Layer):
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
         super().__init__(backend=backend, dtype=dtype)
-        kind = type(self).__name__
-        self.k = whole_number(kind, "kernel_size", kernel_size)
+        self.k = int(kernel_size)
         # None (not 0, which is an error) means windows that touch without overlapping.
-        self.stride = self.k if stride is None else whole_number(kind, "stride", stride)
+        self.stride = self.k if stride is None else int(stride)
 
     def output_shape(self, input_shape):
         c, h, w = input_shape

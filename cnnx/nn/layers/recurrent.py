@@ -15,9 +15,14 @@ def _sigmoid(xp, a):
     return 0.5 * (1 + xp.tanh(0.5 * a))
 
 
+def _param_shapes(d: int, h: int) -> dict:
+    """W_i (D, 3H) and W_h (H, 3H), their columns in gate order [r, z, n], then b_i and b_h (3H,)."""
+    return {"W_i": (d, 3 * h), "W_h": (h, 3 * h), "b_i": (3 * h,), "b_h": (3 * h,)}
+
+
 @register_layer(
     fields={"input_size": Size(), "hidden_size": Size(), "init": INIT},
-    parameters=lambda c: 3 * c["hidden_size"] * (c["input_size"] + c["hidden_size"] + 2),
+    param_shapes=lambda c: _param_shapes(c["input_size"], c["hidden_size"]),
     # Besides the output: the input as a sequence (a copy), then every step's input products (T, 3H).
     scratch=lambda c, shape, _: math.prod(shape) + math.prod(shape) // c["input_size"] * 3 * c["hidden_size"],
 )
@@ -41,15 +46,12 @@ class GRU(Layer):
     def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier", rng=None, backend=None,
                  dtype="float32"):  # fmt: skip
         super().__init__(backend=backend, dtype=dtype)
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not Size().ok(value):
-                raise ConfigError(f"GRU {name} must be {Size().what}, got {value!r}")
         self.input_size, self.hidden_size, self.init = int(input_size), int(hidden_size), init
-        d, h = self.input_size, self.hidden_size
-        self.params["W_i"] = self._new_weight((d, 3 * h), init, rng)
-        self.params["W_h"] = self._new_weight((h, 3 * h), init, rng)
-        self.params["b_i"] = self._zeros((3 * h,))
-        self.params["b_h"] = self._zeros((3 * h,))
+        shapes = self.param_shapes()
+        self.params["W_i"] = self._new_weight(shapes["W_i"], init, rng)
+        self.params["W_h"] = self._new_weight(shapes["W_h"], init, rng)
+        self.params["b_i"] = self._zeros(shapes["b_i"])
+        self.params["b_h"] = self._zeros(shapes["b_h"])
         self.saved = None
 
     def _sequence(self, x):
