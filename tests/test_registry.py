@@ -160,3 +160,14 @@ def test_the_architecture_check_counts_the_parameters_a_layer_builds(kind, i):
     description = json.loads(json.dumps(layer.describe()))
     assert check_architecture([description]) == layer.parameter_count()
 
+
+def test_the_layers_package_exports_exactly_its_registered_types():
+    registered = {
+        name for name, spec in REGISTRY.items() if spec.cls.__module__.startswith(layers_package.__name__)
+    }
+    exported = set(layers_package.__all__) - {"Layer"}
+    assert exported == registered, f"exported {sorted(exported)}, registered {sorted(registered)}"
+    for name in exported:
+        assert getattr(layers_package, name) is REGISTRY[name].cls, (
+            f"cnnx.nn.layers.{name} is not the registered class"
+        )
