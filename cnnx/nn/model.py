@@ -11,6 +11,7 @@ import numpy as np  # host: predictions are returned as host arrays
 from cnnx.backends import get_backend
 from cnnx.errors import CheckpointError, ConfigError, ResourceError, out_of_memory_errors
 
+from .datainfo import scaled_pixels
 from .functional import softmax
 from .init import make_rng
 from .layers.base import Layer
@@ -210,7 +211,7 @@ class Sequential(Layer):
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
                 if chunk.dtype == np.uint8:  # host: scale as training does
-                    chunk = chunk.astype(self.dtype) / np.asarray(255, self.dtype)  # host
+                    chunk = scaled_pixels(chunk, self.dtype)
                 batch = self.backend.to_device(chunk, self.dtype)
                 out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
         return out
