@@ -23,8 +23,11 @@ from cnnx.layers import (
     ReLU,
     Residual,
 )
-from cnnx.nn import Sequential
-from cnnx.nn.registry import REGISTRY, check_architecture
+from cnnx.nn import PRESETS, Sequential, build_from_architecture, build_model
+from cnnx.nn.layers import Layer
+from cnnx.nn.presets import layer as description
+from cnnx.nn.presets import preset_architecture
+from cnnx.nn.registry import REGISTRY, check_architecture, output_shape
 
 # Arguments that build each layer type of cnnx, a few ways each (bias on and off, a kernel pair, ...).
 EXAMPLES = {
@@ -171,3 +174,67 @@ def test_the_layers_package_exports_exactly_its_registered_types():
         assert getattr(layers_package, name) is REGISTRY[name].cls, (
             f"cnnx.nn.layers.{name} is not the registered class"
         )
+
+
+# -- shapes from descriptions ---------------------------------------------------------------------
+
+# A per-sample input that each example above fits.
+INPUTS = {
+    ("Dense", 0): (5,), ("Dense", 1): (4,), ("Conv2D", 0): (2, 8, 8), ("Conv2D", 1): (1, 9, 11),
+    ("Conv2D", 2): (3, 6, 5), ("ReLU", 0): (2, 3, 3), ("Flatten", 0): (2, 3, 4), ("Dropout", 0): (7,),
+    ("BatchNorm1D", 0): (6,), ("BatchNorm2D", 0): (3, 4, 4), ("MaxPool2D", 0): (3, 8, 8),
+    ("MaxPool2D", 1): (2, 7, 5), ("AvgPool2D", 0): (2, 6, 7), ("GlobalAvgPool2D", 0): (3, 5, 5),
+    ("GRU", 0): (1, 5, 4), ("Residual", 0): (3,), ("Residual", 1): (3,), ("Sequential", 0): (3,),
+}  # fmt: skip
+
+
+def test_every_example_has_an_input():
+    assert set(INPUTS) == set(CASES), f"no input for {sorted(set(CASES) - set(INPUTS))}"
+
+
+@pytest.mark.parametrize(("kind", "i"), CASES, ids=lambda v: str(v))
+def test_a_description_gives_the_output_shape_of_the_layer_it_builds(kind, i):
+    layer = REGISTRY[kind].cls(**arguments(kind, i))
+    shape = INPUTS[kind, i]
+    built = tuple(layer.forward(np.zeros((2, *shape), layer.dtype), train=False).shape[1:])
+    inferred = output_shape(json.loads(json.dumps(layer.describe())), shape)
+    assert inferred == layer.output_shape(shape) == built, (
+        f"inferred {inferred}, method {layer.output_shape(shape)}, ran {built}"
+    )
+
+
+def test_a_residual_description_whose_branches_disagree_is_refused_as_the_layer_is():
+    block = Residual(Dense(3, 3), shortcut=Dense(3, 2))
+    with pytest.raises(ConfigError) as built:
+        block.output_shape((3,))
+    with pytest.raises(ConfigError) as described:
+        output_shape(block.describe(), (3,))
+    assert str(described.value) == str(built.value)
+
+
+def test_presets_adapt_to_other_inputs_without_building_a_layer(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} was built to read a shape")
+
+    monkeypatch.setattr(Layer, "__init__", refuse)
+    for name in PRESETS:
+        architecture = preset_architecture(name, (1, 20, 20), 4)
+        assert architecture[-1]["config"]["out_features"] == 4, f"{name}: not 4 classes"
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_a_preset_for_other_inputs_builds_what_its_description_says(name):
+    architecture = preset_architecture(name, (1, 20, 20), 4)
+    model = build_model(architecture, input_shape=(1, 20, 20))
+    assert model.output_shapes()[-1] == (4,) and check_architecture(architecture) == model.parameter_count()
+
+
+def test_a_convolution_given_other_channels_than_it_takes_is_refused_when_the_model_is_built():
+    architecture = [description("Conv2D", in_channels=3, out_channels=4), description("Flatten")]
+    with pytest.raises(CheckpointError, match="Conv2D expects 3 input channels, got an input of 1x28x28"):
+        build_from_architecture(architecture, input_shape=(1, 28, 28))
+
+
+def test_a_preset_for_colour_images_says_its_convolutions_take_one_channel():
+    with pytest.raises(CheckpointError, match="Conv2D expects 1 input channels, got an input of 3x28x28"):
+        preset_architecture("seed", (3, 28, 28), 10)

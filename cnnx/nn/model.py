@@ -20,6 +20,7 @@ from .registry import (
     SubLayers,
     build_layer,
     check_architecture,
+    output_shape,
     register_layer,
     scratch_values,
 )
@@ -31,7 +32,16 @@ IMAGE_SHAPE = (1, 28, 28)  # a Fashion-MNIST image, what a model takes unless to
 INFERENCE_BYTES = 512 << 20
 
 
-@register_layer(fields={"layers": SubLayers()}, not_config=("input_shape", "name"))
+def _chained_shape(config, input_shape) -> tuple[int, ...]:
+    """The shape after a description's layers, each taking the one before's output."""
+    for entry in config["layers"]:
+        input_shape = output_shape(entry, input_shape)
+    return tuple(input_shape)
+
+
+@register_layer(
+    fields={"layers": SubLayers()}, output_shape=_chained_shape, not_config=("input_shape", "name")
+)
 class Sequential(Layer):
     """Layers applied in order; they share one backend and one dtype.
 

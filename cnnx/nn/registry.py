@@ -73,6 +73,7 @@ class LayerType:
     defaults: dict  # the constructor's defaults of the optional fields
     param_shapes: object  # complete config -> {name: shape} of the layer's own parameters, in order
     check: object  # complete config -> what is wrong with it that no single field can say, or None
+    shape: object  # (complete config, per-sample input shape) -> output shape; None: only a built layer knows
     takes_rng: bool  # whether the constructor draws initial weights from an ``rng``
     scratch: object  # (config, input shape, output shape) -> values per sample a forward allocates
 
@@ -103,6 +104,7 @@ def register_layer(
     *,
     fields: dict[str, Field] | None = None,
     param_shapes=None,
+    output_shape=None,
     check=None,
     scratch=None,
     name: str | None = None,
@@ -113,19 +115,23 @@ def register_layer(
     - ``param_shapes(config)``: the shapes of the layer's own parameters by name, in the order it makes
       them (its sublayers count for themselves). The constructor makes its parameters in these shapes
       (:meth:`Layer.param_shapes`) and the parameter counts read them; none when not given;
+    - ``output_shape(config, input_shape)``: the per-sample output shape for a per-sample input shape,
+      a ConfigError where the layer does not fit it. A layer's ``output_shape`` method asks this
+      (:meth:`Layer.output_shape`), and so does :func:`output_shape` for a description, which builds
+      nothing. Not given, the output has the input's shape (unless the class computes its own);
     - ``check(config)``: what is wrong with a config that no single field can say (a convolution's
       "same" padding needs stride 1), as words that follow the layer's name, or None;
     - ``scratch(config, input_shape, output_shape)``: the values per sample its forward pass allocates
       besides its output (a convolution's unfolded windows, say; none when not given), which is capped
       like an output.
 
-    ``param_shapes`` and ``check`` get complete configs: a field left out has the constructor's default.
-    Every constructor argument but ``backend``, ``dtype``, ``rng`` and those named in ``not_config``
-    must be a field and every field a constructor argument; those without a default are required in a
-    description. The constructor's arguments are checked against the fields (and ``check``) before it
-    runs: what they refuse is a ConfigError naming the layer type and the argument, so a layer's
-    ``__init__`` checks nothing itself. The layer's ``config()`` must return field values only (a test
-    checks every registered layer).
+    ``param_shapes``, ``output_shape`` and ``check`` get complete configs: a field left out has the
+    constructor's default. Every constructor argument but ``backend``, ``dtype``, ``rng`` and those
+    named in ``not_config`` must be a field and every field a constructor argument; those without a
+    default are required in a description. The constructor's arguments are checked against the fields
+    (and ``check``) before it runs: what they refuse is a ConfigError naming the layer type and the
+    argument, so a layer's ``__init__`` checks nothing itself. The layer's ``config()`` must return
+    field values only (a test checks every registered layer).
     """
     fields = dict(fields or {})
     skipped = (*NOT_CONFIG, *not_config)
@@ -153,6 +159,7 @@ def register_layer(
             defaults={key: p.default for key, p in arguments.items() if p.default is not p.empty},
             param_shapes=param_shapes or (lambda config: {}),
             check=check or (lambda config: None),
+            shape=output_shape or (None if _computes_own_shape(cls) else _same_shape),
             takes_rng="rng" in signature.parameters,
             scratch=scratch or (lambda config, input_shape, output_shape: 0),
         )  # fmt: skip
@@ -162,6 +169,15 @@ def register_layer(
         return cls
 
     return decorate
+
+
+def _same_shape(config, input_shape) -> tuple[int, ...]:
+    return tuple(input_shape)
+
+
+def _computes_own_shape(cls) -> bool:
+    """Whether ``cls`` overrides Layer.output_shape (which asks the registry) with a method of its own."""
+    return not getattr(cls.output_shape, "asks_the_registry", False)
 
 
 def _checking_arguments(init, spec: LayerType, signature: inspect.Signature):
@@ -277,6 +293,16 @@ def build_layer(entry: dict, *, backend, dtype, rng=None, path: str = "0"):
 def _child_path(path: str, key: str, index: int) -> str:
     # A Sequential's children are named by index alone, as in parameter names ("4.0.W").
     return f"{path}.{index}" if key == "layers" else f"{path}.{key}.{index}"
+
+
+def output_shape(description: dict, input_shape) -> tuple[int, ...]:
+    """The per-sample output shape that a layer description gives an input of ``input_shape``, from the
+    registrations alone: nothing is built. ConfigError where the layer does not fit that input; a
+    TypeError for a type whose class computes its shape without declaring it."""
+    spec = REGISTRY[description["type"]]
+    if spec.shape is None:
+        raise TypeError(f"{spec.name} declares no output_shape: only a built layer knows its shape")
+    return tuple(spec.shape(spec.complete(description["config"]), tuple(input_shape)))
 
 
 def scratch_values(layer, input_shape, output_shape) -> int:

@@ -25,18 +25,37 @@ def _same_padding_fits(config) -> str | None:
     return None
 
 
+def _pads(config) -> tuple[int, int]:
+    """Rows and columns of zeros on each side: (k - 1) / 2 for 'same', else the padding."""
+    kh, kw = pair(config["kernel_size"])
+    return ((kh - 1) // 2, (kw - 1) // 2) if config["padding"] == "same" else (config["padding"],) * 2
+
+
+def _output_shape(config, input_shape) -> tuple[int, int, int]:
+    """(out_channels, OH, OW) for an input (C, H, W)."""
+    (kh, kw), (ph, pw), (c, h, w) = pair(config["kernel_size"]), _pads(config), input_shape
+    if c != config["in_channels"]:
+        raise ConfigError(
+            f"Conv2D expects {config['in_channels']} input channels, got an input of {c}x{h}x{w}"
+        )
+    oh = F.conv_output_size(h, kh, config["stride"], ph)
+    ow = F.conv_output_size(w, kw, config["stride"], pw)
+    if oh < 1 or ow < 1:
+        raise ConfigError(f"Conv2D kernel {kh}x{kw} does not fit an input of {h}x{w}")
+    return (config["out_channels"], oh, ow)
+
+
 def _scratch(config, input_shape, output_shape) -> int:
     """Values per image a forward allocates besides its output: the padded input and its unfolded
     windows (OH*OW rows of kh*kw*C numbers)."""
-    (kh, kw), (c, h, w) = config["kernel_size"], input_shape
-    ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if config["padding"] == "same" else (config["padding"],) * 2
+    (kh, kw), (ph, pw), (c, h, w) = pair(config["kernel_size"]), _pads(config), input_shape
     return c * (h + 2 * ph) * (w + 2 * pw) + output_shape[1] * output_shape[2] * kh * kw * c
 
 
 @register_layer(
     fields={"in_channels": Size(), "out_channels": Size(), "kernel_size": SizePair(), "stride": Size(),
             "padding": OneOf(Size(minimum=0), Choice("same")), "init": INIT, "bias": Flag()},
-    param_shapes=_param_shapes, check=_same_padding_fits, scratch=_scratch,
+    param_shapes=_param_shapes, output_shape=_output_shape, check=_same_padding_fits, scratch=_scratch,
 )  # fmt: skip
 class Conv2D(Layer):
     """Cross-correlation of (N, C, H, W) inputs with F kernels of shape (C, kh, kw), plus a bias per kernel
@@ -65,12 +84,9 @@ class Conv2D(Layer):
         super().__init__(backend=backend, dtype=dtype)
         self.in_channels, self.out_channels, self.stride = int(in_channels), int(out_channels), int(stride)
         self.kh, self.kw = pair(kernel_size)
-        if padding == "same":
-            self.padding, self.pads = "same", ((self.kh - 1) // 2, (self.kw - 1) // 2)
-        else:
-            self.padding = int(padding)
-            self.pads = (self.padding, self.padding)
+        self.padding = "same" if padding == "same" else int(padding)
         self.init, self.bias = init, bias
+        self.pads = _pads(self.config())
         shapes = self.param_shapes()
         self.params["W"] = self._new_weight(shapes["W"], init, rng)
         if bias:
@@ -281,14 +297,6 @@ class Conv2D(Layer):
         if train:
             self._cols_cache = fresh
         return fresh
-
-    def output_shape(self, input_shape):
-        c, h, w = input_shape
-        oh = F.conv_output_size(h, self.kh, self.stride, self.pads[0])
-        ow = F.conv_output_size(w, self.kw, self.stride, self.pads[1])
-        if oh < 1 or ow < 1:
-            raise ConfigError(f"Conv2D kernel {self.kh}x{self.kw} does not fit an input of {h}x{w}")
-        return (self.out_channels, oh, ow)
 
     def config(self):
         return {

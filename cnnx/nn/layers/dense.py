@@ -8,10 +8,19 @@ from ..registry import INIT, Flag, Size, register_layer
 from .base import Layer
 
 
+def _output_shape(config, input_shape) -> tuple[int, ...]:
+    if input_shape != (config["in_features"],):
+        raise ConfigError(
+            f"Dense expects {config['in_features']} features per sample, got shape {input_shape}"
+        )
+    return (config["out_features"],)
+
+
 @register_layer(
     fields={"in_features": Size(), "out_features": Size(), "init": INIT, "bias": Flag()},
     param_shapes=lambda c: {"W": (c["in_features"], c["out_features"]), "b": (c["out_features"],)}
     if c["bias"] else {"W": (c["in_features"], c["out_features"])},
+    output_shape=_output_shape,
 )  # fmt: skip
 class Dense(Layer):
     """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)
@@ -54,13 +63,6 @@ class Dense(Layer):
         if self.bias:
             self.grads["b"] = dy.sum(axis=0)
         self.x = None
-
-    def output_shape(self, input_shape):
-        if tuple(input_shape) != (self.in_features,):
-            raise ConfigError(
-                f"Dense expects {self.in_features} features per sample, got shape {input_shape}"
-            )
-        return (self.out_features,)
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init,

@@ -20,6 +20,24 @@ def _param_shapes(config) -> dict:
     return {"gamma": (config["num_features"],), "beta": (config["num_features"],)}
 
 
+def _features_shape(config, input_shape) -> tuple[int, ...]:
+    """BatchNorm1D keeps (features,) inputs of its size."""
+    if input_shape != (config["num_features"],):
+        raise ConfigError(
+            f"BatchNorm1D({config['num_features']}) does not fit an input of shape {input_shape}"
+        )
+    return input_shape
+
+
+def _channels_shape(config, input_shape) -> tuple[int, ...]:
+    """BatchNorm2D keeps (C, H, W) inputs of its channels."""
+    if len(input_shape) != 3 or input_shape[0] != config["num_features"]:
+        raise ConfigError(
+            f"BatchNorm2D({config['num_features']}) does not fit an input of shape {input_shape}"
+        )
+    return input_shape
+
+
 class _BatchNorm(Layer):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta, per feature (a channel of an image).
 
@@ -147,7 +165,7 @@ class _BatchNorm(Layer):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
 
 
-@register_layer(fields=FIELDS, param_shapes=_param_shapes)
+@register_layer(fields=FIELDS, param_shapes=_param_shapes, output_shape=_features_shape)
 class BatchNorm1D(_BatchNorm):
     """Batch normalisation of (N, features) inputs, per feature (after a Dense layer)."""
 
@@ -159,15 +177,8 @@ class BatchNorm1D(_BatchNorm):
     def _ungroup(self, groups, shape):
         return groups.reshape(shape)
 
-    def output_shape(self, input_shape):
-        if tuple(input_shape) != (self.num_features,):
-            raise ConfigError(
-                f"BatchNorm1D({self.num_features}) does not fit an input of shape {input_shape}"
-            )
-        return tuple(input_shape)
 
-
-@register_layer(fields=FIELDS, param_shapes=_param_shapes)
+@register_layer(fields=FIELDS, param_shapes=_param_shapes, output_shape=_channels_shape)
 class BatchNorm2D(_BatchNorm):
     """Batch normalisation of (N, C, H, W) inputs, per channel, over the batch and every pixel. Computed
     on channels-last rows: the result keeps the layers' NHWC memory."""
@@ -181,10 +192,3 @@ class BatchNorm2D(_BatchNorm):
     def _ungroup(self, groups, shape):
         n, c, h, w = shape
         return F.to_nchw(groups.reshape(n, h, w, c))
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 3 or input_shape[0] != self.num_features:
-            raise ConfigError(
-                f"BatchNorm2D({self.num_features}) does not fit an input of shape {input_shape}"
-            )
-        return tuple(input_shape)

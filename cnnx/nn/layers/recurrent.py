@@ -20,9 +20,24 @@ def _param_shapes(d: int, h: int) -> dict:
     return {"W_i": (d, 3 * h), "W_h": (h, 3 * h), "b_i": (3 * h,), "b_h": (3 * h,)}
 
 
+def _output_shape(config, input_shape) -> tuple[int]:
+    """(H,) for (T, D) sequences or (C, R, W) images read row by row (D = C*W), D being input_size."""
+    if len(input_shape) == 3:
+        c, _, w = input_shape
+        size = c * w
+    elif len(input_shape) == 2:
+        size = input_shape[1]
+    else:
+        raise ConfigError(f"GRU expects (T, D) sequences or (C, H, W) images, got {input_shape}")
+    if size != config["input_size"]:
+        raise ConfigError(f"GRU input_size {config['input_size']} does not fit inputs of shape {input_shape}")
+    return (config["hidden_size"],)
+
+
 @register_layer(
     fields={"input_size": Size(), "hidden_size": Size(), "init": INIT},
     param_shapes=lambda c: _param_shapes(c["input_size"], c["hidden_size"]),
+    output_shape=_output_shape,
     # Besides the output: the input as a sequence (a copy), then every step's input products (T, 3H).
     scratch=lambda c, shape, _: math.prod(shape) + math.prod(shape) // c["input_size"] * 3 * c["hidden_size"],
 )
@@ -118,18 +133,6 @@ class GRU(Layer):
             n, c, rows, w = shape
             dx = dx.reshape(n, rows, c, w).transpose(0, 2, 1, 3)
         return dx
-
-    def output_shape(self, input_shape):
-        if len(input_shape) == 3:
-            c, _, w = input_shape
-            size = c * w
-        elif len(input_shape) == 2:
-            size = input_shape[1]
-        else:
-            raise ConfigError(f"GRU expects (T, D) sequences or (C, H, W) images, got {input_shape}")
-        if size != self.input_size:
-            raise ConfigError(f"GRU input_size {self.input_size} does not fit inputs of shape {input_shape}")
-        return (self.hidden_size,)
 
     def config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "init": self.init}
