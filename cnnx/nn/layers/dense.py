@@ -8,7 +8,14 @@ from ..registry import INIT, Flag, Size, register_layer
 from .base import Layer
 
 
+def _param_shapes(config) -> dict:
+    """W (in_features, out_features), then b (out_features,) unless ``bias`` is off."""
+    shapes = {"W": (config["in_features"], config["out_features"])}
+    return {**shapes, "b": (config["out_features"],)} if config["bias"] else shapes
+
+
 def _output_shape(config, input_shape) -> tuple[int, ...]:
+    """(out_features,) for an input of (in_features,)."""
     if input_shape != (config["in_features"],):
         raise ConfigError(
             f"Dense expects {config['in_features']} features per sample, got shape {input_shape}"
@@ -18,10 +25,9 @@ def _output_shape(config, input_shape) -> tuple[int, ...]:
 
 @register_layer(
     fields={"in_features": Size(), "out_features": Size(), "init": INIT, "bias": Flag()},
-    param_shapes=lambda c: {"W": (c["in_features"], c["out_features"]), "b": (c["out_features"],)}
-    if c["bias"] else {"W": (c["in_features"], c["out_features"])},
+    param_shapes=_param_shapes,
     output_shape=_output_shape,
-)  # fmt: skip
+)
 class Dense(Layer):
     """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)
     (no b with ``bias=False``: before a batch norm, which would cancel it)."""
