@@ -27,7 +27,7 @@ from cnnx.nn import PRESETS, Sequential, build_from_architecture, build_model
 from cnnx.nn.layers import Layer
 from cnnx.nn.presets import layer as description
 from cnnx.nn.presets import preset_architecture
-from cnnx.nn.registry import REGISTRY, check_architecture, output_shape
+from cnnx.nn.registry import REGISTRY, check_architecture, output_shape, register_layer, unregister_layer
 
 # Arguments that build each layer type of cnnx, a few ways each (bias on and off, a kernel pair, ...).
 EXAMPLES = {
@@ -238,3 +238,16 @@ def test_a_convolution_given_other_channels_than_it_takes_is_refused_when_the_mo
 def test_a_preset_for_colour_images_says_its_convolutions_take_one_channel():
     with pytest.raises(CheckpointError, match="Conv2D expects 1 input channels, got an input of 3x28x28"):
         preset_architecture("seed", (3, 28, 28), 10)
+
+
+def test_a_layer_type_inheriting_a_registered_constructor_checks_it_once_under_its_own_name():
+    @register_layer(fields=dict(REGISTRY["Dense"].fields), param_shapes=REGISTRY["Dense"].param_shapes)
+    class WideDense(Dense):
+        pass
+
+    try:
+        with pytest.raises(ConfigError, match=r"^WideDense in_features must be"):
+            WideDense(0, 2)
+        assert WideDense.__init__.unchecked is Dense.__init__.unchecked, "the check wraps another check"
+    finally:
+        unregister_layer("WideDense")

@@ -64,7 +64,7 @@ NOT_CONFIG = ("backend", "dtype", "rng")
 @dataclass(frozen=True)
 class LayerType:
     """A registered layer: its class, config fields, required fields and defaults, and what a config
-    gives: a cross-field check, its own parameters' shapes, its scratch."""
+    gives: a cross-field check, its own parameters' shapes, its output shape, its scratch."""
 
     name: str
     cls: type
@@ -138,7 +138,8 @@ def register_layer(
 
     def decorate(cls):
         kind = name or cls.__name__
-        init = getattr(cls.__init__, "unchecked", cls.__init__)  # an inherited check is made again here
+        # A constructor that is checked already (inherited from a registered class) is checked once, as kind.
+        init = getattr(cls.__init__, "unchecked", cls.__init__)
         signature = inspect.signature(init)
         arguments = {
             key: p
