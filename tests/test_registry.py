@@ -23,9 +23,8 @@ from cnnx.layers import (
     ReLU,
     Residual,
 )
-from cnnx.nn import PRESETS, Sequential, build_from_architecture, build_model
+from cnnx.nn import PRESETS, Sequential, build_model
 from cnnx.nn.layers import Layer
-from cnnx.nn.presets import layer as description
 from cnnx.nn.presets import preset_architecture
 from cnnx.nn.registry import REGISTRY, check_architecture, output_shape, register_layer, unregister_layer
 
@@ -227,17 +226,6 @@ def test_a_preset_for_other_inputs_builds_what_its_description_says(name):
     architecture = preset_architecture(name, (1, 20, 20), 4)
     model = build_model(architecture, input_shape=(1, 20, 20))
     assert model.output_shapes()[-1] == (4,) and check_architecture(architecture) == model.parameter_count()
-
-
-def test_a_convolution_given_other_channels_than_it_takes_is_refused_when_the_model_is_built():
-    architecture = [description("Conv2D", in_channels=3, out_channels=4), description("Flatten")]
-    with pytest.raises(CheckpointError, match="Conv2D expects 3 input channels, got an input of 1x28x28"):
-        build_from_architecture(architecture, input_shape=(1, 28, 28))
-
-
-def test_a_preset_for_colour_images_says_its_convolutions_take_one_channel():
-    with pytest.raises(CheckpointError, match="Conv2D expects 1 input channels, got an input of 3x28x28"):
-        preset_architecture("seed", (3, 28, 28), 10)
 
 
 def test_a_layer_type_inheriting_a_registered_constructor_checks_it_once_under_its_own_name():

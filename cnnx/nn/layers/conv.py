@@ -33,11 +33,7 @@ def _pads(config) -> tuple[int, int]:
 
 def _output_shape(config, input_shape) -> tuple[int, int, int]:
     """(out_channels, OH, OW) for an input (C, H, W)."""
-    (kh, kw), (ph, pw), (c, h, w) = pair(config["kernel_size"]), _pads(config), input_shape
-    if c != config["in_channels"]:
-        raise ConfigError(
-            f"Conv2D expects {config['in_channels']} input channels, got an input of {c}x{h}x{w}"
-        )
+    (kh, kw), (ph, pw), (_, h, w) = pair(config["kernel_size"]), _pads(config), input_shape
     oh = F.conv_output_size(h, kh, config["stride"], ph)
     ow = F.conv_output_size(w, kw, config["stride"], pw)
     if oh < 1 or ow < 1:
