@@ -32,7 +32,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # -- a layer of the test's own ----------------------------------------------------------------------
 
 
-@register_layer(fields={"features": Size(), "noise": Number(0, 1)}, parameters=lambda c: c["features"])
+@register_layer(
+    fields={"features": Size(), "noise": Number(0, 1)}, param_shapes=lambda c: {"s": (c["features"],)}
+)
 class NoisyScale(Layer):
     """y = x * s * (1 + noise * e) in training, e ~ N(0, 1) per value from the layer's own stream; y = x * s
     at evaluation. ``s`` (features,) is trained; the buffer ``seen`` counts the training batches."""

@@ -124,7 +124,7 @@ def test_dropout_keeps_channels_last_memory(rng):
 
 @pytest.mark.parametrize("p", [1.0, -0.1, "0.5", True])
 def test_dropout_p_must_lie_in_zero_to_one(p):
-    with pytest.raises(ValueError, match=r"Dropout p must be a number in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"Dropout p must be a number in \[0, 1\)"):
         Dropout(p)
 
 

@@ -37,7 +37,7 @@ def test_same_seed_gives_identical_weights_and_zero_biases(backend):
 
 
 def test_unknown_initialisation_is_refused():
-    with pytest.raises(ValueError, match="unknown initialisation"):
+    with pytest.raises(ConfigError, match="Dense init must be one of xavier, he, got 'uniform'"):
         Dense(2, 2, init="uniform")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..nn.datainfo import FASHION_MNIST_CLASSES, MAX_CLASS_CHARS
+from ..nn.datainfo import FASHION_MNIST_CLASSES, MAX_CLASS_CHARS, scaled_pixels
 from ..nn.datainfo import MAX_CLASSES as MAX_CLASSES  # the most classes a data set may name
 from .readers import file_sha256, idx_payload_sha256, read_csv, read_idx
 from .sources import IDX_FILES, _DownloadUnavailable, _idx_paths, idx_source, recognise, search
@@ -166,21 +166,16 @@ def scale_pixels(images_uint8, dtype="float32") -> np.ndarray:
         raise TypeError(f"scale_pixels maps uint8 pixels to floats, got {images.dtype} -> {dtype}")
     if images.ndim not in (3, 4):
         raise ValueError(f"scale_pixels takes images (N, H, W) or (N, 1, H, W), got shape {images.shape}")
-    if images.ndim == 3:
-        images = images[:, None]
-    scaled = images.astype(dtype)
-    scaled /= 255
-    return scaled
+    return scaled_pixels(images[:, None] if images.ndim == 3 else images, dtype)
 
 
 def model_inputs(images, dtype, input_shape) -> np.ndarray:
     """A host batch as a model takes it, shaped (N, *input_shape) in ``dtype``: uint8 pixels are scaled to
-    [0, 1] exactly as :func:`scale_pixels` does; any other numbers (features, already scaled images) are
-    cast as they are."""
+    [0, 1] (:func:`cnnx.nn.datainfo.scaled_pixels`, as :func:`scale_pixels` and predictions scale them);
+    any other numbers (features, already scaled images) are cast as they are."""
     images, dtype = np.asarray(images), np.dtype(dtype)
     if images.dtype == np.uint8:
-        x = images.astype(dtype)
-        x /= 255
+        x = scaled_pixels(images, dtype)
     else:
         x = images.astype(dtype, copy=False)
     return x.reshape(len(x), *input_shape)

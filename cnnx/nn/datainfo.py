@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np  # host: inputs are scaled on the host, before they go to the device
+
 from cnnx.checks import is_whole_number, short_repr
 from cnnx.errors import CheckpointError
 
@@ -30,6 +32,15 @@ MAX_DATASET_CHARS = 64
 MAX_DIR_CHARS = 4096
 MAX_IMAGE_SIDE = 4096
 FIELDS = ("dataset", "classes", "image_shape", "scaling", "data_dir")
+
+
+def scaled_pixels(pixels, dtype) -> np.ndarray:  # host
+    """uint8 pixels (0-255) as floats of ``dtype`` in [0, 1], the ``pixels/255`` scaling: cast, then
+    divided by 255 in ``dtype``. Every way in uses this one function (training and evaluation batches,
+    :func:`cnnx.data.scale_pixels`, ``Sequential.predict_proba``), so they give the same bits."""
+    scaled = np.asarray(pixels).astype(dtype)  # host: a fresh array, divided in place
+    scaled /= 255
+    return scaled
 
 
 @dataclass(frozen=True)

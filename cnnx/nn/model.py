@@ -11,6 +11,7 @@ import numpy as np  # host: predictions are returned as host arrays
 from cnnx.backends import get_backend
 from cnnx.errors import CheckpointError, ConfigError, ResourceError, out_of_memory_errors
 
+from .datainfo import scaled_pixels
 from .functional import softmax
 from .init import make_rng
 from .layers.base import Layer
@@ -19,6 +20,7 @@ from .registry import (
     SubLayers,
     build_layer,
     check_architecture,
+    output_shape,
     register_layer,
     scratch_values,
 )
@@ -30,7 +32,16 @@ IMAGE_SHAPE = (1, 28, 28)  # a Fashion-MNIST image, what a model takes unless to
 INFERENCE_BYTES = 512 << 20
 
 
-@register_layer(fields={"layers": SubLayers()}, not_config=("input_shape", "name"))
+def _chained_shape(config, input_shape) -> tuple[int, ...]:
+    """The shape after a description's layers, each taking the one before's output."""
+    for entry in config["layers"]:
+        input_shape = output_shape(entry, input_shape)
+    return tuple(input_shape)
+
+
+@register_layer(
+    fields={"layers": SubLayers()}, output_shape=_chained_shape, not_config=("input_shape", "name")
+)
 class Sequential(Layer):
     """Layers applied in order; they share one backend and one dtype.
 
@@ -43,8 +54,6 @@ class Sequential(Layer):
     def __init__(
         self, layers: list[Layer], *, input_shape=None, name: str = "custom", backend=None, dtype=None
     ):
-        if not layers:
-            raise ConfigError("a Sequential model needs at least one layer")
         first = layers[0]
         super().__init__(backend=first.backend if backend is None else backend,
                          dtype=first.dtype if dtype is None else dtype)  # fmt: skip
@@ -212,7 +221,7 @@ class Sequential(Layer):
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
                 if chunk.dtype == np.uint8:  # host: scale as training does
-                    chunk = chunk.astype(self.dtype) / np.asarray(255, self.dtype)  # host
+                    chunk = scaled_pixels(chunk, self.dtype)
                 batch = self.backend.to_device(chunk, self.dtype)
                 out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
         return out

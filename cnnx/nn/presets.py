@@ -7,9 +7,10 @@ import copy
 import math
 
 from cnnx.checks import is_whole_number, short_repr
-from cnnx.errors import ConfigError
+from cnnx.errors import CheckpointError, ConfigError
 
 from .model import IMAGE_SHAPE, Sequential, build_from_architecture
+from .registry import output_shape
 
 
 def layer(kind: str, **config) -> dict:
@@ -121,10 +122,13 @@ def preset_architecture(name: str, input_shape=IMAGE_SHAPE, classes: int = 10) -
             shape = tuple(input_shape)
             entry["config"]["input_size"] = shape[0] * shape[2] if len(shape) == 3 else shape[-1]
     dense = [i for i, entry in enumerate(architecture) if entry["type"] == "Dense"]
-    features = math.prod(input_shape)
-    if dense[0] > 0:  # what the convolutions (or the Flatten) before the head give per sample
-        front = build_from_architecture(architecture[: dense[0]], input_shape=tuple(input_shape))
-        features = math.prod(front.output_shape(tuple(input_shape)))
+    # What the convolutions (or the Flatten) before the head give per sample, from the descriptions.
+    front = layer("Sequential", layers=architecture[: dense[0]])
+    try:
+        features = math.prod(output_shape(front, input_shape) if dense[0] > 0 else input_shape)
+    except (ValueError, ConfigError) as exc:
+        shape = "x".join(map(str, input_shape))
+        raise CheckpointError(f"the architecture does not fit together on inputs of {shape}: {exc}") from None
     architecture[dense[0]]["config"]["in_features"] = features
     architecture[dense[-1]]["config"]["out_features"] = int(classes)
     return architecture

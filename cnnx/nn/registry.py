@@ -1,13 +1,17 @@
 """The layer registry: every layer type is declared once, beside its class, with its config fields.
 
-``@register_layer(fields=..., parameters=...)`` on a :class:`~cnnx.nn.layers.base.Layer` subclass records
-what each constructor argument may be (a :class:`Field`: its type and caps) and how many parameters a
-config gives. Everything that needs to know the layer types reads this one table:
+``@register_layer(fields=..., param_shapes=...)`` on a :class:`~cnnx.nn.layers.base.Layer` subclass
+records what each constructor argument may be (a :class:`~cnnx.nn.fields.Field`: its type and caps) and
+the shapes of the parameters a config gives. Everything that needs to know the layer types reads this
+one table:
 
+- the constructor itself: its arguments are checked against the fields before it runs, with one error
+  type (ConfigError) and one wording for every layer;
 - :func:`check_architecture` checks an untrusted JSON architecture (a model file's, a TOML file's)
-  before anything is built: known types, allowed and required keys, value types, size caps, nesting;
+  before anything is built, with the same fields: known types, allowed and required keys, value types,
+  size caps, nesting, the parameter count;
 - :func:`build_layer` builds a layer (and its sublayers) from a checked description;
-- the public exports of :mod:`cnnx.nn.layers` and the model summary.
+- the model summary and ``cnnx bench``'s labels.
 
 An architecture is a list of layer descriptions ``{"type": name, "config": {...}}``; a container's
 config holds its sublayers as descriptions too (a :class:`SubLayer` or :class:`SubLayers` field), so the
@@ -16,140 +20,42 @@ description nests as the model does.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
 
-from cnnx.checks import is_whole_number, short_repr
+from cnnx.checks import short_repr
 from cnnx.errors import CheckpointError, ConfigError
 
-from .init import SCHEMES
+from .fields import (  # noqa: F401  (declared beside the registry: a layer file imports both from here)
+    INIT,
+    MAX_SIZE,
+    Choice,
+    Field,
+    Flag,
+    Number,
+    OneOf,
+    Optional,
+    Size,
+    SizePair,
+    SubLayer,
+    SubLayers,
+    pair,
+)
 
 # Caps that keep a small hostile description from making cnnx allocate gigabytes; each is far above
 # any model cnnx builds (the seed CNN: 234,410 parameters, 21,632 values after its widest layer).
 # They count values, not bytes: one description serves float32 and float64 models, and a file may be
 # loaded in either. Bytes follow at 4 or 8 a value: one image's widest layer takes at most 80 MB.
 # Inference sizes its batches from these bytes (cnnx.nn.model.INFERENCE_BYTES), so a model at the caps
-# runs in bounded memory at any requested batch size.
+# runs in bounded memory at any requested batch size. MAX_SIZE (any single size) lives with the fields.
 MAX_PARAMETERS = 10**8  # per layer and in total
 MAX_ACTIVATION = 10**7  # values per image after any layer, and in any layer's scratch (see register_layer)
-MAX_SIZE = 1 << 24  # any single size: channels, features, kernel, stride, padding
 MAX_LAYERS = 256  # layer descriptions in one architecture, nested ones included
 MAX_DEPTH = 8  # containers inside containers
 # Constructor arguments that are not config: where the layer lives and where its initial weights come from.
 NOT_CONFIG = ("backend", "dtype", "rng")
-
-
-# -- fields: what a config value may be ------------------------------------------------------------
-
-
-class Field:
-    """One config field: ``what`` it must be (for error messages) and a check of a JSON value."""
-
-    what = "a value"
-
-    def ok(self, value) -> bool:
-        raise NotImplementedError
-
-
-class Size(Field):
-    """A whole number in ``minimum``..``maximum``: channels, features, kernel sizes, strides."""
-
-    def __init__(self, minimum: int = 1, maximum: int = MAX_SIZE):
-        self.minimum, self.maximum = minimum, maximum
-        self.what = f"a whole number in {minimum}..{maximum:,}"
-
-    def ok(self, value) -> bool:
-        return is_whole_number(value) and self.minimum <= value <= self.maximum
-
-
-class SizePair(Size):
-    """A size, or a pair of them ``[height, width]``."""
-
-    def __init__(self, minimum: int = 1, maximum: int = MAX_SIZE):
-        super().__init__(minimum, maximum)
-        self.what = f"a whole number in {minimum}..{maximum:,} or a pair of them"
-
-    def ok(self, value) -> bool:
-        if isinstance(value, (list, tuple)):
-            return len(value) == 2 and all(super(SizePair, self).ok(v) for v in value)
-        return super().ok(value)
-
-
-class Optional(Field):
-    """null, or what ``field`` allows."""
-
-    def __init__(self, field: Field):
-        self.field = field
-        self.what = f"null or {field.what}"
-
-    def ok(self, value) -> bool:
-        return value is None or self.field.ok(value)
-
-
-class OneOf(Field):
-    """What any of ``fields`` allows (a size or the word "same", say)."""
-
-    def __init__(self, *fields: Field):
-        self.fields = fields
-        self.what = " or ".join(field.what for field in fields)
-
-    def ok(self, value) -> bool:
-        return any(field.ok(value) for field in self.fields)
-
-
-class Choice(Field):
-    """One of a few strings."""
-
-    def __init__(self, *options: str):
-        self.options = options
-        self.what = "one of " + ", ".join(options)
-
-    def ok(self, value) -> bool:
-        return isinstance(value, str) and value in self.options
-
-
-class Number(Field):
-    """A finite real number in [low, high] (or [low, high) with ``high_open``)."""
-
-    def __init__(self, low: float, high: float, *, high_open: bool = False):
-        self.low, self.high, self.high_open = low, high, high_open
-        self.what = f"a number in [{low:g}, {high:g}{')' if high_open else ']'}"
-
-    def ok(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        return self.low <= value and (value < self.high if self.high_open else value <= self.high)
-
-
-class Flag(Field):
-    what = "true or false"
-
-    def ok(self, value) -> bool:
-        return isinstance(value, bool)
-
-
-class SubLayer(Field):
-    """One sublayer, as a layer description (null too when ``optional``)."""
-
-    def __init__(self, optional: bool = False):
-        self.optional = optional
-        self.what = "a layer description" + (" or null" if optional else "")
-
-    def ok(self, value) -> bool:
-        return (self.optional and value is None) or isinstance(value, dict)
-
-
-class SubLayers(Field):
-    """A list of sublayers, as layer descriptions (at least one)."""
-
-    what = "a non-empty list of layer descriptions"
-
-    def ok(self, value) -> bool:
-        return isinstance(value, list) and len(value) > 0
-
-
-INIT = Choice(*SCHEMES)  # the weight initialisations a trained layer offers
 
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -157,15 +63,38 @@ INIT = Choice(*SCHEMES)  # the weight initialisations a trained layer offers
 
 @dataclass(frozen=True)
 class LayerType:
-    """A registered layer: its class, config fields, required fields and own parameter count."""
+    """A registered layer: its class, config fields, required fields and defaults, and what a config
+    gives: a cross-field check, its own parameters' shapes, its output shape, its scratch."""
 
     name: str
     cls: type
     fields: dict[str, Field]
     required: frozenset[str]
-    parameters: object  # config -> parameters of the layer itself (not of its sublayers)
+    defaults: dict  # the constructor's defaults of the optional fields
+    param_shapes: object  # complete config -> {name: shape} of the layer's own parameters, in order
+    check: object  # complete config -> what is wrong with it that no single field can say, or None
+    shape: object  # (complete config, per-sample input shape) -> output shape; None: only a built layer knows
     takes_rng: bool  # whether the constructor draws initial weights from an ``rng``
     scratch: object  # (config, input shape, output shape) -> values per sample a forward allocates
+
+    def complete(self, config: dict) -> dict:
+        """``config`` with every field it leaves out at the constructor's default."""
+        return {**self.defaults, **config}
+
+    def parameters(self, config: dict) -> int:
+        """How many parameters of its own (not its sublayers') a layer of ``config`` holds."""
+        return sum(math.prod(shape) for shape in self.param_shapes(self.complete(config)).values())
+
+    def refusal(self, config: dict, *, python: bool = False) -> str | None:
+        """What is wrong with ``config`` (of known keys), as words that follow the layer's name, or None
+        when it is right. ``python`` judges constructor arguments (:meth:`Field.accepts`), otherwise
+        JSON values (:meth:`Field.ok`); sublayers are not looked into."""
+        for key, value in config.items():
+            field = self.fields[key]
+            if not (field.accepts(value) if python else field.ok(value)):
+                what = field.what_in_python if python else field.what
+                return f"{key} must be {what}, got {short_repr(value)}"
+        return self.check(self.complete(config))
 
 
 REGISTRY: dict[str, LayerType] = {}
@@ -174,27 +103,44 @@ REGISTRY: dict[str, LayerType] = {}
 def register_layer(
     *,
     fields: dict[str, Field] | None = None,
-    parameters=None,
+    param_shapes=None,
+    output_shape=None,
+    check=None,
     scratch=None,
     name: str | None = None,
     not_config=(),
 ):
-    """Class decorator: declare a layer type with its config ``fields``, ``parameters(config)`` (the
-    layer's own parameter count; its sublayers count for themselves) and ``scratch(config, input_shape,
-    output_shape)``: the values per sample its forward pass allocates besides its output (a
-    convolution's unfolded windows, say; none when not given), which is capped like an output.
+    """Class decorator: declare a layer type with its config ``fields`` and what a config gives:
 
-    Every constructor argument but ``backend``, ``dtype``, ``rng`` and those named in ``not_config``
-    must be a field and every field a constructor argument; those without a default are required in a
-    description. The layer's ``config()`` must return field values only (a test checks every registered
-    layer).
+    - ``param_shapes(config)``: the shapes of the layer's own parameters by name, in the order it makes
+      them (its sublayers count for themselves). The constructor makes its parameters in these shapes
+      (:meth:`Layer.param_shapes`) and the parameter counts read them; none when not given;
+    - ``output_shape(config, input_shape)``: the per-sample output shape for a per-sample input shape,
+      a ConfigError where the layer does not fit it. A layer's ``output_shape`` method asks this
+      (:meth:`Layer.output_shape`), and so does :func:`output_shape` for a description, which builds
+      nothing. Not given, the output has the input's shape (unless the class computes its own);
+    - ``check(config)``: what is wrong with a config that no single field can say (a convolution's
+      "same" padding needs stride 1), as words that follow the layer's name, or None;
+    - ``scratch(config, input_shape, output_shape)``: the values per sample its forward pass allocates
+      besides its output (a convolution's unfolded windows, say; none when not given), which is capped
+      like an output.
+
+    ``param_shapes``, ``output_shape`` and ``check`` get complete configs: a field left out has the
+    constructor's default. Every constructor argument but ``backend``, ``dtype``, ``rng`` and those
+    named in ``not_config`` must be a field and every field a constructor argument; those without a
+    default are required in a description. The constructor's arguments are checked against the fields
+    (and ``check``) before it runs: what they refuse is a ConfigError naming the layer type and the
+    argument, so a layer's ``__init__`` checks nothing itself. The layer's ``config()`` must return
+    field values only (a test checks every registered layer).
     """
     fields = dict(fields or {})
     skipped = (*NOT_CONFIG, *not_config)
 
     def decorate(cls):
         kind = name or cls.__name__
-        signature = inspect.signature(cls.__init__)
+        # A constructor that is checked already (inherited from a registered class) is checked once, as kind.
+        init = getattr(cls.__init__, "unchecked", cls.__init__)
+        signature = inspect.signature(init)
         arguments = {
             key: p
             for key, p in list(signature.parameters.items())[1:]
@@ -208,14 +154,54 @@ def register_layer(
         previous = REGISTRY.get(kind)
         if previous is not None and previous.cls.__qualname__ != cls.__qualname__:
             raise TypeError(f"a layer type named {kind!r} is registered already ({previous.cls.__module__})")
-        required = frozenset(key for key, p in arguments.items() if p.default is p.empty)
-        count = parameters or (lambda config: 0)
-        work = scratch or (lambda config, input_shape, output_shape: 0)
-        REGISTRY[kind] = LayerType(kind, cls, fields, required, count, "rng" in signature.parameters, work)
+        spec = LayerType(
+            kind, cls, fields,
+            required=frozenset(key for key, p in arguments.items() if p.default is p.empty),
+            defaults={key: p.default for key, p in arguments.items() if p.default is not p.empty},
+            param_shapes=param_shapes or (lambda config: {}),
+            check=check or (lambda config: None),
+            shape=output_shape or (None if _computes_own_shape(cls) else _same_shape),
+            takes_rng="rng" in signature.parameters,
+            scratch=scratch or (lambda config, input_shape, output_shape: 0),
+        )  # fmt: skip
+        REGISTRY[kind] = spec
+        cls.__init__ = _checking_arguments(init, spec, signature)
         cls.layer_type = kind
         return cls
 
     return decorate
+
+
+def _same_shape(config, input_shape) -> tuple[int, ...]:
+    return tuple(input_shape)
+
+
+def _computes_own_shape(cls) -> bool:
+    """Whether ``cls`` overrides Layer.output_shape (which asks the registry) with a method of its own."""
+    return not getattr(cls.output_shape, "asks_the_registry", False)
+
+
+def _checking_arguments(init, spec: LayerType, signature: inspect.Signature):
+    """``init`` preceded by the check of its config arguments against ``spec``."""
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)  # a missing or unknown argument: Python's TypeError
+        config = {key: value for key, value in bound.arguments.items() if key in spec.fields}
+        problem = spec.refusal(config, python=True)
+        if problem is not None:
+            raise ConfigError(f"{spec.name} {problem}")
+        init(self, *args, **kwargs)
+
+    checked.unchecked = init
+    return checked
+
+
+def param_shapes(layer) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``layer``'s own parameters by name, as its registration declares them for its config."""
+    spec = REGISTRY[layer.layer_type]
+    shapes = spec.param_shapes(spec.complete(layer.config()))
+    return {key: tuple(int(size) for size in shape) for key, shape in shapes.items()}
 
 
 def unregister_layer(name: str) -> None:
@@ -258,17 +244,14 @@ def _check_entry(entry, path: str, counter: dict, depth: int) -> None:
     if unknown or missing:
         problem = f"unexpected key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
         raise CheckpointError(f"layer {path} ({kind}): {problem}")
+    problem = spec.refusal(config)
+    if problem is not None:
+        raise CheckpointError(f"layer {path} ({kind}): {problem}")
     for key, value in config.items():
         field = spec.fields[key]
-        if not field.ok(value):
-            raise CheckpointError(
-                f"layer {path} ({kind}): {key} must be {field.what}, got {short_repr(value)}"
-            )
         if isinstance(field, SubLayers):
             for j, child in enumerate(value):
-                _check_entry(
-                    child, f"{path}.{key}.{j}" if key != "layers" else f"{path}.{j}", counter, depth + 1
-                )
+                _check_entry(child, _child_path(path, key, j), counter, depth + 1)
         elif isinstance(field, SubLayer) and value is not None:
             _check_entry(value, f"{path}.{key}", counter, depth + 1)
     own = spec.parameters(config)
@@ -311,6 +294,16 @@ def build_layer(entry: dict, *, backend, dtype, rng=None, path: str = "0"):
 def _child_path(path: str, key: str, index: int) -> str:
     # A Sequential's children are named by index alone, as in parameter names ("4.0.W").
     return f"{path}.{index}" if key == "layers" else f"{path}.{key}.{index}"
+
+
+def output_shape(description: dict, input_shape) -> tuple[int, ...]:
+    """The per-sample output shape that a layer description gives an input of ``input_shape``, from the
+    registrations alone: nothing is built. ConfigError where the layer does not fit that input; a
+    TypeError for a type whose class computes its shape without declaring it."""
+    spec = REGISTRY[description["type"]]
+    if spec.shape is None:
+        raise TypeError(f"{spec.name} declares no output_shape: only a built layer knows its shape")
+    return tuple(spec.shape(spec.complete(description["config"]), tuple(input_shape)))
 
 
 def scratch_values(layer, input_shape, output_shape) -> int:

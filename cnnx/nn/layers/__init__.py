@@ -1,17 +1,31 @@
 """Layers: one file per family, each layer registered once (:func:`cnnx.nn.registry.register_layer`).
 
-Every module in this package is imported here and every registered layer type is exported by name, so
-a new layer is one new file: its class and its registration.
+Every registered layer type of this package is exported by name below (``tests/test_registry.py``
+keeps the list equal to the registry), so a new layer is its file and one line here.
 """
 
-import importlib as _importlib
-import pkgutil as _pkgutil
-
-from ..registry import REGISTRY as _REGISTRY
+from .activations import Flatten, ReLU
 from .base import Layer
+from .conv import Conv2D
+from .dense import Dense
+from .dropout import Dropout
+from .normalization import BatchNorm1D, BatchNorm2D
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .recurrent import GRU
+from .residual import Residual
 
-for _module in _pkgutil.iter_modules(__path__):
-    _importlib.import_module(f"{__name__}.{_module.name}")
-
-globals().update({_name: _spec.cls for _name, _spec in _REGISTRY.items()})
-__all__ = ["Layer", *_REGISTRY]
+__all__ = [
+    "Layer",
+    "ReLU",
+    "Flatten",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "GlobalAvgPool2D",
+    "GRU",
+    "Residual",
+]

@@ -41,7 +41,7 @@ class ReLU(Layer):
         return F.to_nchw(dx) if image else dx
 
 
-@register_layer()
+@register_layer(output_shape=lambda config, input_shape: (math.prod(input_shape),))
 class Flatten(Layer):
     """Collapse every axis but the batch axis: (N, C, H, W) -> (N, C*H*W)."""
 
@@ -51,6 +51,3 @@ class Flatten(Layer):
 
     def backward(self, dy):
         return dy.reshape(self.x_shape)
-
-    def output_shape(self, input_shape):
-        return (math.prod(input_shape),)

@@ -9,7 +9,7 @@ from cnnx.errors import CheckpointError
 
 from ..init import initial_weight, make_rng
 from ..random import derive_rng, generator_from_state, pack_state
-from ..registry import describe
+from ..registry import REGISTRY, describe, output_shape, param_shapes
 
 
 class Layer:
@@ -61,8 +61,14 @@ class Layer:
         return self.forward(x, train)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The per-sample output shape for a per-sample input shape (no batch axis)."""
-        return tuple(input_shape)
+        """The per-sample output shape for a per-sample input shape (no batch axis), as the layer's
+        registration declares it (see :func:`cnnx.nn.registry.register_layer`); ConfigError where the
+        layer does not fit that input. An unregistered layer keeps the input's shape."""
+        if self.layer_type not in REGISTRY:
+            return tuple(input_shape)
+        return output_shape(self.describe(), input_shape)
+
+    output_shape.asks_the_registry = True
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this layer (JSON-friendly, the registered fields);
@@ -164,6 +170,11 @@ class Layer:
             raise ValueError(f"{type(self).__name__}: {name!r} already names a parameter or buffer")
         rng = self.streams[name] = derive_rng(0, f"layer/{name}")
         return rng
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of this layer's own parameters by name, as its registration declares them for its
+        ``config()``: the constructor makes its parameters in these shapes (and the counts read them)."""
+        return param_shapes(self)
 
     def _new_weight(self, shape, init: str, rng):
         host = initial_weight(init, shape, make_rng(rng)).astype(self.dtype)

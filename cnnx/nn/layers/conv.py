@@ -2,39 +2,56 @@
 
 from __future__ import annotations
 
-from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
 from .. import functional as F
-from ..registry import INIT, Choice, Flag, OneOf, Size, SizePair, register_layer
+from ..registry import INIT, Choice, Flag, OneOf, Size, SizePair, pair, register_layer
 from .base import Layer
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    items = list(value) if isinstance(value, (list, tuple)) else [value, value]
-    if len(items) != 2:
-        raise ConfigError(f"Conv2D {name} must be a positive int or a pair of them, got {value!r}")
-    return whole_number("Conv2D", name, items[0]), whole_number("Conv2D", name, items[1])
+def _param_shapes(config) -> dict:
+    """W (out_channels, in_channels, kh, kw), then b (out_channels,) unless ``bias`` is off."""
+    out_channels, in_channels = config["out_channels"], config["in_channels"]
+    shapes = {"W": (out_channels, in_channels, *pair(config["kernel_size"]))}
+    return {**shapes, "b": (out_channels,)} if config["bias"] else shapes
 
 
-def _kernel_area(kernel_size) -> int:
-    return kernel_size * kernel_size if isinstance(kernel_size, int) else kernel_size[0] * kernel_size[1]
+def _same_padding_fits(config) -> str | None:
+    """'same' padding keeps the height and width only at stride 1 with odd kernel sizes."""
+    (kh, kw), stride = pair(config["kernel_size"]), config["stride"]
+    if config["padding"] == "same" and (stride != 1 or kh % 2 == 0 or kw % 2 == 0):
+        return (f"padding 'same' needs stride 1 and odd kernel sizes, got stride {stride} and kernel "
+                f"{kh}x{kw}")  # fmt: skip
+    return None
+
+
+def _pads(config) -> tuple[int, int]:
+    """Rows and columns of zeros on each side: (k - 1) / 2 for 'same', else the padding."""
+    kh, kw = pair(config["kernel_size"])
+    return ((kh - 1) // 2, (kw - 1) // 2) if config["padding"] == "same" else (config["padding"],) * 2
+
+
+def _output_shape(config, input_shape) -> tuple[int, int, int]:
+    """(out_channels, OH, OW) for an input (C, H, W)."""
+    (kh, kw), (ph, pw), (_, h, w) = pair(config["kernel_size"]), _pads(config), input_shape
+    oh = F.conv_output_size(h, kh, config["stride"], ph)
+    ow = F.conv_output_size(w, kw, config["stride"], pw)
+    if oh < 1 or ow < 1:
+        raise ConfigError(f"Conv2D kernel {kh}x{kw} does not fit an input of {h}x{w}")
+    return (config["out_channels"], oh, ow)
 
 
 def _scratch(config, input_shape, output_shape) -> int:
     """Values per image a forward allocates besides its output: the padded input and its unfolded
     windows (OH*OW rows of kh*kw*C numbers)."""
-    (kh, kw), (c, h, w) = config["kernel_size"], input_shape
-    ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if config["padding"] == "same" else (config["padding"],) * 2
+    (kh, kw), (ph, pw), (c, h, w) = pair(config["kernel_size"]), _pads(config), input_shape
     return c * (h + 2 * ph) * (w + 2 * pw) + output_shape[1] * output_shape[2] * kh * kw * c
 
 
 @register_layer(
     fields={"in_channels": Size(), "out_channels": Size(), "kernel_size": SizePair(), "stride": Size(),
             "padding": OneOf(Size(minimum=0), Choice("same")), "init": INIT, "bias": Flag()},
-    parameters=lambda c: c["out_channels"] * (c["in_channels"] * _kernel_area(c.get("kernel_size", 3))
-                                              + bool(c.get("bias", True))),
-    scratch=_scratch,
+    param_shapes=_param_shapes, output_shape=_output_shape, check=_same_padding_fits, scratch=_scratch,
 )  # fmt: skip
 class Conv2D(Layer):
     """Cross-correlation of (N, C, H, W) inputs with F kernels of shape (C, kh, kw), plus a bias per kernel
@@ -61,28 +78,15 @@ class Conv2D(Layer):
         dtype="float32",
     ):
         super().__init__(backend=backend, dtype=dtype)
-        self.in_channels = whole_number("Conv2D", "in_channels", in_channels)
-        self.out_channels = whole_number("Conv2D", "out_channels", out_channels)
-        self.kh, self.kw = _pair(kernel_size, "kernel_size")
-        self.stride = whole_number("Conv2D", "stride", stride)
-        if padding == "same":
-            if self.stride != 1 or self.kh % 2 == 0 or self.kw % 2 == 0:
-                raise ConfigError(
-                    f"Conv2D padding 'same' needs stride 1 and odd kernel sizes, got stride {self.stride} "
-                    f"and kernel {self.kh}x{self.kw}"
-                )
-            self.padding, self.pads = "same", ((self.kh - 1) // 2, (self.kw - 1) // 2)
-        else:
-            self.padding = whole_number("Conv2D", "padding", padding, minimum=0)
-            self.pads = (self.padding, self.padding)
-        self.init = init  # an unknown scheme is refused by initial_weight below
-        shape = (self.out_channels, self.in_channels, self.kh, self.kw)
-        self.params["W"] = self._new_weight(shape, init, rng)
-        if not isinstance(bias, bool):
-            raise ConfigError(f"Conv2D bias must be true or false, got {bias!r}")
-        self.bias = bias
+        self.in_channels, self.out_channels, self.stride = int(in_channels), int(out_channels), int(stride)
+        self.kh, self.kw = pair(kernel_size)
+        self.padding = "same" if padding == "same" else int(padding)
+        self.init, self.bias = init, bias
+        self.pads = _pads(self.config())
+        shapes = self.param_shapes()
+        self.params["W"] = self._new_weight(shapes["W"], init, rng)
         if bias:
-            self.params["b"] = self._zeros((self.out_channels,))
+            self.params["b"] = self._zeros(shapes["b"])
         self.cols = self.x = self.x_shape = self._cols_cache = None
         self.block = None
 
@@ -289,14 +293,6 @@ class Conv2D(Layer):
         if train:
             self._cols_cache = fresh
         return fresh
-
-    def output_shape(self, input_shape):
-        c, h, w = input_shape
-        oh = F.conv_output_size(h, self.kh, self.stride, self.pads[0])
-        ow = F.conv_output_size(w, self.kw, self.stride, self.pads[1])
-        if oh < 1 or ow < 1:
-            raise ConfigError(f"Conv2D kernel {self.kh}x{self.kw} does not fit an input of {h}x{w}")
-        return (self.out_channels, oh, ow)
 
     def config(self):
         return {

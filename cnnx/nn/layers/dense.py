@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
 from ..registry import INIT, Flag, Size, register_layer
 from .base import Layer
 
 
+def _param_shapes(config) -> dict:
+    """W (in_features, out_features), then b (out_features,) unless ``bias`` is off."""
+    shapes = {"W": (config["in_features"], config["out_features"])}
+    return {**shapes, "b": (config["out_features"],)} if config["bias"] else shapes
+
+
+def _output_shape(config, input_shape) -> tuple[int, ...]:
+    """(out_features,) for an input of (in_features,)."""
+    if input_shape != (config["in_features"],):
+        raise ConfigError(
+            f"Dense expects {config['in_features']} features per sample, got shape {input_shape}"
+        )
+    return (config["out_features"],)
+
+
 @register_layer(
     fields={"in_features": Size(), "out_features": Size(), "init": INIT, "bias": Flag()},
-    parameters=lambda c: (c["in_features"] + bool(c.get("bias", True))) * c["out_features"],
+    param_shapes=_param_shapes,
+    output_shape=_output_shape,
 )
 class Dense(Layer):
     """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)
@@ -29,15 +44,12 @@ class Dense(Layer):
         dtype="float32",
     ):
         super().__init__(backend=backend, dtype=dtype)
-        self.in_features = whole_number("Dense", "in_features", in_features)
-        self.out_features = whole_number("Dense", "out_features", out_features)
-        self.init = init  # an unknown scheme is refused by initial_weight below
-        self.params["W"] = self._new_weight((self.in_features, self.out_features), init, rng)
-        if not isinstance(bias, bool):
-            raise ValueError(f"Dense bias must be true or false, got {bias!r}")
-        self.bias = bias
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.init, self.bias = init, bias
+        shapes = self.param_shapes()
+        self.params["W"] = self._new_weight(shapes["W"], init, rng)
         if bias:
-            self.params["b"] = self._zeros((self.out_features,))
+            self.params["b"] = self._zeros(shapes["b"])
 
     def forward(self, x, train=True):
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -57,13 +69,6 @@ class Dense(Layer):
         if self.bias:
             self.grads["b"] = dy.sum(axis=0)
         self.x = None
-
-    def output_shape(self, input_shape):
-        if tuple(input_shape) != (self.in_features,):
-            raise ConfigError(
-                f"Dense expects {self.in_features} features per sample, got shape {input_shape}"
-            )
-        return (self.out_features,)
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init,

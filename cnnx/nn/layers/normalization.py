@@ -8,7 +8,34 @@ from .. import functional as F
 from ..registry import Number, Size, register_layer
 from .base import Layer
 
-FIELDS = {"num_features": Size(), "momentum": Number(0, 1), "eps": Number(0, 1, high_open=True)}
+FIELDS = {
+    "num_features": Size(),
+    "momentum": Number(0, 1),
+    "eps": Number(0, 1, low_open=True, high_open=True),
+}
+
+
+def _param_shapes(config) -> dict:
+    """gamma and beta, one number per feature each."""
+    return {"gamma": (config["num_features"],), "beta": (config["num_features"],)}
+
+
+def _features_shape(config, input_shape) -> tuple[int, ...]:
+    """BatchNorm1D keeps (features,) inputs of its size."""
+    if input_shape != (config["num_features"],):
+        raise ConfigError(
+            f"BatchNorm1D({config['num_features']}) does not fit an input of shape {input_shape}"
+        )
+    return input_shape
+
+
+def _channels_shape(config, input_shape) -> tuple[int, ...]:
+    """BatchNorm2D keeps (C, H, W) inputs of its channels."""
+    if len(input_shape) != 3 or input_shape[0] != config["num_features"]:
+        raise ConfigError(
+            f"BatchNorm2D({config['num_features']}) does not fit an input of shape {input_shape}"
+        )
+    return input_shape
 
 
 class _BatchNorm(Layer):
@@ -24,14 +51,10 @@ class _BatchNorm(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, *, backend=None,
                  dtype="float32"):  # fmt: skip
         super().__init__(backend=backend, dtype=dtype)
-        if not FIELDS["num_features"].ok(num_features):
-            raise ValueError(f"{type(self).__name__} num_features must be {FIELDS['num_features'].what}")
-        for name, value in (("momentum", momentum), ("eps", eps)):
-            if not FIELDS[name].ok(value) or (name == "eps" and value <= 0):
-                raise ValueError(f"{type(self).__name__} {name} must be {FIELDS[name].what}, got {value!r}")
         self.num_features, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
-        self.params["gamma"] = self.xp.ones((self.num_features,), dtype=self.dtype)
-        self.params["beta"] = self._zeros((self.num_features,))
+        shapes = self.param_shapes()
+        self.params["gamma"] = self.xp.ones(shapes["gamma"], dtype=self.dtype)
+        self.params["beta"] = self._zeros(shapes["beta"])
         self.buffers["running_mean"] = self._zeros((self.num_features,))
         self.buffers["running_var"] = self.xp.ones((self.num_features,), dtype=self.dtype)
         self.saved = None
@@ -142,7 +165,7 @@ class _BatchNorm(Layer):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
 
 
-@register_layer(fields=FIELDS, parameters=lambda c: 2 * c["num_features"])
+@register_layer(fields=FIELDS, param_shapes=_param_shapes, output_shape=_features_shape)
 class BatchNorm1D(_BatchNorm):
     """Batch normalisation of (N, features) inputs, per feature (after a Dense layer)."""
 
@@ -154,15 +177,8 @@ class BatchNorm1D(_BatchNorm):
     def _ungroup(self, groups, shape):
         return groups.reshape(shape)
 
-    def output_shape(self, input_shape):
-        if tuple(input_shape) != (self.num_features,):
-            raise ConfigError(
-                f"BatchNorm1D({self.num_features}) does not fit an input of shape {input_shape}"
-            )
-        return tuple(input_shape)
 
-
-@register_layer(fields=FIELDS, parameters=lambda c: 2 * c["num_features"])
+@register_layer(fields=FIELDS, param_shapes=_param_shapes, output_shape=_channels_shape)
 class BatchNorm2D(_BatchNorm):
     """Batch normalisation of (N, C, H, W) inputs, per channel, over the batch and every pixel. Computed
     on channels-last rows: the result keeps the layers' NHWC memory."""
@@ -176,10 +192,3 @@ class BatchNorm2D(_BatchNorm):
     def _ungroup(self, groups, shape):
         n, c, h, w = shape
         return F.to_nchw(groups.reshape(n, h, w, c))
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 3 or input_shape[0] != self.num_features:
-            raise ConfigError(
-                f"BatchNorm2D({self.num_features}) does not fit an input of shape {input_shape}"
-            )
-        return tuple(input_shape)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from cnnx.checks import whole_number
 from cnnx.errors import ConfigError
 
 from .. import functional as F
@@ -17,21 +16,33 @@ class _WindowPool(Layer):
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None, *, backend=None, dtype="float32"):
         super().__init__(backend=backend, dtype=dtype)
-        kind = type(self).__name__
-        self.k = whole_number(kind, "kernel_size", kernel_size)
+        self.k = int(kernel_size)
         # None (not 0, which is an error) means windows that touch without overlapping.
-        self.stride = self.k if stride is None else whole_number(kind, "stride", stride)
-
-    def output_shape(self, input_shape):
-        c, h, w = input_shape
-        oh = F.conv_output_size(h, self.k, self.stride, 0)
-        ow = F.conv_output_size(w, self.k, self.stride, 0)
-        if oh < 1 or ow < 1:
-            raise ConfigError(f"{type(self).__name__} window {self.k} does not fit an input of {h}x{w}")
-        return (c, oh, ow)
+        self.stride = self.k if stride is None else int(stride)
 
     def config(self):
         return {"kernel_size": self.k, "stride": self.stride}
+
+
+def _pooled_shape(kind: str):
+    """The output shape of a ``kind`` pooling: (C, OH, OW) for an input (C, H, W)."""
+
+    def shape(config, input_shape) -> tuple[int, int, int]:
+        c, h, w = input_shape
+        k = config["kernel_size"]
+        stride = k if config["stride"] is None else config["stride"]
+        oh, ow = F.conv_output_size(h, k, stride, 0), F.conv_output_size(w, k, stride, 0)
+        if oh < 1 or ow < 1:
+            raise ConfigError(f"{kind} window {k} does not fit an input of {h}x{w}")
+        return (c, oh, ow)
+
+    return shape
+
+
+def _global_shape(config, input_shape) -> tuple[int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"GlobalAvgPool2D expects (C, H, W) inputs, got {input_shape}")
+    return (input_shape[0],)
 
 
 def _windows(config, input_shape, output_shape) -> int:
@@ -39,7 +50,11 @@ def _windows(config, input_shape, output_shape) -> int:
     return config["kernel_size"] ** 2 * math.prod(output_shape)
 
 
-@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())}, scratch=_windows)
+@register_layer(
+    fields={"kernel_size": Size(), "stride": Optional(Size())},
+    output_shape=_pooled_shape("MaxPool2D"),
+    scratch=_windows,
+)
 class MaxPool2D(_WindowPool):
     """Max over k x k windows moved by ``stride`` (floor mode: a partial window at the edge is dropped).
 
@@ -86,7 +101,11 @@ class MaxPool2D(_WindowPool):
         return F.unpool_argmax(self.xp, dy, first, x_shape, self.k, self.stride)
 
 
-@register_layer(fields={"kernel_size": Size(), "stride": Optional(Size())}, scratch=_windows)
+@register_layer(
+    fields={"kernel_size": Size(), "stride": Optional(Size())},
+    output_shape=_pooled_shape("AvgPool2D"),
+    scratch=_windows,
+)
 class AvgPool2D(_WindowPool):
     """Mean over k x k windows moved by ``stride`` (floor mode); each input gets dy / (k*k) from every
     window it lies in."""
@@ -112,7 +131,7 @@ class AvgPool2D(_WindowPool):
         return dx
 
 
-@register_layer()
+@register_layer(output_shape=_global_shape)
 class GlobalAvgPool2D(Layer):
     """The mean of each channel over the whole image: (N, C, H, W) -> (N, C)."""
 
@@ -126,8 +145,3 @@ class GlobalAvgPool2D(Layer):
         dx = self.xp.empty((n, h, w, c), dtype=dy.dtype)  # channels last, as the layers keep images
         dx[...] = (dy / (h * w))[:, None, None, :]
         return F.to_nchw(dx)
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ConfigError(f"GlobalAvgPool2D expects (C, H, W) inputs, got {input_shape}")
-        return (input_shape[0],)

@@ -15,9 +15,29 @@ def _sigmoid(xp, a):
     return 0.5 * (1 + xp.tanh(0.5 * a))
 
 
+def _param_shapes(d: int, h: int) -> dict:
+    """W_i (D, 3H) and W_h (H, 3H), their columns in gate order [r, z, n], then b_i and b_h (3H,)."""
+    return {"W_i": (d, 3 * h), "W_h": (h, 3 * h), "b_i": (3 * h,), "b_h": (3 * h,)}
+
+
+def _output_shape(config, input_shape) -> tuple[int]:
+    """(H,) for (T, D) sequences or (C, R, W) images read row by row (D = C*W), D being input_size."""
+    if len(input_shape) == 3:
+        c, _, w = input_shape
+        size = c * w
+    elif len(input_shape) == 2:
+        size = input_shape[1]
+    else:
+        raise ConfigError(f"GRU expects (T, D) sequences or (C, H, W) images, got {input_shape}")
+    if size != config["input_size"]:
+        raise ConfigError(f"GRU input_size {config['input_size']} does not fit inputs of shape {input_shape}")
+    return (config["hidden_size"],)
+
+
 @register_layer(
     fields={"input_size": Size(), "hidden_size": Size(), "init": INIT},
-    parameters=lambda c: 3 * c["hidden_size"] * (c["input_size"] + c["hidden_size"] + 2),
+    param_shapes=lambda c: _param_shapes(c["input_size"], c["hidden_size"]),
+    output_shape=_output_shape,
     # Besides the output: the input as a sequence (a copy), then every step's input products (T, 3H).
     scratch=lambda c, shape, _: math.prod(shape) + math.prod(shape) // c["input_size"] * 3 * c["hidden_size"],
 )
@@ -41,15 +61,12 @@ class GRU(Layer):
     def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier", rng=None, backend=None,
                  dtype="float32"):  # fmt: skip
         super().__init__(backend=backend, dtype=dtype)
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not Size().ok(value):
-                raise ConfigError(f"GRU {name} must be {Size().what}, got {value!r}")
         self.input_size, self.hidden_size, self.init = int(input_size), int(hidden_size), init
-        d, h = self.input_size, self.hidden_size
-        self.params["W_i"] = self._new_weight((d, 3 * h), init, rng)
-        self.params["W_h"] = self._new_weight((h, 3 * h), init, rng)
-        self.params["b_i"] = self._zeros((3 * h,))
-        self.params["b_h"] = self._zeros((3 * h,))
+        shapes = self.param_shapes()
+        self.params["W_i"] = self._new_weight(shapes["W_i"], init, rng)
+        self.params["W_h"] = self._new_weight(shapes["W_h"], init, rng)
+        self.params["b_i"] = self._zeros(shapes["b_i"])
+        self.params["b_h"] = self._zeros(shapes["b_h"])
         self.saved = None
 
     def _sequence(self, x):
@@ -116,18 +133,6 @@ class GRU(Layer):
             n, c, rows, w = shape
             dx = dx.reshape(n, rows, c, w).transpose(0, 2, 1, 3)
         return dx
-
-    def output_shape(self, input_shape):
-        if len(input_shape) == 3:
-            c, _, w = input_shape
-            size = c * w
-        elif len(input_shape) == 2:
-            size = input_shape[1]
-        else:
-            raise ConfigError(f"GRU expects (T, D) sequences or (C, H, W) images, got {input_shape}")
-        if size != self.input_size:
-            raise ConfigError(f"GRU input_size {self.input_size} does not fit inputs of shape {input_shape}")
-        return (self.hidden_size,)
 
     def config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "init": self.init}

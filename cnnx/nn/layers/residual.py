@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from cnnx.errors import ConfigError
 
-from ..registry import SubLayer, register_layer
+from ..registry import SubLayer, output_shape, register_layer
 from .base import Layer
 
 
-@register_layer(fields={"body": SubLayer(), "shortcut": SubLayer(optional=True)})
+def _summed_shape(config, input_shape) -> tuple[int, ...]:
+    """The shape a description's body and shortcut both give (see Residual.output_shape)."""
+    body = output_shape(config["body"], input_shape)
+    other = input_shape if config["shortcut"] is None else output_shape(config["shortcut"], input_shape)
+    if body != other:
+        raise ConfigError(f"Residual: the body gives {body} per sample but the shortcut {other}")
+    return body
+
+
+@register_layer(fields={"body": SubLayer(), "shortcut": SubLayer(optional=True)}, output_shape=_summed_shape)
 class Residual(Layer):
     """y = body(x) + shortcut(x), the shortcut being the identity when None (He et al., 2016).
 
