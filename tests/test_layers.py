@@ -278,3 +278,24 @@ def test_im2col_and_col2im_are_adjoint(backend, rng):
     lhs = float(np.sum(backend.to_host(cols) * c))
     rhs = float(np.sum(x * backend.to_host(back)))
     assert abs(lhs - rhs) < 1e-10 * max(abs(lhs), 1.0)
+
+
+def test_the_example_layer_of_architecture_md_follows_the_contract_and_its_gradients_check(rng):
+    from pathlib import Path
+
+    from cnnx.layers import Layer
+    from cnnx.nn.registry import Size, register_layer, unregister_layer
+
+    text = (Path(__file__).parents[1] / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    (example,) = [block for block in blocks if "class Scale(Layer)" in block]
+    namespace = {"Layer": Layer, "Size": Size, "register_layer": register_layer}
+    exec(example, namespace)  # registers "Scale"
+    try:
+        layer = namespace["Scale"](5, dtype="float64")
+        layer.params["s"][...] = rng.standard_normal(5)
+        errors = check_gradients(layer, rng.standard_normal((3, 5)), rng)
+        assert layer(np.ones((2, 5))).shape == (2, 5)
+    finally:
+        unregister_layer("Scale")
+    assert max(errors.values()) < 1e-6, errors
