@@ -9,7 +9,7 @@ import pytest
 
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io import load_model, read_archive
-from cnnx.layers import Conv2D, Dense, MaxPool2D, ReLU
+from cnnx.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Residual
 from cnnx.nn import PRESETS, Sequential, build_model
 from cnnx.nn.registry import MAX_PARAMETERS, REGISTRY, check_architecture
 from cnnx.nn.saving import HEADER_KEY
@@ -296,3 +296,38 @@ def test_pooling_before_the_relu_gives_the_declared_order_s_numbers_to_the_bit(r
     assert sorted(grads) == sorted(fused)
     differ = [name for name, grad in grads.items() if not np.array_equal(grad, fused[name])]
     assert not differ, f"gradients differ in {differ}"
+
+
+class PassThrough(Layer):
+    """The identity, under a name of its own."""
+
+    def forward(self, x, train=True, draws=None):
+        return x, None
+
+    def backward(self, saved, dy, need_dx=True):
+        return dy, {}
+
+
+def test_running_order_asks_the_layers_whether_they_commute_with_max_pooling_not_their_names():
+    class Monotone(PassThrough):
+        commutes_with_max_pooling = True
+
+    class WindowMax(PassThrough):
+        max_pooling = True
+
+    model = Sequential([Monotone(), WindowMax(), Monotone(), Flatten(), Monotone()])
+    order = [type(layer).__name__ for layer in model.running_order()]
+    assert order == ["WindowMax", "Monotone", "Monotone", "Flatten", "Monotone"], order
+
+
+def test_set_grads_stores_a_backward_s_gradients_in_the_layers_that_own_them_at_any_depth(rng):
+    kw = {"dtype": "float64"}
+    block = Residual(Sequential([Dense(3, 3, rng=0, **kw), ReLU(**kw)]), Dense(3, 3, rng=1, **kw))
+    model = Sequential([block, Dense(3, 2, rng=2, **kw)])
+    y, saved = model.forward(rng.standard_normal((4, 3)))
+    _, grads = model.backward(saved, np.ones(y.shape), need_dx=False)
+    assert sorted(grads) == sorted(name for name, _, _ in model.named_parameters())
+    assert all(grad is None for _, _, grad in model.named_parameters()), "backward wrote the layers' grads"
+    model.set_grads(grads)
+    misplaced = [name for name, _, grad in model.named_parameters() if grad is not grads[name]]
+    assert not misplaced, f"set_grads put {misplaced} elsewhere"

@@ -196,14 +196,16 @@ def test_a_shard_asking_for_rows_it_does_not_hold_is_refused():
 
 
 def state_of(layer):
-    """Every attribute of ``layer`` and its sublayers, by path: the object itself, and for the state
-    tables the objects they hold."""
+    """Every attribute of ``layer`` and its sublayers, by path: the object itself, and for a dict or a
+    list (the state tables, a cache, the layers of a Sequential) the objects it holds."""
     state = {}
     for path, part in [("", layer), *layer.named_layers()]:
         for key, value in vars(part).items():
             state[f"{path}:{key}"] = value
-            if key in ("params", "grads", "buffers", "streams"):
-                state[f"{path}:{key} holds"] = dict(value)
+            if isinstance(value, (dict, list)):
+                state[f"{path}:{key} holds"] = (
+                    dict(value) if isinstance(value, dict) else dict(enumerate(value))
+                )
     return state
 
 
