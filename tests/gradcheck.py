@@ -8,22 +8,22 @@ from helpers import numerical_gradient, rel_error
 
 
 def check_gradients(module, x_host, rng, *, max_coords=None, eps=1e-6):
-    """Compare backward() with central differences of L = sum(forward(x) * G) for a fixed random G.
+    """Compare backward() with central differences of L = sum(forward(x)[0] * G) for a fixed random G.
 
     Returns {"x": err, "<param>": err, ...}. With ``max_coords`` only that many randomly chosen
     coordinates of each array are differenced (a whole CNN has too many to do them all).
     """
     backend = module.backend
     x_dev = backend.to_device(x_host, module.dtype)
-    y = module.forward(x_dev, train=True)
+    y, saved = module.forward(x_dev, train=True)
     g = rng.standard_normal(y.shape)
     g_dev = backend.to_device(g, module.dtype)
-    dx = backend.to_host(module.backward(g_dev))
-    analytic = {"x": dx}
-    analytic.update({name: backend.to_host(grad) for name, _, grad in module.named_parameters()})
+    dx, grads = module.backward(saved, g_dev)
+    analytic = {"x": backend.to_host(dx)}
+    analytic.update({name: backend.to_host(grads[name]) for name, _, _ in module.named_parameters()})
 
     def loss_at(x_now):
-        out = module.forward(backend.to_device(x_now, module.dtype), train=True)
+        out, _ = module.forward(backend.to_device(x_now, module.dtype), train=True)
         return float(np.sum(backend.to_host(out) * g))
 
     errors = {}

@@ -152,6 +152,7 @@ class TextbookHeavyBall:
 
 # -- the NCHW im2col and its adjoint, written the plain way: references for the NHWC kernels -------------
 
+from cnnx.nn import functional as F  # noqa: E402
 from cnnx.nn.functional import conv_output_size  # noqa: E402
 
 
@@ -195,3 +196,50 @@ def col2im(xp, cols, x_shape, kh: int, kw: int, stride: int = 1, padding: int = 
     if padding == 0:
         return dx
     return dx[:, :, padding : padding + h, padding : padding + w]
+
+
+# -- the NHWC unfolding kernels as whole functions: the layers fill buffers in blocks instead -----------
+
+
+def im2col_nhwc(xp, x, kh: int, kw: int, stride: int = 1, out=None):
+    """Unfold the windows of an (already padded) NHWC array into rows: (N*OH*OW, kh*kw*C).
+
+    Row ``(n*OH + oh)*OW + ow`` holds the window at (oh, ow) in (i, j, c) order, the order of a weight
+    (F, kh, kw, C) flattened to (F, kh*kw*C). Written into ``out`` (shape (N, OH, OW, kh, kw, C)) when
+    given (see :func:`cnnx.nn.functional.fill_windows`): no intermediate array.
+    """
+    n, h, w, c = x.shape
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    if out is None:
+        out = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    return F.fill_windows(xp, x, kh, kw, stride, out).reshape(n * oh * ow, kh * kw * c)
+
+
+def im2col_taps(xp, x, kh: int, kw: int, stride: int = 1, out=None):
+    """Unfold a single-channel (already padded) NHWC array tap by tap: (kh*kw, N*OH*OW).
+
+    Row ``i*kw + j`` is the image shifted by kernel offset (i, j): the transpose of :func:`im2col_nhwc`'s
+    result when C == 1 (see :func:`cnnx.nn.functional.fill_taps`; into ``out``, shape (kh, kw, N, OH,
+    OW), when given).
+    """
+    n, h, w, c = x.shape
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    if out is None:
+        out = xp.empty((kh, kw, n, oh, ow), dtype=x.dtype)
+    return F.fill_taps(xp, x, kh, kw, stride, out).reshape(kh * kw, n * oh * ow)
+
+
+def col2im_nhwc(xp, planes, x_shape, kh: int, kw: int, stride: int = 1):
+    """The adjoint of :func:`im2col_nhwc`, from the columns grouped by kernel offset.
+
+    ``planes`` is (kh*kw, N*OH*OW, C): plane ``i*kw + j`` holds what the (i, j) tap of every window sends
+    back to its input pixel (one batched product ``dy @ kernel_planes(W)`` makes them); they are folded
+    into a new NHWC array of ``x_shape`` by :func:`cnnx.nn.functional.fold_planes`.
+    """
+    n, h, w, c = x_shape
+    oh = conv_output_size(h, kh, stride, 0)
+    ow = conv_output_size(w, kw, stride, 0)
+    dx = xp.zeros((n, h, w, c), dtype=planes.dtype)
+    return F.fold_planes(xp, planes.reshape(kh, kw, n, oh, ow, c), dx, stride)

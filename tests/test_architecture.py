@@ -46,17 +46,18 @@ class NoisyScale(Layer):
         self.buffers["seen"] = self._zeros(())
         self.rng = self.random_stream("noise")
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, draws=None):
         if not train:
-            return x * self.params["s"]
-        draw = self.backend.to_device(self.rng.standard_normal(x.shape), self.dtype)
-        self.factor, self.x = 1 + self.noise * draw, x
+            return x * self.params["s"], None
+        e = self.draw(draws, "noise", x.shape, lambda rng, shape: rng.standard_normal(shape))
+        factor = 1 + self.noise * self.backend.to_device(e, self.dtype)
         self.buffers["seen"] += 1
-        return x * self.params["s"] * self.factor
+        return x * self.params["s"] * factor, (x, factor)
 
-    def backward(self, dy):
-        self.grads["s"] = (dy * self.x * self.factor).sum(axis=0)
-        return dy * self.params["s"] * self.factor
+    def backward(self, saved, dy, need_dx=True):
+        x, factor = saved
+        grads = {"s": (dy * x * factor).sum(axis=0)}
+        return (dy * self.params["s"] * factor if need_dx else None), grads
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
@@ -137,7 +138,7 @@ def test_the_new_layer_saves_and_loads_with_its_buffer_and_stream(tmp_path):
     assert np.array_equal(model.predict_proba(x), loaded.predict_proba(x))
     # The stream continues where it stood: the next training draws agree too.
     batch = model.backend.to_device(x, model.dtype)
-    assert np.array_equal(model.forward(batch, train=True), loaded.forward(batch, train=True))
+    assert np.array_equal(model.forward(batch, train=True)[0], loaded.forward(batch, train=True)[0])
 
 
 def test_the_new_layer_moves_between_dtypes_with_its_state():
@@ -273,10 +274,10 @@ def test_a_nested_residual_model_computes_what_the_cpu_float64_one_computes(devi
     x, g = rng.standard_normal((6, 2, 3, 3)), rng.standard_normal((6, 3))
     outputs, grads = [], []
     for model in (reference, follower):
-        y = model.forward(model.backend.to_device(x, model.dtype), train=True)
-        model.backward(model.backend.to_device(g, model.dtype))
+        y, saved = model.forward(model.backend.to_device(x, model.dtype), train=True)
+        _, own = model.backward(saved, model.backend.to_device(g, model.dtype))
         outputs.append(model.backend.to_host(y))
-        grads.append({name: model.backend.to_host(grad) for name, _, grad in model.named_parameters()})
+        grads.append({name: model.backend.to_host(grad) for name, grad in own.items()})
     bound = (
         1e-5 if dtype == "float32" else 1e-12
     )  # float32 rounding of a few short sums; float64: exact order

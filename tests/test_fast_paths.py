@@ -1,5 +1,5 @@
 """The channels-last fast paths against the general ones: the 2x2 pooling shortcut, the NHWC im2col/col2im
-pair, the long-row bias helpers, the reused im2col buffer, and the memory layout the layers hand on."""
+pair, the long-row bias helpers, and the memory layout the layers hand on."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def test_fast_2x2_pooling_matches_the_general_window_path(backend, dtype, rng, s
     x = np.round(rng.standard_normal((3, 4, *size)) * 2) / 2
     layer = MaxPool2D(2, backend=backend, dtype=dtype)
     x_dev = backend.to_device(x, dtype)
-    y = layer.forward(x_dev)
+    y, saved = layer.forward(x_dev)
     dy = backend.to_device(rng.standard_normal(y.shape), dtype)
-    dx = layer.backward(dy)
+    dx, _ = layer.backward(saved, dy)
     ref_y, ref_dx = general_pool(backend, x_dev, dy)
     assert np.array_equal(backend.to_host(y), backend.to_host(ref_y)), "pooled values differ"
     assert np.array_equal(backend.to_host(dx), backend.to_host(ref_dx)), "routed gradients differ"
@@ -43,8 +43,8 @@ def test_fast_2x2_pooling_sends_a_tie_to_the_first_maximum_in_row_major_order(ba
     window = np.zeros(4)
     window[list(maxima)] = 1.0
     layer = MaxPool2D(2, backend=backend)
-    layer.forward(backend.to_device(window.reshape(1, 1, 2, 2), layer.dtype))
-    dx = backend.to_host(layer.backward(backend.to_device(np.ones((1, 1, 1, 1)), layer.dtype)))
+    _, saved = layer.forward(backend.to_device(window.reshape(1, 1, 2, 2), layer.dtype))
+    dx = backend.to_host(layer.backward(saved, backend.to_device(np.ones((1, 1, 1, 1)), layer.dtype))[0])
     expected = np.zeros(4)
     expected[maxima[0]] = 1.0
     assert dx.reshape(4).tolist() == expected.tolist(), (
@@ -55,8 +55,8 @@ def test_fast_2x2_pooling_sends_a_tie_to_the_first_maximum_in_row_major_order(ba
 def test_fast_2x2_pooling_gives_a_dropped_edge_zero_gradient(backend):
     layer = MaxPool2D(2, backend=backend)
     x = np.arange(35, dtype=np.float32).reshape(1, 1, 5, 7)  # the last row and column are never pooled
-    y = layer.forward(backend.to_device(x, layer.dtype))
-    dx = backend.to_host(layer.backward(backend.to_device(np.ones(y.shape), layer.dtype)))
+    y, saved = layer.forward(backend.to_device(x, layer.dtype))
+    dx = backend.to_host(layer.backward(saved, backend.to_device(np.ones(y.shape), layer.dtype))[0])
     edge = np.abs(dx[0, 0, 4, :]).sum() + np.abs(dx[0, 0, :, 6]).sum()
     assert edge == 0, f"the dropped edge received gradient {edge}"
     assert dx.sum() == y.size, f"{dx.sum()} units of gradient routed for {y.size} windows"
@@ -67,10 +67,10 @@ def test_nhwc_im2col_and_col2im_are_adjoint(backend, rng, stride):
     # <im2col(x), c> == <x, col2im(c)>: col2im folds back exactly what im2col unfolded.
     xp = backend.xp
     x = rng.standard_normal((2, 7, 6, 3))
-    cols = F.im2col_nhwc(xp, backend.to_device(x, "float64"), 3, 2, stride)  # (P, kh*kw*C)
+    cols = ref.im2col_nhwc(xp, backend.to_device(x, "float64"), 3, 2, stride)  # (P, kh*kw*C)
     c = rng.standard_normal(cols.shape)
     planes = c.reshape(c.shape[0], 3 * 2, 3).transpose(1, 0, 2).copy()  # (kh*kw, P, C)
-    back = F.col2im_nhwc(xp, backend.to_device(planes, "float64"), x.shape, 3, 2, stride)
+    back = ref.col2im_nhwc(xp, backend.to_device(planes, "float64"), x.shape, 3, 2, stride)
     lhs = float(np.sum(backend.to_host(cols) * c))
     rhs = float(np.sum(x * backend.to_host(back)))
     assert abs(lhs - rhs) < 1e-10 * max(abs(lhs), 1.0), f"<im2col x, c> = {lhs} but <x, col2im c> = {rhs}"
@@ -80,7 +80,7 @@ def test_nhwc_im2col_holds_the_nchw_columns_reordered(backend, rng):
     xp = backend.xp
     x = rng.standard_normal((2, 3, 6, 5))
     nchw = backend.to_host(ref.im2col(xp, backend.to_device(x, "float64"), 3, 3, 1, 0))  # (N, C*9, OH*OW)
-    nhwc = backend.to_host(F.im2col_nhwc(xp, backend.to_device(x.transpose(0, 2, 3, 1), "float64"), 3, 3))
+    nhwc = backend.to_host(ref.im2col_nhwc(xp, backend.to_device(x.transpose(0, 2, 3, 1), "float64"), 3, 3))
     reordered = nchw.reshape(2, 3, 3, 3, 12).transpose(0, 4, 2, 3, 1).reshape(24, 27)
     assert np.array_equal(nhwc, reordered), "NHWC columns are not the NCHW ones in (i, j, c) order"
 
@@ -89,8 +89,8 @@ def test_nhwc_im2col_holds_the_nchw_columns_reordered(backend, rng):
 def test_tap_by_tap_columns_are_the_window_columns_transposed(backend, rng, stride):
     xp = backend.xp
     x = backend.to_device(rng.standard_normal((2, 7, 6, 1)), "float64")
-    taps = backend.to_host(F.im2col_taps(xp, x, 3, 2, stride))
-    windows = backend.to_host(F.im2col_nhwc(xp, x, 3, 2, stride))
+    taps = backend.to_host(ref.im2col_taps(xp, x, 3, 2, stride))
+    windows = backend.to_host(ref.im2col_nhwc(xp, x, 3, 2, stride))
     assert np.array_equal(taps, windows.T), "im2col_taps is not im2col_nhwc transposed for one channel"
 
 
@@ -100,15 +100,15 @@ def test_single_channel_conv2d_matches_naive_loops(backend, rng, stride, padding
     layer = Conv2D(1, 4, 3, stride, padding, rng=rng, backend=backend, dtype="float64")
     layer.params["b"][...] = backend.to_device(rng.standard_normal(4), "float64")
     x = rng.standard_normal((2, 1, 8, 7))
-    y = layer.forward(backend.to_device(x, "float64"))
+    y, saved = layer.forward(backend.to_device(x, "float64"))
     w, b = backend.to_host(layer.params["W"]), backend.to_host(layer.params["b"])
     assert_close(backend.to_host(y), ref.conv2d(x, w, b, stride, padding), 1e-12, "forward")
     dy = rng.standard_normal(y.shape)
-    dx = backend.to_host(layer.backward(backend.to_device(dy, "float64")))
+    dx, grads = layer.backward(saved, backend.to_device(dy, "float64"))
     ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dy, stride, padding)
-    assert_close(dx, ref_dx, 1e-12, "dx")
-    assert_close(backend.to_host(layer.grads["W"]), ref_dw, 1e-12, "dW")
-    assert_close(backend.to_host(layer.grads["b"]), ref_db, 1e-12, "db")
+    assert_close(backend.to_host(dx), ref_dx, 1e-12, "dx")
+    assert_close(backend.to_host(grads["W"]), ref_dw, 1e-12, "dW")
+    assert_close(backend.to_host(grads["b"]), ref_db, 1e-12, "db")
 
 
 def test_long_row_bias_helpers_match_the_plain_sums(backend, rng):
@@ -125,22 +125,12 @@ def test_long_row_bias_helpers_match_the_plain_sums(backend, rng):
 def test_conv2d_gives_the_same_result_whatever_the_input_memory_layout(backend, rng, layout):
     layer = Conv2D(3, 4, 3, padding=1, rng=rng, backend=backend, dtype="float64")
     x = rng.standard_normal((2, 3, 5, 6))
-    plain = backend.to_host(layer.forward(backend.to_device(x, "float64")))
+    plain = backend.to_host(layer(backend.to_device(x, "float64")))
     if layout == "channels last":
         x_dev = F.to_nchw(backend.to_device(x.transpose(0, 2, 3, 1).copy(), "float64"))
     else:
         x_dev = backend.to_device(x, "float64")
-    assert_close(backend.to_host(layer.forward(x_dev)), plain, 1e-15, f"Conv2D on {layout} input")
-
-
-def test_the_im2col_buffer_is_reused_from_step_to_step(rng):
-    layer = Conv2D(2, 3, 3, rng=rng)
-    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
-    layer.forward(x)
-    first = layer.cols
-    layer.backward(np.ones((2, 3, 4, 4), np.float32))
-    layer.forward(x)
-    assert np.shares_memory(first, layer.cols), "the second step allocated a new im2col buffer"
+    assert_close(backend.to_host(layer(x_dev)), plain, 1e-15, f"Conv2D on {layout} input")
 
 
 def test_the_seed_cnn_keeps_its_activations_channels_last_until_flatten(rng):
@@ -148,7 +138,7 @@ def test_the_seed_cnn_keeps_its_activations_channels_last_until_flatten(rng):
     model = build_model("seed")
     h = rng.random((2, 1, 28, 28), dtype=np.float32)
     for layer in model.layers[:6]:
-        h = layer.forward(h)
+        h, _ = layer.forward(h)
         last = F.to_nhwc(h)
         assert last.flags.c_contiguous, f"{type(layer).__name__} handed on memory that is not NHWC"
 
@@ -156,24 +146,14 @@ def test_the_seed_cnn_keeps_its_activations_channels_last_until_flatten(rng):
 def test_relu_keeps_a_dense_input_as_it_is(backend, rng):
     layer = ReLU(backend=backend, dtype="float64")
     x = rng.standard_normal((3, 5))
-    y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
+    y = backend.to_host(layer(backend.to_device(x, "float64")))
     assert np.array_equal(y, np.maximum(x, 0)), "ReLU on a 2-D input changed values"
-
-
-def test_inference_borrows_the_im2col_buffer_only_when_it_fits(rng):
-    layer = Conv2D(2, 3, 3, rng=rng)
-    small, large = (rng.standard_normal((n, 2, 6, 6)).astype(np.float32) for n in (2, 5))
-    layer.forward(small)  # training sets the buffer's size
-    buffer = layer.cols
-    layer.forward(large, train=False)
-    layer.forward(small, train=True)
-    assert np.shares_memory(buffer, layer.cols), "inference in a larger batch replaced the training buffer"
 
 
 @pytest.mark.parametrize("size", [(6, 6), (7, 5)])
 def test_fast_2x2_pooling_gives_the_same_values_in_inference(backend, rng, size):
     layer = MaxPool2D(2, backend=backend, dtype="float64")
     x = backend.to_device(rng.standard_normal((2, 3, *size)), "float64")
-    inference = backend.to_host(layer.forward(x, train=False))
-    training = backend.to_host(layer.forward(x, train=True))
+    inference = backend.to_host(layer(x))
+    training = backend.to_host(layer.forward(x, train=True)[0])
     assert np.array_equal(inference, training), "inference pooling differs from training pooling"

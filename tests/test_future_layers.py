@@ -34,8 +34,8 @@ class FixedDraws:
         self.layer.rng.bit_generator.state = self.state
         return self.layer.forward(x, train)
 
-    def backward(self, dy):
-        return self.layer.backward(dy)
+    def backward(self, saved, dy):
+        return self.layer.backward(saved, dy)
 
     def named_parameters(self):
         return self.layer.named_parameters()
@@ -47,13 +47,13 @@ class FixedDraws:
 def test_dropout_is_the_identity_in_evaluation(backend, rng):
     layer = Dropout(0.5, backend=backend)
     x = backend.to_device(rng.standard_normal((4, 3, 5, 5)), "float32")
-    assert layer.forward(x, train=False) is x
+    assert layer(x) is x
 
 
 def test_dropout_zeroes_about_p_and_scales_the_rest_so_the_mean_is_kept(backend, rng):
     layer = Dropout(0.3, backend=backend, dtype="float64")
     x = np.ones((64, 8, 10, 10))
-    y = backend.to_host(layer.forward(backend.to_device(x, "float64"), train=True))
+    y = backend.to_host(layer.forward(backend.to_device(x, "float64"), train=True)[0])
     dropped = np.mean(y == 0)
     assert abs(dropped - 0.3) < 0.02, dropped
     assert np.allclose(y[y != 0], 1 / 0.7, rtol=1e-12)
@@ -62,8 +62,9 @@ def test_dropout_zeroes_about_p_and_scales_the_rest_so_the_mean_is_kept(backend,
 def test_dropout_backward_uses_the_forward_mask(backend, rng):
     layer = Dropout(0.5, backend=backend, dtype="float64")
     x = rng.standard_normal((6, 20))
-    y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
-    dx = backend.to_host(layer.backward(backend.to_device(np.ones((6, 20)), "float64")))
+    y, saved = layer.forward(backend.to_device(x, "float64"))
+    y = backend.to_host(y)
+    dx = backend.to_host(layer.backward(saved, backend.to_device(np.ones((6, 20)), "float64"))[0])
     assert np.array_equal(dx == 0, y == 0) and np.allclose(dx[dx != 0], 2.0)
 
 
@@ -80,7 +81,7 @@ def test_dropout_draws_from_its_seeded_stream_the_same_mask_on_every_backend(bac
         model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(10,))
         model.seed_streams(7)
         x = backend.to_device(np.ones((3, 10)), "float32")
-        masks.append(backend.to_host(model.forward(x)))
+        masks.append(backend.to_host(model.forward(x)[0]))
     assert np.array_equal(*masks), "the same seed drew different masks"
 
 
@@ -90,14 +91,14 @@ def test_dropout_draws_its_mask_from_its_own_stream_as_uniform_float32_at_least_
     layer = Dropout(0.5, backend=backend)
     layer.rng.bit_generator.state = np.random.default_rng(2024).bit_generator.state
     expected = (np.random.default_rng(2024).random((3, 10), dtype=np.float32) >= 0.5) * 2.0
-    y = backend.to_host(layer.forward(backend.to_device(np.ones((3, 10)), "float32")))
+    y = backend.to_host(layer.forward(backend.to_device(np.ones((3, 10)), "float32"))[0])
     assert np.array_equal(y, expected), f"{int(np.sum(y != expected))} of 30 values differ from the stream's"
 
 
 def test_two_training_forwards_of_one_dropout_layer_draw_different_masks(backend):
     layer = Dropout(0.5, backend=backend)
     x = backend.to_device(np.ones((4, 50)), "float32")
-    first, second = (backend.to_host(layer.forward(x)) for _ in range(2))
+    first, second = (backend.to_host(layer.forward(x)[0]) for _ in range(2))
     assert not np.array_equal(first, second), "the second training step dropped the same 200 values"
 
 
@@ -106,7 +107,7 @@ def test_another_seed_draws_another_dropout_mask(backend):
     for seed in (7, 8):
         model = cnnx.nn.Sequential([Dropout(0.5, backend=backend)], input_shape=(50,))
         model.seed_streams(seed)
-        masks.append(backend.to_host(model.forward(backend.to_device(np.ones((4, 50)), "float32"))))
+        masks.append(backend.to_host(model.forward(backend.to_device(np.ones((4, 50)), "float32"))[0]))
     assert not np.array_equal(*masks), "seeds 7 and 8 drew the same mask"
 
 
@@ -118,7 +119,7 @@ def test_two_dropout_layers_of_a_model_draw_different_masks():
 
 def test_dropout_keeps_channels_last_memory(rng):
     conv = Conv2D(1, 4, 3, rng=0)
-    y = Dropout(0.5).forward(conv.forward(rng.random((2, 1, 8, 8), dtype=np.float32)))
+    y, _ = Dropout(0.5).forward(conv.forward(rng.random((2, 1, 8, 8), dtype=np.float32))[0])
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
@@ -150,7 +151,7 @@ def test_batch_norm_matches_the_formula_in_training(backend, dtype, rng, case):
     layer.params["gamma"][...] = backend.to_device(gamma, dtype)
     layer.params["beta"][...] = backend.to_device(beta, dtype)
     x = rng.standard_normal(shape) * 3 + 1
-    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    y = backend.to_host(layer.forward(backend.to_device(x, dtype))[0])
     expected = naive_batch_norm(x, gamma, beta, 1e-5, axes)
     assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-10, f"BatchNorm{case} forward")
 
@@ -177,7 +178,7 @@ def test_batch_norm_moves_its_running_averages_and_evaluates_with_them(backend, 
     running_var = backend.to_host(layer.buffers["running_var"])
     assert np.allclose(running_mean, 0.2 * mean, rtol=1e-12)
     assert np.allclose(running_var, 0.8 + 0.2 * unbiased, rtol=1e-12)
-    y = backend.to_host(layer.forward(backend.to_device(x, "float64"), train=False))
+    y = backend.to_host(layer(backend.to_device(x, "float64")))
     shape_c = [1] * x.ndim
     shape_c[1] = -1
     expected = (x - running_mean.reshape(shape_c)) / np.sqrt(running_var.reshape(shape_c) + 1e-5)
@@ -188,7 +189,7 @@ def test_batch_norm_moves_its_running_averages_and_evaluates_with_them(backend, 
 def test_a_training_batch_with_one_value_per_feature_is_one_line_not_a_nan(layer, shape):
     with pytest.raises(ConfigError, match="one value per feature .* use a batch size of 2 or more"):
         layer.forward(np.ones(shape, np.float32))
-    assert np.all(np.isfinite(layer.forward(np.ones(shape, np.float32), train=False)))
+    assert np.all(np.isfinite(layer(np.ones(shape, np.float32))))
 
 
 def test_batch_norm_buffers_go_through_model_files(tmp_path, rng):
@@ -208,7 +209,7 @@ def test_batch_norm_buffers_go_through_model_files(tmp_path, rng):
 def test_avg_pool_matches_naive_loops(backend, dtype, rng, kernel, stride, size):
     layer = AvgPool2D(kernel, stride, backend=backend, dtype=dtype)
     x = rng.standard_normal((2, 3, *size))
-    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    y = backend.to_host(layer(backend.to_device(x, dtype)))
     s = stride or kernel
     oh, ow = (size[0] - kernel) // s + 1, (size[1] - kernel) // s + 1
     expected = np.array([[[[x[n, c, i * s : i * s + kernel, j * s : j * s + kernel].mean() for j in range(ow)]
@@ -226,7 +227,7 @@ def test_avg_pool_gradients_match_finite_differences(backend, rng, kernel, strid
 def test_global_avg_pool_is_the_channel_mean_and_its_gradient_checks(backend, rng):
     layer = GlobalAvgPool2D(backend=backend, dtype="float64")
     x = rng.standard_normal((3, 4, 5, 6))
-    y = backend.to_host(layer.forward(backend.to_device(x, "float64")))
+    y = backend.to_host(layer(backend.to_device(x, "float64")))
     assert_close(y, x.mean(axis=(2, 3)), 1e-12, "GlobalAvgPool2D")
     errors = check_gradients(layer, x, rng)
     assert max(errors.values()) < GRAD_TOL, errors
@@ -240,7 +241,7 @@ def test_global_avg_pool_is_the_channel_mean_and_its_gradient_checks(backend, rn
 def test_same_padding_keeps_the_size_and_matches_explicit_padding(backend, dtype, rng, kernel):
     layer = Conv2D(2, 3, kernel, padding="same", rng=0, backend=backend, dtype=dtype)
     x = rng.standard_normal((2, 2, 7, 9))
-    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    y = backend.to_host(layer(backend.to_device(x, dtype)))
     assert y.shape == (2, 3, 7, 9) and layer.output_shape((2, 7, 9)) == (3, 7, 9)
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     padded = np.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2))
@@ -311,10 +312,10 @@ def test_a_residual_block_evaluates_its_shortcut_with_the_running_averages_and_l
     x = rng.standard_normal((4, 2, 5, 5)) * 2 + 1
     block.forward(x)  # training: both branches' averages move
     before = block.state_dict()
-    y = block.forward(x, train=False)
+    y = block(x)
     changed = [key for key, value in before.items() if not np.array_equal(value, block.state_dict()[key])]
     assert not changed, f"evaluation changed {changed}"
-    expected = body.forward(x, train=False) + shortcut.forward(x, train=False)
+    expected = body(x) + shortcut(x)
     assert_close(y, expected, 1e-12, "the block against its two branches evaluated apart")
 
 
@@ -350,7 +351,7 @@ def test_gru_matches_its_equations_step_by_step(backend, dtype, rng):
     for name in ("b_i", "b_h"):
         layer.params[name][...] = backend.to_device(rng.standard_normal(12) * 0.5, dtype)
     x = rng.standard_normal((3, 6, 5))
-    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    y = backend.to_host(layer(backend.to_device(x, dtype)))
     host = {k: backend.to_host(v).astype(np.float64) for k, v in layer.params.items()}
     expected = naive_gru(x, host["W_i"], host["W_h"], host["b_i"], host["b_h"])
     assert_close(y, expected, 1e-5 if dtype == np.float32 else 1e-12, "GRU")
@@ -373,7 +374,7 @@ def test_gru_reads_an_image_row_by_row(rng):
     layer = GRU(2 * 5, 3, rng=0, dtype="float64")
     images = rng.standard_normal((2, 2, 4, 5))  # (N, C, rows, W): each step sees one row of both channels
     rows = images.transpose(0, 2, 1, 3).reshape(2, 4, 10)
-    assert np.array_equal(layer.forward(images), layer.forward(rows))
+    assert np.array_equal(layer(images), layer(rows))
     assert layer.output_shape((2, 4, 5)) == (3,)
     with pytest.raises(ConfigError, match="does not fit"):
         layer.output_shape((1, 4, 5))

@@ -9,7 +9,7 @@ import pytest
 
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io import load_model, read_archive
-from cnnx.layers import Conv2D, Dense, MaxPool2D, ReLU
+from cnnx.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Residual
 from cnnx.nn import PRESETS, Sequential, build_model
 from cnnx.nn.registry import MAX_PARAMETERS, REGISTRY, check_architecture
 from cnnx.nn.saving import HEADER_KEY
@@ -76,8 +76,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path, backend, rng):
     x = rng.random((3, 1, 28, 28)).astype(np.float32)
     path = model.save(tmp_path / "model.npz")
     again = load_model(path, device=backend)
-    before = backend.to_host(model.forward(backend.to_device(x), train=False))
-    after = backend.to_host(again.forward(backend.to_device(x), train=False))
+    before = backend.to_host(model(backend.to_device(x)))
+    after = backend.to_host(again(backend.to_device(x)))
     assert np.array_equal(before, after)
 
 
@@ -248,14 +248,14 @@ def test_a_training_backward_without_the_input_gradient_gives_the_same_parameter
     rng = np.random.default_rng(3)
     x = backend.to_device(rng.random((4, 1, 28, 28)), "float64")
     dy = backend.to_device(rng.standard_normal((4, 10)), "float64")
-    full, lean = (build_model(preset, backend=backend, dtype="float64", seed=1) for _ in range(2))
-    for model in (full, lean):
-        model.forward(x, train=True)
-    assert full.backward(dy) is not None and lean.backward(dy, input_grad=False) is None
-    for (name, _, g_full), (_, _, g_lean) in zip(
-        full.named_parameters(), lean.named_parameters(), strict=True
-    ):
-        difference = float(np.abs(backend.to_host(g_full) - backend.to_host(g_lean)).max())
+    model = build_model(preset, backend=backend, dtype="float64", seed=1)
+    _, saved = model.forward(x, train=True)
+    dx, g_full = model.backward(saved, dy)
+    no_dx, g_lean = model.backward(saved, dy, need_dx=False)
+    assert dx is not None and no_dx is None
+    assert sorted(g_full) == sorted(g_lean) == sorted(name for name, _, _ in model.named_parameters())
+    for name in g_full:
+        difference = float(np.abs(backend.to_host(g_full[name]) - backend.to_host(g_lean[name])).max())
         assert difference == 0.0, f"{name}: gradients differ by {difference:.1e} without the input gradient"
 
 
@@ -263,16 +263,16 @@ def test_a_training_backward_does_not_visit_the_parameter_free_layers_below_the_
     visited = []
 
     class Watch(ReLU):
-        def backward(self, dy):
+        def backward(self, saved, dy, need_dx=True):
             visited.append("watch")
-            return super().backward(dy)
+            return super().backward(saved, dy, need_dx)
 
     model = Sequential([Watch(), *build_model("mlp", seed=0).layers])
-    model.forward(np.random.default_rng(0).random((2, 1, 28, 28)).astype("float32"), train=True)
-    model.backward(np.ones((2, 10), "float32"), input_grad=False)
+    _, saved = model.forward(np.random.default_rng(0).random((2, 1, 28, 28)).astype("float32"), train=True)
+    model.backward(saved, np.ones((2, 10), "float32"), need_dx=False)
     assert visited == [], "the layer below the first Dense was asked for a gradient nobody uses"
-    model.forward(np.zeros((2, 1, 28, 28), "float32"), train=True)
-    model.backward(np.ones((2, 10), "float32"))
+    _, saved = model.forward(np.zeros((2, 1, 28, 28), "float32"), train=True)
+    model.backward(saved, np.ones((2, 10), "float32"))
     assert visited == ["watch"], "a full backward must still reach the first layer"
 
 
@@ -282,14 +282,52 @@ def test_pooling_before_the_relu_gives_the_declared_order_s_numbers_to_the_bit(r
     assert order[:6] == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D", "MaxPool2D", "ReLU"], order
     x = model.backend.to_device(rng.random((4, 1, 28, 28)) - 0.3, "float64")  # negative maxima too
     g = rng.standard_normal((4, 10))
-    fused_y, fused_dx = model.forward(x), model.backward(g)
-    fused = {name: grad.copy() for name, _, grad in model.named_parameters()}
-    y = x
+    fused_y, saved = model.forward(x)
+    fused_dx, fused = model.backward(saved, g)
+    y, kept, grads = x, [], {}
     for layer in model.layers:  # the declared order, one layer after the other
-        y = layer.forward(y, True)
+        y, saved = layer.forward(y, True)
+        kept.append(saved)
     dy = g
-    for layer in reversed(model.layers):
-        dy = layer.backward(dy)
+    for i in reversed(range(len(model.layers))):
+        dy, own = model.layers[i].backward(kept[i], dy)
+        grads.update((f"{i}.{key}", grad) for key, grad in own.items())
     assert np.array_equal(fused_y, y) and np.array_equal(fused_dx, dy)
-    differ = [name for name, _, grad in model.named_parameters() if not np.array_equal(grad, fused[name])]
+    assert sorted(grads) == sorted(fused)
+    differ = [name for name, grad in grads.items() if not np.array_equal(grad, fused[name])]
     assert not differ, f"gradients differ in {differ}"
+
+
+class PassThrough(Layer):
+    """The identity, under a name of its own."""
+
+    def forward(self, x, train=True, draws=None):
+        return x, None
+
+    def backward(self, saved, dy, need_dx=True):
+        return dy, {}
+
+
+def test_running_order_asks_the_layers_whether_they_commute_with_max_pooling_not_their_names():
+    class Monotone(PassThrough):
+        commutes_with_max_pooling = True
+
+    class WindowMax(PassThrough):
+        max_pooling = True
+
+    model = Sequential([Monotone(), WindowMax(), Monotone(), Flatten(), Monotone()])
+    order = [type(layer).__name__ for layer in model.running_order()]
+    assert order == ["WindowMax", "Monotone", "Monotone", "Flatten", "Monotone"], order
+
+
+def test_set_grads_stores_a_backward_s_gradients_in_the_layers_that_own_them_at_any_depth(rng):
+    kw = {"dtype": "float64"}
+    block = Residual(Sequential([Dense(3, 3, rng=0, **kw), ReLU(**kw)]), Dense(3, 3, rng=1, **kw))
+    model = Sequential([block, Dense(3, 2, rng=2, **kw)])
+    y, saved = model.forward(rng.standard_normal((4, 3)))
+    _, grads = model.backward(saved, np.ones(y.shape), need_dx=False)
+    assert sorted(grads) == sorted(name for name, _, _ in model.named_parameters())
+    assert all(grad is None for _, _, grad in model.named_parameters()), "backward wrote the layers' grads"
+    model.set_grads(grads)
+    misplaced = [name for name, _, grad in model.named_parameters() if grad is not grads[name]]
+    assert not misplaced, f"set_grads put {misplaced} elsewhere"

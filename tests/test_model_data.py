@@ -343,9 +343,9 @@ def test_loading_a_checkpoint_for_use_reads_no_optimizer_moment(tmp_path):
     model = cnnx.build_model("mlp")
     optimizer = make_optimizer("adam", model, 1e-3)
     x, y = blobs(8, 1)
-    logits = model.forward(model.backend.to_device(x.reshape(8, 1, 28, 28) / 255, "float32"))
+    logits, saved = model.forward(model.backend.to_device(x.reshape(8, 1, 28, 28) / 255, "float32"))
     _, dlogits = cnnx.softmax_cross_entropy(model.xp, logits, model.backend.to_device(y.astype("int64")))
-    model.backward(dlogits)
+    model.set_grads(model.backward(saved, dlogits)[1])
     optimizer.step()
     meta = {"epoch": 0, "batch": 0, "step": 1, "rng_state": {}, "history": [], "partial": {},
             "settings": {}, "optimizer": {}}  # fmt: skip

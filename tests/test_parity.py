@@ -112,7 +112,7 @@ def branch_decisions(run: Run) -> list[np.ndarray]:
             windows = np.lib.stride_tricks.sliding_window_view(run.backend.to_host(h), (k, k), axis=(2, 3))
             windows = windows[:, :, ::s, ::s]
             decisions.append(windows.reshape(*windows.shape[:4], k * k).argmax(axis=-1))
-        h = layer.forward(h, train=False)
+        h = layer(h)
     return decisions
 
 
@@ -153,10 +153,7 @@ def run_pair(
                 for k in w_ref
             }
         )
-    final = [
-        softmax_cross_entropy(run.model.xp, run.model.forward(run.x, train=False), run.labels)[0]
-        for run in (ref, fol)
-    ]
+    final = [softmax_cross_entropy(run.model.xp, run.model(run.x), run.labels)[0] for run in (ref, fol)]
     gaps.loss.append(_relative_gap(ref, fol, final))
     return gaps
 

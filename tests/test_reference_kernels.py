@@ -142,7 +142,7 @@ def make_conv(case: ConvCase, backend, dtype, rng):
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_forward_matches_naive_loops(backend, dtype, rng, case):
     layer, x = make_conv(case, backend, dtype, rng)
-    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    y = backend.to_host(layer(backend.to_device(x, dtype)))
     w, b = backend.to_host(layer.params["W"]), backend.to_host(layer.params["b"])
     expected = ref.conv2d(f64(x), f64(w), f64(b), case.stride, case.padding)
     assert y.shape == expected.shape, f"Conv2D output shape {y.shape}, the loops give {expected.shape}"
@@ -153,15 +153,15 @@ def test_conv2d_forward_matches_naive_loops(backend, dtype, rng, case):
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_backward_matches_naive_loops(backend, dtype, rng, case):
     layer, x = make_conv(case, backend, dtype, rng)
-    y = layer.forward(backend.to_device(x, dtype))
+    y, saved = layer.forward(backend.to_device(x, dtype))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = backend.to_host(layer.backward(backend.to_device(dy, dtype)))
-    w = backend.to_host(layer.params["W"])
+    dx, grads = layer.backward(saved, backend.to_device(dy, dtype))
+    dx, w = backend.to_host(dx), backend.to_host(layer.params["W"])
     ref_dx, ref_dw, ref_db = ref.conv2d_backward(f64(x), f64(w), f64(dy), case.stride, case.padding)
     errors = {
         "dx": rel_error(dx, ref_dx),
-        "dW": rel_error(backend.to_host(layer.grads["W"]), ref_dw),
-        "db": rel_error(backend.to_host(layer.grads["b"]), ref_db),
+        "dW": rel_error(backend.to_host(grads["W"]), ref_dw),
+        "db": rel_error(backend.to_host(grads["b"]), ref_db),
     }
     assert_all_close(errors, TOL[dtype], f"Conv2D backward {case}")
 
@@ -171,10 +171,10 @@ def test_conv2d_backward_matches_naive_loops(backend, dtype, rng, case):
 
 def pool_forward_backward(case: PoolCase, backend, dtype, x, rng):
     layer = MaxPool2D(case.kernel, case.stride, backend=backend, dtype=dtype)
-    y = layer.forward(backend.to_device(x, dtype))
+    y, saved = layer.forward(backend.to_device(x, dtype))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = backend.to_host(layer.backward(backend.to_device(dy, dtype)))
-    return backend.to_host(y), dy, dx
+    dx, _ = layer.backward(saved, backend.to_device(dy, dtype))
+    return backend.to_host(y), dy, backend.to_host(dx)
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
@@ -209,16 +209,18 @@ def test_dense_forward_and_backward_match_naive_loops(backend, dtype, rng, case)
     layer = Dense(case.fin, case.fout, rng=rng, backend=backend, dtype=dtype)
     layer.params["b"][...] = backend.to_device(rng.standard_normal(case.fout), dtype)
     x = rng.standard_normal((case.batch, case.fin)).astype(dtype)
-    y = backend.to_host(layer.forward(backend.to_device(x, dtype)))
+    y, saved = layer.forward(backend.to_device(x, dtype))
+    y = backend.to_host(y)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = backend.to_host(layer.backward(backend.to_device(dy, dtype)))
+    dx, grads = layer.backward(saved, backend.to_device(dy, dtype))
+    dx = backend.to_host(dx)
     w, b = f64(backend.to_host(layer.params["W"])), f64(backend.to_host(layer.params["b"]))
     ref_dx, ref_dw, ref_db = ref.dense_backward(f64(x), w, f64(dy))
     errors = {
         "y": rel_error(y, ref.dense(f64(x), w, b)),
         "dx": rel_error(dx, ref_dx),
-        "dW": rel_error(backend.to_host(layer.grads["W"]), ref_dw),
-        "db": rel_error(backend.to_host(layer.grads["b"]), ref_db),
+        "dW": rel_error(backend.to_host(grads["W"]), ref_dw),
+        "db": rel_error(backend.to_host(grads["b"]), ref_db),
     }
     assert_all_close(errors, TOL[dtype], f"Dense {case}")
 

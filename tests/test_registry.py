@@ -195,7 +195,7 @@ def test_every_example_has_an_input():
 def test_a_description_gives_the_output_shape_of_the_layer_it_builds(kind, i):
     layer = REGISTRY[kind].cls(**arguments(kind, i))
     shape = INPUTS[kind, i]
-    built = tuple(layer.forward(np.zeros((2, *shape), layer.dtype), train=False).shape[1:])
+    built = tuple(layer(np.zeros((2, *shape), layer.dtype)).shape[1:])
     inferred = output_shape(json.loads(json.dumps(layer.describe())), shape)
     assert inferred == layer.output_shape(shape) == built, (
         f"inferred {inferred}, method {layer.output_shape(shape)}, ran {built}"

@@ -186,14 +186,14 @@ class PoisonOnWhite(Layer):
         super().__init__(backend=backend)
         self.model, self.calls = None, []
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, draws=None):
         white = x.reshape(len(x), -1).min(axis=1) == 1.0
         if train and self.model is not None:
             self.calls.append((bool(white.any()), self.model.state_dict()))
-        return x + np.where(white, np.nan, 0.0).astype(x.dtype)[:, None, None, None]
+        return x + np.where(white, np.nan, 0.0).astype(x.dtype)[:, None, None, None], None
 
-    def backward(self, dy):
-        return dy
+    def backward(self, saved, dy, need_dx=True):
+        return dy, {}
 
 
 def poisoned_mlp():

@@ -97,8 +97,8 @@ def test_train_step_returns_the_summed_loss_and_correct_count_as_device_scalars(
     model, optimizer = mlp_and_adam()
     images, labels = blobs(16, seed=4)
     x, y = scale_pixels(images), labels.astype(np.int64)
-    mean_loss, _ = softmax_cross_entropy(np, model.forward(x, train=False), y)
-    expected_correct = int((model.forward(x, train=False).argmax(axis=1) == y).sum())
+    mean_loss, _ = softmax_cross_entropy(np, model(x), y)
+    expected_correct = int((model(x).argmax(axis=1) == y).sum())
     loss_sum, correct = train_step(model, optimizer, x, y)
     assert np.shape(loss_sum) == () and np.shape(correct) == (), "train_step must return 0-d arrays"
     gap = abs(float(loss_sum) - 16 * float(mean_loss))

@@ -160,7 +160,7 @@ class CnnxRunner(Runner):
         self.dtype = self.model.dtype
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.backend.to_host(self.model.forward(self.backend.to_device(x, self.dtype), train=False))
+        return self.backend.to_host(self.model(self.backend.to_device(x, self.dtype)))
 
     def _steps(self, batches, count: int, train: bool) -> None:
         backend, model = self.backend, self.model
@@ -171,7 +171,7 @@ class CnnxRunner(Runner):
                 if train:
                     train_step(model, self.optimizer, x, backend.to_device(labels))
                 else:
-                    model.forward(x, train=False)
+                    model(x)  # evaluation
 
     def synchronize(self) -> None:
         self.backend.synchronize()

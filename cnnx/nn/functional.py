@@ -76,47 +76,18 @@ def fill_windows(xp, x, kh: int, kw: int, stride: int, out):
     return out
 
 
-def im2col_nhwc(xp, x, kh: int, kw: int, stride: int = 1, out=None):
-    """Unfold the windows of an (already padded) NHWC array into rows: (N*OH*OW, kh*kw*C).
-
-    Row ``(n*OH + oh)*OW + ow`` holds the window at (oh, ow) in (i, j, c) order, the order of a weight
-    (F, kh, kw, C) flattened to (F, kh*kw*C). Written into ``out`` (shape (N, OH, OW, kh, kw, C)) when
-    given (see :func:`fill_windows`): no intermediate array.
-    """
-    n, h, w, c = x.shape
-    oh = conv_output_size(h, kh, stride, 0)
-    ow = conv_output_size(w, kw, stride, 0)
-    if out is None:
-        out = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    return fill_windows(xp, x, kh, kw, stride, out).reshape(n * oh * ow, kh * kw * c)
-
-
 def fill_taps(xp, x, kh: int, kw: int, stride: int, out):
     """Write a single-channel (already padded) NHWC array into ``out`` (kh, kw, N, OH, OW) tap by tap:
     ``out[i, j]`` is the image shifted by kernel offset (i, j), one strided copy of whole image rows."""
     n, h, w, c = x.shape
     if c != 1:
-        raise ValueError(f"im2col_taps unfolds single-channel images, got {c} channels")
+        raise ValueError(f"fill_taps unfolds single-channel images, got {c} channels")
     oh, ow = out.shape[3], out.shape[4]
     image = x.reshape(n, h, w)
     for i in range(kh):
         for j in range(kw):
             out[i, j] = image[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
     return out
-
-
-def im2col_taps(xp, x, kh: int, kw: int, stride: int = 1, out=None):
-    """Unfold a single-channel (already padded) NHWC array tap by tap: (kh*kw, N*OH*OW).
-
-    Row ``i*kw + j`` is the image shifted by kernel offset (i, j): the transpose of :func:`im2col_nhwc`'s
-    result when C == 1 (see :func:`fill_taps`; into ``out``, shape (kh, kw, N, OH, OW), when given).
-    """
-    n, h, w, c = x.shape
-    oh = conv_output_size(h, kh, stride, 0)
-    ow = conv_output_size(w, kw, stride, 0)
-    if out is None:
-        out = xp.empty((kh, kw, n, oh, ow), dtype=x.dtype)
-    return fill_taps(xp, x, kh, kw, stride, out).reshape(kh * kw, n * oh * ow)
 
 
 def kernel_planes(w):
@@ -145,7 +116,7 @@ def fold_tap_products(xp, dy, kernels, out, kh: int, kw: int, stride: int = 1):
     :func:`kernel_planes`. For each kernel offset (i, j), ``dy @ kernels[i*kw + j]`` is what that tap of
     every window sends back, (N, OH, OW, C): it is added to the input pixels under the tap at once,
     while it is still in cache, as one strided-slice addition of whole image rows. The same sums, in
-    the same order, as :func:`col2im_nhwc` of the batched product ``dy @ kernels``.
+    the same order, as folding the planes of the batched product ``dy @ kernels`` (:func:`fold_planes`).
     """
     n, h, w, c = out.shape
     oh = conv_output_size(h, kh, stride, 0)
@@ -156,20 +127,6 @@ def fold_tap_products(xp, dy, kernels, out, kh: int, kw: int, stride: int = 1):
             xp.matmul(dy, kernels[i * kw + j], out=plane)
             out[:, i : i + stride * oh : stride, j : j + stride * ow : stride] += plane.reshape(n, oh, ow, c)
     return out
-
-
-def col2im_nhwc(xp, planes, x_shape, kh: int, kw: int, stride: int = 1):
-    """The adjoint of :func:`im2col_nhwc`, from the columns grouped by kernel offset.
-
-    ``planes`` is (kh*kw, N*OH*OW, C): plane ``i*kw + j`` holds what the (i, j) tap of every window sends
-    back to its input pixel (one batched product ``dy @ kernel_planes(W)`` makes them); they are folded
-    into a new NHWC array of ``x_shape`` by :func:`fold_planes`.
-    """
-    n, h, w, c = x_shape
-    oh = conv_output_size(h, kh, stride, 0)
-    ow = conv_output_size(w, kw, stride, 0)
-    dx = xp.zeros((n, h, w, c), dtype=planes.dtype)
-    return fold_planes(xp, planes.reshape(kh, kw, n, oh, ow, c), dx, stride)
 
 
 def bias_add_rows(xp, y, b, rows_per_image: int):

@@ -75,47 +75,53 @@ class Sequential(Layer):
     def children(self):
         return {str(i): layer for i, layer in enumerate(self.layers)}
 
-    def forward(self, x, train: bool = True):
+    def forward(self, x, train: bool = True, draws=None):
+        """``(y, saved)``: the layers applied in :meth:`running_order`; ``saved`` is the list of what
+        each of them saved, in that order (None unless ``train``)."""
+        saved = []
         for layer in self.running_order():
-            x = layer.forward(x, train)
-        return x
+            x, kept = layer.forward(x, train, draws)
+            saved.append(kept)
+        return x, (saved if train else None)
 
     def running_order(self) -> list[Layer]:
-        """The layers in the order they run: the declared order, except that a ReLU followed directly by a
-        max pooling runs after it. The two commute exactly (ReLU keeps the order of values, and so the
-        same first maximum of each window, or a zero gradient where the maximum is not positive), and
-        the ReLU then touches one value per window instead of all of them: the same numbers, to the bit,
-        for less work."""
-        order = list(self.layers)
+        """The layers in the order they run: the declared order, except that a layer that commutes with
+        max pooling (a ReLU: it keeps the order of values, and so the same first maximum of each window,
+        or a zero gradient where the maximum is not positive) runs after a max pooling that follows it
+        directly. It then touches one value per window instead of all of them: the same numbers, to the
+        bit, for less work. The layers' class attributes say which they are (see Layer)."""
+        return [layer for _, layer in self._running()]
+
+    def _running(self) -> list[tuple[str, Layer]]:
+        order = list(self.children().items())
         i = 0
         while i < len(order) - 1:
-            if order[i].layer_type == "ReLU" and order[i + 1].layer_type == "MaxPool2D":
+            if order[i][1].commutes_with_max_pooling and order[i + 1][1].max_pooling:
                 order[i], order[i + 1] = order[i + 1], order[i]
                 i += 2
             else:
                 i += 1
         return order
 
-    __call__ = forward
+    def backward(self, saved, dy, need_dx: bool = True):
+        """``(dx, grads)``: backpropagate ``dy`` (the loss gradient of the output) through the forward that
+        gave ``saved``; the gradients are named by layer index, ``{"3.W": ...}``.
 
-    def backward(self, dy, input_grad: bool = True):
-        """Backpropagate ``dy`` (the loss gradient of the output), filling every layer's ``grads``;
-        returns the gradient of the input.
-
-        With ``input_grad=False`` (what a training step asks for) no input gradient is made: the first
+        With ``need_dx=False`` (what a training step asks for) no input gradient is made: the first
         layer with parameters only computes its own gradients, and the parameter-free layers below it
-        (a Flatten, say) are not visited. Returns None then.
+        (a Flatten, say) are not visited. dx is None then.
         """
-        layers = self.running_order()
-        trained = [i for i, layer in enumerate(layers) if layer.has_parameters()]
-        first = 0 if input_grad or not trained else trained[0]
-        for i in range(len(layers) - 1, first, -1):
-            dy = layers[i].backward(dy)
-        if input_grad:
-            return layers[0].backward(dy)
-        if trained:
-            layers[first].backward_params(dy)
-        return None
+        order = self._running()
+        trained = [i for i, (_, layer) in enumerate(order) if layer.has_parameters()]
+        if not need_dx and not trained:
+            return None, {}
+        first = 0 if need_dx else trained[0]
+        grads = {}
+        for i in range(len(order) - 1, first - 1, -1):
+            name, layer = order[i]
+            dy, own = layer.backward(saved[i], dy, need_dx=need_dx or i > first)
+            grads.update((f"{name}.{key}", grad) for key, grad in own.items())
+        return dy, grads
 
     def output_shape(self, input_shape):
         for layer in self.layers:
@@ -223,7 +229,7 @@ class Sequential(Layer):
                 if chunk.dtype == np.uint8:  # host: scale as training does
                     chunk = scaled_pixels(chunk, self.dtype)
                 batch = self.backend.to_device(chunk, self.dtype)
-                out.append(self.backend.to_host(softmax(self.xp, self.forward(batch, train=False), axis=1)))
+                out.append(self.backend.to_host(softmax(self.xp, self(batch), axis=1)))
         return out
 
     def predict(self, images, batch_size: int = 1000) -> np.ndarray:  # host

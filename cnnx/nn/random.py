@@ -5,11 +5,15 @@ Every consumer (the batch order, each stochastic layer, the augmentation pipelin
 another's draws, and the same seed gives the same numbers on every backend (draws happen on the host).
 A generator's whole state packs into six unsigned 64-bit integers, so streams are saved in model files
 and checkpoints as plain arrays and restored exactly.
+
+:class:`BatchDraws` lets a batch run in shards draw what it would draw whole: a layer's draw is made
+once for the whole batch and every shard takes its rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np  # host: random streams live on the host
 
@@ -60,3 +64,37 @@ def generator_from_state(packed) -> np.random.Generator:  # host
         "uinteger": uinteger,
     }
     return rng
+
+
+class BatchDraws:
+    """The random draws of one batch of ``n`` samples, for the shard of rows ``[start, stop)``.
+
+    The first shard that asks for a stream's draw makes it for the whole batch, ``make(rng, (n,
+    *per_sample))``: the call a whole-batch forward makes, so a stream advances the same way however the
+    batch is cut. The draw is kept here and every shard gets its own rows of it. :meth:`shard` gives
+    the other shards' objects, which share the kept draws; shards may ask from several threads. A
+    stream makes one draw per batch.
+    """
+
+    def __init__(self, n: int, start: int = 0, stop: int | None = None, *, _kept=None):
+        stop = n if stop is None else stop
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"a shard is rows [start, stop) of the batch's {n}, got [{start}, {stop})")
+        self.n, self.start, self.stop = n, start, stop
+        self._kept = {"lock": threading.Lock(), "draws": {}} if _kept is None else _kept
+
+    def shard(self, start: int, stop: int) -> BatchDraws:
+        """The draws of rows ``[start, stop)`` of the same batch (sharing what is drawn)."""
+        return BatchDraws(self.n, start, stop, _kept=self._kept)
+
+    def rows(self, rng: np.random.Generator, shape: tuple, make):  # host
+        """This shard's rows of the whole batch's draw from ``rng``; ``shape`` is the shard's."""
+        if shape[0] != self.stop - self.start:
+            raise ValueError(f"a shard of {self.stop - self.start} rows got {shape[0]}")
+        with self._kept["lock"]:
+            kept = self._kept["draws"].get(id(rng))
+            if kept is None:  # the generator is kept too: its id is never another's while it is here
+                kept = self._kept["draws"][id(rng)] = (rng, make(rng, (self.n, *shape[1:])))
+        if kept[1].shape[1:] != tuple(shape[1:]):
+            raise ValueError(f"one stream drew {kept[1].shape[1:]} per sample and is asked for {shape[1:]}")
+        return kept[1][self.start : self.stop]

@@ -60,9 +60,10 @@ def checked_step(model, optimizer, x, labels, *, update: bool = True) -> str | N
     bad = _first_bad_weight(model)
     if bad is not None:
         return f"the weights of {_name(bad[0], bad[1])} ({bad[2]}) were already not finite"
-    h = x
+    h, saved = x, []
     for i, layer in enumerate(model.layers):
-        h = layer.forward(h, True)
+        h, kept = layer.forward(h, True)
+        saved.append(kept)
         if not _finite(backend, h):
             return f"{_name(i, layer)} forward output"
     loss, dy = softmax_cross_entropy(model.xp, h, labels)
@@ -70,7 +71,8 @@ def checked_step(model, optimizer, x, labels, *, update: bool = True) -> str | N
         return "the loss (softmax cross-entropy of finite logits)"
     for i in reversed(range(len(model.layers))):
         layer = model.layers[i]
-        dy = layer.backward(dy)
+        dy, grads = layer.backward(saved[i], dy)
+        layer.set_grads(grads)
         for key, _, grad in layer.named_parameters(f"{i}."):
             if grad is not None and not _finite(backend, grad):
                 return f"{_name(i, layer)} gradient of {key}"

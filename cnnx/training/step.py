@@ -22,9 +22,10 @@ def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False, cli
     returned. With ``clip``, the gradients are scaled down together when their global norm exceeds it
     (on the device: nothing is read back).
     """
-    logits = model.forward(x, train=True)
+    logits, saved = model.forward(x, train=True)
     loss, dlogits = softmax_cross_entropy(model.xp, logits, labels)
-    model.backward(dlogits, input_grad=False)  # nobody trains the images: their gradient is skipped
+    _, grads = model.backward(saved, dlogits, need_dx=False)  # nobody trains the images: no dx
+    model.set_grads(grads)
     if clip is not None:
         clip_gradients(model, clip)
     if skip_nonfinite and not step_is_finite(model, loss):
@@ -66,7 +67,7 @@ def _evaluate(model, images, labels, batch_size: int):
             model_inputs(images[start : start + batch_size], model.dtype, model.input_shape), model.dtype
         )
         y = backend.to_device(labels[start : start + batch_size], "int64")
-        logits = model.forward(x, train=False)
+        logits = model(x)  # evaluation
         loss, _ = softmax_cross_entropy(xp, logits, y)
         loss_sum += loss * x.shape[0]
         predictions.append(logits.argmax(axis=1))

@@ -13,19 +13,32 @@ from ..registry import REGISTRY, describe, output_shape, param_shapes
 
 
 class Layer:
-    """A layer: ``forward(x, train)`` keeps what ``backward(dy)`` needs; ``backward`` returns dx and fills
-    ``grads``.
+    """A layer: ``forward`` returns its output and what its ``backward`` needs; ``backward`` returns the
+    input gradient and the parameter gradients.
+
+        y, saved = layer.forward(x, train=True, draws=None)
+        dx, grads = layer.backward(saved, dy, need_dx=True)
+        y = layer(x)  # evaluation: layer.forward(x, train=False), the output only
+
+    ``saved`` belongs to the call (None in evaluation): a layer keeps nothing about a batch, so one
+    layer object can run several batches, or shards of one, at once. ``grads`` is a dict keyed like
+    :meth:`named_parameters` relative to the layer (``"W"``; a container's ``"body.0.W"``), and
+    ``need_dx=False`` skips the input gradient (the first trained layer of a model: the images are not
+    trained). ``train=True`` selects training behaviour (batch statistics, random masks); a batch norm
+    still moves its running averages there. ``draws`` (a :class:`cnnx.nn.random.BatchDraws`) says that
+    ``x`` is a shard of a batch: a stochastic layer then takes its rows of the batch's draw (see
+    :meth:`draw`); containers pass it down.
 
     State, all keyed by name:
 
-    - ``params``: trained device arrays; ``grads`` has the same keys once a backward has run;
+    - ``params``: trained device arrays; ``grads`` has the same keys once :meth:`set_grads` stored a
+      backward's gradients (the optimizer reads them there);
     - ``buffers``: device arrays that are saved but not trained (running averages, say);
     - ``streams``: host random generators (:meth:`random_stream`), one per kind of draw.
 
     A container holds sublayers (:meth:`children`); names nest with dots, ``"4.body.0.W"``, and every
     walk below (parameters, buffers, streams, layers) visits a layer's own state, then its children's in
-    order. ``train=True`` selects training behaviour (batch statistics, random masks) and keeps what
-    ``backward`` needs; ``train=False`` is evaluation.
+    order.
 
     Layers built standalone live on the CPU backend in float32; ``backend=`` ("cpu", "gpu", "auto" or a
     Backend) and ``dtype=`` choose otherwise. Shapes in ``output_shape`` leave out the batch axis. A
@@ -33,6 +46,10 @@ class Layer:
     """
 
     layer_type = "Layer"  # set by register_layer
+    # A Sequential runs a layer that commutes with max pooling after a max pooling that follows it
+    # directly (see Sequential.running_order): the same numbers, to the bit, for less work.
+    max_pooling = False  # the output is the maximum of windows of the input
+    commutes_with_max_pooling = False  # elementwise, and exactly the same run after a max pooling
 
     def __init__(self, *, backend=None, dtype="float32"):
         self.backend = get_backend(backend)
@@ -45,20 +62,31 @@ class Layer:
         self.buffers: dict = {}
         self.streams: dict = {}
 
-    def forward(self, x, train: bool = True):
+    def forward(self, x, train: bool = True, draws=None):
+        """``(y, saved)``: the output for ``x`` and what :meth:`backward` needs (None unless ``train``)."""
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, saved, dy, need_dx: bool = True):
+        """``(dx, grads)`` for the gradient ``dy`` of the output of the forward that gave ``saved``: the
+        input gradient (None without ``need_dx``) and a dict of parameter gradients."""
         raise NotImplementedError
 
-    def backward_params(self, dy) -> None:
-        """Fill ``grads`` from ``dy`` without returning dx, for a layer whose input gradient nobody needs
-        (the first trained layer of a model: the images are not trained). Layers that can skip work for
-        it override this; by default it is a full backward."""
-        self.backward(dy)
+    def __call__(self, x):
+        """The evaluation output for ``x``."""
+        return self.forward(x, train=False)[0]
 
-    def __call__(self, x, train: bool = True):
-        return self.forward(x, train)
+    def set_grads(self, grads: dict) -> None:
+        """Store a backward's gradients, by their names relative to this layer, in ``grads`` of the
+        layers that own them (at any depth), where the optimizer reads them."""
+        owners = {name: (layer, key) for name, layer, key in self._parameter_owners()}
+        for name, grad in grads.items():
+            layer, key = owners[name]
+            layer.grads[key] = grad
+
+    def _parameter_owners(self, prefix: str = ""):
+        yield from ((prefix + key, self, key) for key in self.params)
+        for name, child in self.children().items():
+            yield from child._parameter_owners(f"{prefix}{name}.")
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The per-sample output shape for a per-sample input shape (no batch axis), as the layer's
@@ -99,7 +127,7 @@ class Layer:
             yield from child._named(table, f"{prefix}{name}.")
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, object, object]]:
-        """Yield (name, parameter, gradient) at every depth; the gradient is None before backward."""
+        """Yield (name, parameter, gradient) at every depth; the gradient is None until set_grads."""
         yield from ((prefix + key, value, self.grads.get(key)) for key, value in self.params.items())
         for name, child in self.children().items():
             yield from child.named_parameters(f"{prefix}{name}.")
@@ -175,6 +203,13 @@ class Layer:
         """The shapes of this layer's own parameters by name, as its registration declares them for its
         ``config()``: the constructor makes its parameters in these shapes (and the counts read them)."""
         return param_shapes(self)
+
+    def draw(self, draws, name: str, shape: tuple, make):  # host
+        """The draw ``make(rng, shape)`` from this layer's stream ``name`` for an input of batch-first
+        ``shape``: made here when ``draws`` is None (the input is the whole batch), else this shard's
+        rows of the whole batch's draw (see :class:`cnnx.nn.random.BatchDraws`)."""
+        rng = self.streams[name]
+        return make(rng, tuple(shape)) if draws is None else draws.rows(rng, tuple(shape), make)
 
     def _new_weight(self, shape, init: str, rng):
         host = initial_weight(init, shape, make_rng(rng)).astype(self.dtype)

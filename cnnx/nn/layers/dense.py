@@ -51,24 +51,19 @@ class Dense(Layer):
         if bias:
             self.params["b"] = self._zeros(shapes["b"])
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, draws=None):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Dense expects inputs (N, {self.in_features}), got {tuple(x.shape)}")
-        self.x = x if train else None
         y = x @ self.params["W"]
         if self.bias:
             y += self.params["b"]  # in place: one temporary fewer
-        return y
+        return y, (x if train else None)
 
-    def backward(self, dy):
-        self.backward_params(dy)
-        return dy @ self.params["W"].T
-
-    def backward_params(self, dy) -> None:
-        self.grads["W"] = self.x.T @ dy
+    def backward(self, x, dy, need_dx=True):
+        grads = {"W": x.T @ dy}
         if self.bias:
-            self.grads["b"] = dy.sum(axis=0)
-        self.x = None
+            grads["b"] = dy.sum(axis=0)
+        return (dy @ self.params["W"].T if need_dx else None), grads
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init,

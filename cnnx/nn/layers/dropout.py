@@ -16,38 +16,40 @@ class Dropout(Layer):
 
     The mask is drawn from the layer's own host stream (``"mask"``, seeded from the run seed and the
     layer's name), so every backend drops the same values, and a resumed run draws what it would have
-    drawn. Image batches are drawn in NHWC order, the layers' memory order, and the result keeps it.
+    drawn. A shard of a batch (``draws``) takes its rows of the whole batch's mask. Image batches are
+    drawn in NHWC order, the layers' memory order, and the result keeps it.
     """
 
     def __init__(self, p: float = 0.5, *, backend=None, dtype="float32"):
         super().__init__(backend=backend, dtype=dtype)
         self.p = float(p)
         self.rng = self.random_stream("mask")
-        self.mask = None
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, draws=None):
         if not train or self.p == 0:
-            self.mask = None
-            return x
+            return x, None
         image = x.ndim == 4
         shape = F.to_nhwc(x).shape if image else x.shape
-        keep = self.rng.random(shape, dtype=np.float32) >= self.p  # host: the draw
+        uniform = self.draw(draws, "mask", shape, _uniform)
         scale = np.asarray(1 / (1 - self.p), self.dtype)  # host
-        mask = self.backend.to_device(keep.astype(self.dtype) * scale, self.dtype)  # host: to the device
-        self.mask = F.to_nchw(mask) if image else mask
-        return self._times_mask(x)
+        mask = self.backend.to_device((uniform >= self.p).astype(self.dtype) * scale, self.dtype)  # host
+        mask = F.to_nchw(mask) if image else mask
+        return _times(x, mask), mask
 
-    def backward(self, dy):
-        if self.mask is None:  # evaluation, or p == 0: the identity
-            return dy
-        dx = self._times_mask(dy)
-        self.mask = None
-        return dx
-
-    def _times_mask(self, a):
-        if a.ndim == 4:  # multiply in NHWC order so the result stays channels last
-            return F.to_nchw(F.to_nhwc(a) * F.to_nhwc(self.mask))
-        return a * self.mask
+    def backward(self, mask, dy, need_dx=True):
+        if not need_dx:
+            return None, {}
+        return (dy if mask is None else _times(dy, mask)), {}  # no mask: evaluation or p == 0
 
     def config(self):
         return {"p": self.p}
+
+
+def _uniform(rng, shape):  # host: the draw
+    return rng.random(shape, dtype=np.float32)  # host
+
+
+def _times(a, mask):
+    if a.ndim == 4:  # multiply in NHWC order so the result stays channels last
+        return F.to_nchw(F.to_nhwc(a) * F.to_nhwc(mask))
+    return a * mask

@@ -57,7 +57,6 @@ class _BatchNorm(Layer):
         self.params["beta"] = self._zeros(shapes["beta"])
         self.buffers["running_mean"] = self._zeros((self.num_features,))
         self.buffers["running_var"] = self.xp.ones((self.num_features,), dtype=self.dtype)
-        self.saved = None
 
     # A subclass says how its input becomes a contiguous (N, positions, features) array, and back.
     def _groups(self, x):
@@ -90,7 +89,7 @@ class _BatchNorm(Layer):
         (features,) vector would run loops of only ``features`` numbers (about twice as slow)."""
         return self.xp.tile(v, g.shape[1])
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, draws=None):
         xp, g = self.xp, self._groups(x)  # (N, positions, features), contiguous
         if g.shape[2] != self.num_features:
             raise ValueError(f"{type(self).__name__} expects {self.num_features} features, got {g.shape[2]}")
@@ -107,8 +106,7 @@ class _BatchNorm(Layer):
                 y[s] += shift_t
 
             self.backend.split_batch(evaluate, n, work)
-            self.saved = None
-            return self._ungroup(y, x.shape)
+            return self._ungroup(y, x.shape), None
         m = n * g.shape[1]
         if m < 2:
             raise ConfigError(
@@ -136,17 +134,17 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"][...] = keep * self.buffers["running_mean"] + self.momentum * mean
         unbiased = var * (m / (m - 1))
         self.buffers["running_var"][...] = keep * self.buffers["running_var"] + self.momentum * unbiased
-        self.saved = (normed, inv_std)
-        return self._ungroup(y, x.shape)
+        return self._ungroup(y, x.shape), (normed, inv_std)
 
-    def backward(self, dy):
-        xp, (normed, inv_std) = self.xp, self.saved
-        self.saved = None
+    def backward(self, saved, dy, need_dx=True):
+        xp, (normed, inv_std) = self.xp, saved
         g = self._groups(dy)
         n, work, m = g.shape[0], g.size, g.shape[0] * g.shape[1]
         dbeta = self._channel_sums(g)
         dgamma = self._channel_sums(g, normed.reshape(g.shape))
-        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        grads = {"gamma": dgamma, "beta": dbeta}
+        if not need_dx:
+            return None, grads
         # d/dx of gamma * (x - mean) * inv_std, with mean and var taken from the batch itself:
         # k * (m * dy - dbeta - normed * dgamma) with k = gamma * inv_std / m.
         k = self.params["gamma"] * inv_std / m
@@ -159,7 +157,7 @@ class _BatchNorm(Layer):
             dx[s] -= normed[s] * b_t
 
         self.backend.split_batch(part, n, 4 * work)
-        return self._ungroup(dx, dy.shape)
+        return self._ungroup(dx, dy.shape), grads
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}

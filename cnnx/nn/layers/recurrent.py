@@ -67,7 +67,6 @@ class GRU(Layer):
         self.params["W_h"] = self._new_weight(shapes["W_h"], init, rng)
         self.params["b_i"] = self._zeros(shapes["b_i"])
         self.params["b_h"] = self._zeros(shapes["b_h"])
-        self.saved = None
 
     def _sequence(self, x):
         """(N, T, D) from the input: a sequence batch as it is, an image batch row by row."""
@@ -79,7 +78,7 @@ class GRU(Layer):
                              f"got {tuple(x.shape)}")  # fmt: skip
         return x
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, draws=None):
         xp, shape = self.xp, x.shape
         seq = self._sequence(x)
         n, steps, d = seq.shape
@@ -99,13 +98,11 @@ class GRU(Layer):
                 previous[t] = h
                 history.append((r, z, candidate, hidden[:, 2 * hs :]))
             h = (1 - z) * candidate + z * h
-        self.saved = (seq, previous, history, shape) if train else None
-        return h
+        return h, ((seq, previous, history, shape) if train else None)
 
-    def backward(self, dy):
+    def backward(self, saved, dy, need_dx=True):
         xp = self.xp
-        seq, previous, history, shape = self.saved
-        self.saved = None
+        seq, previous, history, shape = saved
         n, steps, d = seq.shape
         hs = self.hidden_size
         w_h = self.params["W_h"]
@@ -122,17 +119,16 @@ class GRU(Layer):
             xp.multiply(d_candidate, r, out=d_hidden[t, :, 2 * hs :])
             dh = dh * z + d_hidden[t] @ w_h.T
         # The weight gradients of every step at once: one product over all (step, sample) rows.
-        flat_h = d_hidden.reshape(steps * n, 3 * hs)
-        self.grads["W_h"] = previous.reshape(steps * n, hs).T @ flat_h
-        self.grads["b_h"] = flat_h.sum(axis=0)
-        flat = d_inputs.reshape(n * steps, 3 * hs)
-        self.grads["W_i"] = seq.reshape(n * steps, d).T @ flat
-        self.grads["b_i"] = flat.sum(axis=0)
+        flat_h, flat = d_hidden.reshape(steps * n, 3 * hs), d_inputs.reshape(n * steps, 3 * hs)
+        grads = {"W_h": previous.reshape(steps * n, hs).T @ flat_h, "b_h": flat_h.sum(axis=0),
+                 "W_i": seq.reshape(n * steps, d).T @ flat, "b_i": flat.sum(axis=0)}  # fmt: skip
+        if not need_dx:
+            return None, grads
         dx = (flat @ self.params["W_i"].T).reshape(n, steps, d)
         if len(shape) == 4:
             n, c, rows, w = shape
             dx = dx.reshape(n, rows, c, w).transpose(0, 2, 1, 3)
-        return dx
+        return dx, grads
 
     def config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "init": self.init}

@@ -40,13 +40,21 @@ class Residual(Layer):
             parts["shortcut"] = self.shortcut
         return parts
 
-    def forward(self, x, train=True):
-        y = self.body.forward(x, train)
-        return y + (x if self.shortcut is None else self.shortcut.forward(x, train))
+    def forward(self, x, train=True, draws=None):
+        y, body = self.body.forward(x, train, draws)
+        if self.shortcut is None:
+            return y + x, ((body, None) if train else None)
+        s, shortcut = self.shortcut.forward(x, train, draws)
+        return y + s, ((body, shortcut) if train else None)
 
-    def backward(self, dy):
-        dx = self.body.backward(dy)
-        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))
+    def backward(self, saved, dy, need_dx=True):
+        dx, grads = self.body.backward(saved[0], dy, need_dx)
+        grads = {f"body.{name}": grad for name, grad in grads.items()}
+        if self.shortcut is None:
+            return (dx + dy if need_dx else None), grads
+        ds, shortcut = self.shortcut.backward(saved[1], dy, need_dx)
+        grads.update((f"shortcut.{name}", grad) for name, grad in shortcut.items())
+        return (dx + ds if need_dx else None), grads
 
     def output_shape(self, input_shape):
         body = self.body.output_shape(input_shape)
