@@ -314,9 +314,10 @@ def test_checkpoints_every_n_steps_need_a_run_directory():
 
 
 def test_the_step_schedule_drops_by_a_tenth_when_no_gamma_is_given():
-    from cnnx.training.schedule import Schedule
+    from cnnx.optim import Schedule
 
-    schedule = Schedule.from_config(RunConfig(lr_schedule="step", lr_step_every=10), 1.0)
+    config = RunConfig(lr_schedule="step", lr_step_every=10)
+    schedule = Schedule.of("step", 1.0, step_every=config.lr_step_every, gamma=config.lr_gamma)
     assert [schedule.rate(step, 100) for step in (9, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
 
 
