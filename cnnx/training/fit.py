@@ -121,7 +121,13 @@ def train_as_configured(
     run.open(recorded, resume=resume, unique=unique_dir)
     if on_start is not None:
         on_start(run)
-    reporter = Reporter(progress, config.epochs, run.batches)
+    _train_and_record(run, Reporter(progress, config.epochs, run.batches), stop)
+    return run
+
+
+def _train_and_record(run: Run, reporter: Reporter, stop) -> None:
+    """Train ``run`` (or, when its training had ended, only evaluate it), draw its figures and record how
+    it ended, whatever ends it."""
     # NumPy's overflow warnings would only repeat, less clearly, what the divergence guard reports.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
@@ -138,7 +144,6 @@ def train_as_configured(
         finally:
             reporter.close()
     run.finish("completed")
-    return run
 
 
 def _record_failure(run: Run, exc: BaseException) -> None:
