@@ -65,6 +65,24 @@ def test_a_bad_field_is_a_one_line_error_naming_it(values, fragment):
     assert message.startswith("run.toml: ") and fragment in message and "\n" not in message, message
 
 
+def test_every_field_is_declared_with_a_kind_and_a_doc_naming_only_other_fields():
+    import string
+
+    for field in RunConfig.declared():
+        kind, doc = field.metadata["kind"], field.metadata["doc"]
+        assert callable(kind.ok) and kind.describe(), f"{field.name}: no kind to check it by"
+        named = {name for _, name, _, _ in string.Formatter().parse(doc) if name}
+        unknown = named - set(RunConfig.fields())
+        assert doc and not unknown, f"{field.name}'s doc names {sorted(unknown)}, which are no fields"
+
+
+def test_a_fields_doc_names_other_settings_as_the_reader_spells_them():
+    from cnnx.training.settings import doc_of, option_name
+
+    field = next(field for field in RunConfig.declared() if field.name == "early_stopping")
+    assert "``validation``" in doc_of(field) and "--validation" in doc_of(field, option_name), doc_of(field)
+
+
 def test_a_toml_file_gives_the_fields_and_command_line_values_win(tmp_path):
     path = write(tmp_path / "run.toml", 'model = "mlp"\nepochs = 7\nlr = 0.01\ndata_dir = "data"\n'
                  '[optimizer_options]\nbeta1 = 0.8\n')  # fmt: skip

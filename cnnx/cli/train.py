@@ -140,6 +140,7 @@ def _in_the_users_words(command):
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    metavar="DIR",
     show_default="runs/<timestamp>-<model>-<optimizer>",
     help="Run directory; must be new, empty, or what a run killed before its first checkpoint left.",
 )

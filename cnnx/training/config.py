@@ -115,10 +115,12 @@ class RunConfig:
         {}, Custom(lambda v: isinstance(v, dict), "a table of the optimizer's settings"),
         "The optimizer's other settings, e.g. {{\"beta1\": 0.9}} for Adam.", option=False,
     )  # fmt: skip
-    epochs: int = setting(5, Whole(1, MAX_EPOCHS), "Passes over the training set.", changeable=True)
-    batch_size: int = setting(128, Whole(1), "Images per step.")
+    epochs: int = setting(
+        5, Whole(1, MAX_EPOCHS), "Passes over the training set.", changeable=True, metavar="N"
+    )
+    batch_size: int = setting(128, Whole(1), "Images per step.", metavar="N")
     seed: int = setting(
-        0, Whole(0), "Seeds the initial weights, the layers' random streams and the batch order."
+        0, Whole(0), "Seeds the initial weights, the layers' random streams and the batch order.", metavar="N"
     )
     device: str = setting(
         "cpu", OneOf(DEVICES),
