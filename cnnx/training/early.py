@@ -43,6 +43,12 @@ class EarlyStopping:
         self.best_loss, self.best_epoch, self.waited = math.inf, 0, 0
         self.best_predictions = None  # host; not in the state: a resumed run scores best.npz anew
 
+    @classmethod
+    def for_run(cls, config) -> EarlyStopping:
+        """What a run's RunConfig asks for: ``early_stopping`` epochs of patience (None: it watches the
+        best epoch without ever stopping)."""
+        return cls(config.early_stopping)
+
     def update(self, epoch: int, val_loss: float, predictions=None) -> tuple[bool, bool]:
         """Record an epoch's validation loss (and its test predictions): (it is the best so far, the run
         should stop now)."""

@@ -99,7 +99,7 @@ class Run(RunFiles):
             data, self.val_images, val_labels = split_validation(data, config.validation, config.seed)
             self.val_labels, self.early = (
                 np.asarray(val_labels, np.int64),
-                EarlyStopping(config.early_stopping),
+                EarlyStopping.for_run(config),
             )
         self._take_data(data)
         self.augmenter = self._augmenter()  # a cnnx.data.Augmenter for the training batches, or None
