@@ -76,6 +76,19 @@ def test_every_field_is_declared_with_a_kind_and_a_doc_naming_only_other_fields(
         assert doc and not unknown, f"{field.name}'s doc names {sorted(unknown)}, which are no fields"
 
 
+def test_every_run_setting_but_the_structured_ones_is_a_train_option_with_its_doc_as_help():
+    from cnnx.cli.train import train
+    from cnnx.training.settings import doc_of, option_name
+
+    options = {param.opts[0]: param.help for param in train.params}
+    for field in RunConfig.declared():
+        if field.metadata["option"]:
+            flag = option_name(field.name)
+            assert options.get(flag) == doc_of(field, option_name), f"{flag}: {options.get(flag)!r}"
+    not_options = [field.name for field in RunConfig.declared() if not field.metadata["option"]]
+    assert not_options == ["input_shape", "optimizer_options"], f"not options: {not_options}"
+
+
 def test_a_fields_doc_names_other_settings_as_the_reader_spells_them():
     from cnnx.training.settings import doc_of, option_name
 
@@ -250,6 +263,8 @@ NO_EFFECT = [
      "--early-stopping needs a validation split (--validation 0.1, say) to watch"),
     ({"data_dir": "d", "dataset": "digits"}, 'data_dir has no meaning for dataset = "digits"',
      "--data-dir has no meaning for --dataset digits"),
+    ({"min_delta": 0.01}, "min_delta has no effect without validation (validation = 0.1, say)",
+     "--min-delta has no effect without --validation (--validation 0.1, say)"),
 ]  # fmt: skip
 # The same for the rules that need the run's length: 160 images in batches of 32 are 5 steps an epoch.
 TOO_LONG = [

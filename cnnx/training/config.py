@@ -214,6 +214,12 @@ class RunConfig:
         "With {validation}: stop once the validation loss has not improved for EPOCHS epochs.",
         changeable=True, metavar="EPOCHS",
     )  # fmt: skip
+    min_delta: float = setting(
+        0.0, Real("a finite number >= 0", low_open=False),
+        "With {validation}: how much an epoch's validation loss must fall below the best so far to count "
+        "as better (for best.npz and {early_stopping}; default 0: any fall).",
+        changeable=True, metavar="X", needs=("validation", 0.1),
+    )  # fmt: skip
     dropout: float | None = setting(
         None, Real("a probability in [0, 1)", high=1, low_open=False, high_open=True),
         "Set every Dropout layer of the model to rate P (seed-dropout, cnn-bn and vgg-bn have them; "
