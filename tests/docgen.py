@@ -1,7 +1,7 @@
 """The docs' lists that mirror the code, written from the code: each is the text between
-``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in README.md or ARCHITECTURE.md. ``python
-tests/docgen.py`` rewrites them after a change (a new RunConfig setting, say); tests/test_docs.py fails
-while any of them differs from what the code gives."""
+``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in README.md, ARCHITECTURE.md or
+experiments/README.md. ``python tests/docgen.py`` rewrites them after a change (a new RunConfig setting,
+say); tests/test_docs.py fails while any of them differs from what the code gives."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def sections() -> dict[str, str]:
     }
 
 
-DOCS = ("README.md", "ARCHITECTURE.md")
+DOCS = ("README.md", "ARCHITECTURE.md", "experiments/README.md")
 MARKED = re.compile(
     r"(?P<begin><!--\s+begin\s+(?P<name>[\w-]+)\s+-->)(?P<text>.*?)(?P<end><!--\s+end\s+(?P=name)\s+-->)",
     re.DOTALL,

@@ -58,8 +58,8 @@ def train_run(
     ``clip_grad_norm``, ``augment``, ``validation``, ``early_stopping``, the schedule's fields, ...; see
     :class:`~cnnx.training.RunConfig`), checked as RunConfig checks them; the model and optimizer are
     given built. ``schedule`` (a :class:`cnnx.optim.Schedule`) may say the schedule instead of its
-    fields. ``config`` entries (``limit``, ``device``, ...) are added to the recorded configuration.
-    The rest is :func:`train_as_configured`'s.
+    fields; its base rate is the optimizer's. ``config`` entries (``limit``, ``device``, ...) are added
+    to the recorded configuration. The rest is :func:`train_as_configured`'s.
     """
     if schedule is not None:  # the schedule's own fields, as RunConfig spells them
         settings.update(lr_schedule=schedule.name, warmup_steps=schedule.warmup)
