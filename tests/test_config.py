@@ -361,3 +361,26 @@ def test_an_old_record_of_the_default_gamma_without_the_step_schedule_still_resu
     old = {"model": "mlp", "lr_schedule": "constant", "lr_gamma": 0.1, "lr_step_every": None, "epochs": 2}
     config = recorded_config("model.npz", {"settings": old})
     assert (config.lr_gamma, config.lr_step_every, config.lr_schedule) == (None, None, "constant")
+
+
+def test_a_preset_for_data_of_another_class_count_is_built_once(monkeypatch):
+    import cnnx.optim
+    import cnnx.training.run as run_module
+
+    built = {"models": 0, "optimizers": 0}
+    real_model, real_optimizer = run_module.build_model, cnnx.optim.make_optimizer
+
+    def count(kind, real):
+        def counted(*args, **kwargs):
+            built[kind] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(run_module, "build_model", count("models", real_model))
+    monkeypatch.setattr(run_module, "make_optimizer", count("optimizers", real_optimizer))
+    (train_x, train_y), (test_x, test_y) = blobs(60, seed=1), blobs(30, seed=2)
+    three = Dataset(train_x, train_y % 3, test_x, test_y % 3, source="three classes of blobs")
+    run = run_training(RunConfig(model="mlp", epochs=1, batch_size=20), dataset=three, progress="none")
+    assert run.model.output_shapes()[-1] == (3,), f"the preset gives {run.model.output_shapes()[-1]}"
+    assert built == {"models": 1, "optimizers": 1}, f"built {built}"
