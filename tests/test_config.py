@@ -65,6 +65,37 @@ def test_a_bad_field_is_a_one_line_error_naming_it(values, fragment):
     assert message.startswith("run.toml: ") and fragment in message and "\n" not in message, message
 
 
+def test_every_field_is_declared_with_a_kind_and_a_doc_naming_only_other_fields():
+    import string
+
+    for field in RunConfig.declared():
+        kind, doc = field.metadata["kind"], field.metadata["doc"]
+        assert callable(kind.ok) and kind.describe(), f"{field.name}: no kind to check it by"
+        named = {name for _, name, _, _ in string.Formatter().parse(doc) if name}
+        unknown = named - set(RunConfig.fields())
+        assert doc and not unknown, f"{field.name}'s doc names {sorted(unknown)}, which are no fields"
+
+
+def test_every_run_setting_but_the_structured_ones_is_a_train_option_with_its_doc_as_help():
+    from cnnx.cli.train import train
+    from cnnx.training.settings import doc_of, option_name
+
+    options = {param.opts[0]: param.help for param in train.params}
+    for field in RunConfig.declared():
+        if field.metadata["option"]:
+            flag = option_name(field.name)
+            assert options.get(flag) == doc_of(field, option_name), f"{flag}: {options.get(flag)!r}"
+    not_options = [field.name for field in RunConfig.declared() if not field.metadata["option"]]
+    assert not_options == ["input_shape", "optimizer_options"], f"not options: {not_options}"
+
+
+def test_a_fields_doc_names_other_settings_as_the_reader_spells_them():
+    from cnnx.training.settings import doc_of, option_name
+
+    field = next(field for field in RunConfig.declared() if field.name == "early_stopping")
+    assert "``validation``" in doc_of(field) and "--validation" in doc_of(field, option_name), doc_of(field)
+
+
 def test_a_toml_file_gives_the_fields_and_command_line_values_win(tmp_path):
     path = write(tmp_path / "run.toml", 'model = "mlp"\nepochs = 7\nlr = 0.01\ndata_dir = "data"\n'
                  '[optimizer_options]\nbeta1 = 0.8\n')  # fmt: skip
@@ -232,6 +263,8 @@ NO_EFFECT = [
      "--early-stopping needs a validation split (--validation 0.1, say) to watch"),
     ({"data_dir": "d", "dataset": "digits"}, 'data_dir has no meaning for dataset = "digits"',
      "--data-dir has no meaning for --dataset digits"),
+    ({"min_delta": 0.01}, "min_delta has no effect without validation (validation = 0.1, say)",
+     "--min-delta has no effect without --validation (--validation 0.1, say)"),
 ]  # fmt: skip
 # The same for the rules that need the run's length: 160 images in batches of 32 are 5 steps an epoch.
 TOO_LONG = [
@@ -314,9 +347,10 @@ def test_checkpoints_every_n_steps_need_a_run_directory():
 
 
 def test_the_step_schedule_drops_by_a_tenth_when_no_gamma_is_given():
-    from cnnx.training.schedule import Schedule
+    from cnnx.optim import Schedule
 
-    schedule = Schedule.from_config(RunConfig(lr_schedule="step", lr_step_every=10), 1.0)
+    config = RunConfig(lr_schedule="step", lr_step_every=10)
+    schedule = Schedule.of("step", 1.0, step_every=config.lr_step_every, gamma=config.lr_gamma)
     assert [schedule.rate(step, 100) for step in (9, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
 
 
@@ -327,3 +361,26 @@ def test_an_old_record_of_the_default_gamma_without_the_step_schedule_still_resu
     old = {"model": "mlp", "lr_schedule": "constant", "lr_gamma": 0.1, "lr_step_every": None, "epochs": 2}
     config = recorded_config("model.npz", {"settings": old})
     assert (config.lr_gamma, config.lr_step_every, config.lr_schedule) == (None, None, "constant")
+
+
+def test_a_preset_for_data_of_another_class_count_is_built_once(monkeypatch):
+    import cnnx.optim
+    import cnnx.training.run as run_module
+
+    built = {"models": 0, "optimizers": 0}
+    real_model, real_optimizer = run_module.build_model, cnnx.optim.make_optimizer
+
+    def count(kind, real):
+        def counted(*args, **kwargs):
+            built[kind] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(run_module, "build_model", count("models", real_model))
+    monkeypatch.setattr(run_module, "make_optimizer", count("optimizers", real_optimizer))
+    (train_x, train_y), (test_x, test_y) = blobs(60, seed=1), blobs(30, seed=2)
+    three = Dataset(train_x, train_y % 3, test_x, test_y % 3, source="three classes of blobs")
+    run = run_training(RunConfig(model="mlp", epochs=1, batch_size=20), dataset=three, progress="none")
+    assert run.model.output_shapes()[-1] == (3,), f"the preset gives {run.model.output_shapes()[-1]}"
+    assert built == {"models": 1, "optimizers": 1}, f"built {built}"

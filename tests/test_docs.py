@@ -1,16 +1,18 @@
-"""The docs where they mirror the code: README's run-file keys and what a resumed run may change,
-ARCHITECTURE's IDENTITY and CHANGEABLE lists, its table of modules and its list of commands. Each is
-read from the text and compared with the code, so neither can drift from the other."""
+"""The docs where they mirror the code. The lists written from the code (tests/docgen.py: README's
+``cnnx train`` synopsis, run-file keys and what a resumed run may extend and change, ARCHITECTURE's
+IDENTITY and CHANGEABLE lists) must be what the code gives now; the tables written by hand (ARCHITECTURE's
+modules and commands, README's presets and layers) are read from the text and compared with the code. So
+neither can drift from the other."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import docgen
 import pytest
 
-from cnnx.training.config import CHANGEABLE, IDENTITY, RunConfig
-from cnnx.training.resume import option_name
+from cnnx.training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -31,26 +33,60 @@ def quoted(text: str, pattern: str = r"`([^`]+)`") -> list[str]:
     return re.findall(pattern, text)
 
 
-def test_the_readme_lists_every_run_file_key():
-    listed = [
-        key for key in quoted(between(README, "under these keys:", ". An unknown key")) if key.isidentifier()
-    ]
-    fields = RunConfig.fields()
-    missing, extra = sorted(set(fields) - set(listed)), sorted(set(listed) - set(fields))
-    assert sorted(listed) == sorted(fields), f"README.md lacks {missing}; lists {extra}, which are no fields"
+@pytest.mark.parametrize("doc", docgen.DOCS)
+def test_the_lists_a_doc_mirrors_from_the_code_are_what_the_code_gives(doc):
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    wanted = docgen.sections()
+    stale = [name for name, body in docgen.marked(text).items() if body != wanted[name]]
+    assert not stale, f"{doc}: the lists {stale} differ from the code's: run python tests/docgen.py"
 
 
-def test_the_readme_says_which_options_a_resumed_run_may_change():
-    said = between(
-        README, "`cnnx train --resume RUN_DIR` continues with the run's recorded settings:", "may change"
+def test_every_generated_list_has_its_place_in_the_docs():
+    placed = {name for doc in docgen.DOCS for name in docgen.marked((ROOT / doc).read_text(encoding="utf-8"))}
+    missing = sorted(set(docgen.sections()) - placed)
+    assert not missing, (
+        f"no doc holds the generated lists {missing} (<!-- begin NAME --> ... <!-- end NAME -->)"
     )
-    assert sorted(quoted(said)) == sorted(option_name(field) for field in CHANGEABLE)
 
 
-@pytest.mark.parametrize("name, fields", [("IDENTITY", IDENTITY), ("CHANGEABLE", CHANGEABLE)])
-def test_architecture_lists_the_identity_and_changeable_fields(name, fields):
-    listed = quoted(between(ARCHITECTURE, f"`{name}` (", ")"))
-    assert sorted(listed) == sorted(fields), f"ARCHITECTURE.md's {name}: {listed}, the code's: {list(fields)}"
+def test_the_readme_run_file_keys_are_runconfigs_fields():
+    listed = quoted(docgen.marked(README)["run-file-keys"])
+    assert listed == list(RunConfig.fields()), f"README.md: {listed}, RunConfig: {list(RunConfig.fields())}"
+
+
+def test_the_readme_presets_table_names_every_preset_with_its_parameter_count():
+    from cnnx.nn import PRESETS, build_model
+
+    rows = {row[0].strip("`"): row[2] for row in markdown_table(README, "| preset | what | parameters |")}
+    assert sorted(rows) == sorted(PRESETS), (
+        f"README.md's presets: {sorted(rows)}, the code's: {sorted(PRESETS)}"
+    )
+    counts = {name: f"{build_model(name).parameter_count():,}" for name in PRESETS}
+    wrong = {name: (rows[name], counts[name]) for name in PRESETS if rows[name] != counts[name]}
+    assert not wrong, f"README.md's parameter counts (README, code): {wrong}"
+
+
+def test_the_readme_layers_table_names_every_registered_layer_type():
+    from cnnx.nn import REGISTRY
+
+    cells = " ".join(row[0] for row in markdown_table(README, "| layer | what it does |"))
+    named = set(re.findall(r"`(\w+)(?:\(|`)", cells))
+    assert named == set(REGISTRY), (
+        f"README.md's layers table lacks {sorted(set(REGISTRY) - named)}, "
+        f"names {sorted(named - set(REGISTRY))} that are not registered"
+    )
+
+
+def markdown_table(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table whose header row is ``header``."""
+    lines = text.splitlines()
+    start = lines.index(header)
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))])
+    return rows
 
 
 def table_rows() -> dict[str, str]:

@@ -571,7 +571,7 @@ TRAIN_OPTION_CASES = [
     ("unknown-optimizer", ["--optimizer", "rmsprop"], USAGE, "--optimizer"),
     ("unknown-dtype", ["--dtype", "float16"], USAGE, "--dtype"),
     ("seed-not-a-number", ["--seed", "lucky"], USAGE, "--seed"),
-    ("seed-negative", ["--seed", "-1"], USER, "seed must be a whole number >= 0"),
+    ("seed-negative", ["--seed", "-1"], USAGE, "--seed"),
     ("unknown-option", ["--turbo"], USAGE, "--turbo"),
     ("nonexistent-data-dir", ["--data-dir", "{tmp}/nowhere"], USER, "nowhere"),
     ("data-dir-is-a-file", ["--data-dir", "{tmp}/a-file"], USAGE, "--data-dir"),

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import cnnx.training.loop as loop_module
+import cnnx.training.runfiles as runfiles_module
 from cnnx.data import Dataset
 from cnnx.errors import ConfigError, ResourceError, RunLockedError
 from cnnx.io.checkpoint import load_checkpoint
@@ -178,14 +179,14 @@ def full_disk(*args, **kwargs):
 
 
 def test_a_run_whose_first_write_fails_removes_the_directories_it_created(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "write_json", full_disk)
+    monkeypatch.setattr(runfiles_module, "write_json", full_disk)
     with pytest.raises(ResourceError, match="No space left on device"):
         fit(*mlp_and_adam(), blob_dataset(), out_dir=tmp_path / "a" / "b" / "run", **SETTINGS)
     assert list(tmp_path.iterdir()) == [], f"left behind: {sorted(tmp_path.rglob('*'))}"
 
 
 def test_a_run_whose_first_write_fails_leaves_a_given_empty_directory_empty(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "write_json", full_disk)
+    monkeypatch.setattr(runfiles_module, "write_json", full_disk)
     with pytest.raises(ResourceError):
         fit(*mlp_and_adam(), blob_dataset(), out_dir=tmp_path, **SETTINGS)
     assert list(tmp_path.iterdir()) == [], f"the empty directory now holds {sorted(tmp_path.iterdir())}"

@@ -58,6 +58,22 @@ def test_early_stopping_counts_epochs_without_a_better_loss():
     assert restored.state() == early.state()
 
 
+def test_with_a_min_delta_only_a_fall_beyond_it_is_an_improvement():
+    early = EarlyStopping(patience=2, min_delta=0.1)
+    seen = [early.update(epoch, loss)[0] for epoch, loss in enumerate([1.0, 0.95, 0.85, 0.8, 0.7], start=1)]
+    assert seen == [True, False, True, False, True], f"improvements {seen}"
+    assert (early.best_epoch, early.best_loss) == (5, 0.7), (early.best_epoch, early.best_loss)
+
+
+def test_a_runs_min_delta_sets_the_epoch_kept_in_best_npz():
+    config = VALIDATED.replace(epochs=4, min_delta=10.0)  # no later epoch falls 10 below the first
+    run = run_training(config, dataset=dataset(), progress="none")
+    assert run.early.best_epoch == 1 and run.early.min_delta == 10.0, (
+        run.early.best_epoch,
+        run.early.min_delta,
+    )
+
+
 def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ConfigError, match="early_stopping needs a validation split"):
         RunConfig(early_stopping=2)

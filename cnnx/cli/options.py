@@ -11,21 +11,19 @@ from cnnx.backends import DEVICES
 from cnnx.data.catalog import DATASETS
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.nn.presets import PRESETS
+from cnnx.training.config import RunConfig
+from cnnx.training.settings import doc_of, option_name
 
-DEVICE_HELP = (
-    "cpu (NumPy), gpu (CuPy; fails with the reason when no CUDA device is usable) or auto (gpu if usable)."
-)
-MODEL_HELP = (
-    "Architecture preset: " + "; ".join(f"{name}, {text}" for name, (_, text) in PRESETS.items()) + "."
-)
-DATA_DIR_HELP = (
-    "Directory with the data set's four IDX files or its Kaggle-style CSVs, or an image folder "
-    "(train/<class>/*.png and test/<class>/...); default: the data set's search order, then a download."
-)
-DATASET_HELP = (
-    "fashion-mnist (the default; --data-dir or the search order), mnist or kmnist (--data-dir, the user "
-    "cache, or a verified download), or digits (scikit-learn's 8x8 digits, upsampled to 28x28, offline)."
-)
+
+def _doc(field: str) -> str:
+    """The doc of a run setting, as the command line says it: one text for every command's option."""
+    return doc_of(next(f for f in RunConfig.declared() if f.name == field), option_name)
+
+
+DEVICE_HELP = _doc("device")
+MODEL_HELP = _doc("model")
+DATA_DIR_HELP = _doc("data_dir")
+DATASET_HELP = _doc("dataset")
 
 
 def device_option(default: str | None = "cpu"):

@@ -4,41 +4,27 @@ same fields, ``--config``) make a RunConfig; ``--resume`` rebuilds the run's own
 from __future__ import annotations
 
 import functools
-import inspect
-import math
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from cnnx.data.catalog import DATASETS
 from cnnx.errors import ConfigError
 from cnnx.fileio import echo
-from cnnx.optim import OPTIMIZERS, SCHEDULES
-from cnnx.training.config import (
-    CHANGEABLE,
-    DIVERGENCE_MODES,
-    DTYPES,
-    MAX_EPOCHS,
-    RunConfig,
+from cnnx.training.config import CHANGEABLE, RunConfig
+from cnnx.training.settings import (
+    Directory,
+    Real,
     Setting,
     SettingError,
+    Whole,
+    default_of,
+    doc_of,
+    option_name,
 )
-from cnnx.training.resume import option_name
 
-from .options import data_dir_option, device_option, model_option
-
-DEFAULTS = RunConfig()
-# click parameter name -> RunConfig field, for the options that are run settings
-FIELDS = {"model_name": "model", "optimizer_name": "optimizer"} | {name: name for name in (
-    "device", "lr", "epochs", "batch_size", "seed", "data_dir", "limit", "dtype",
-    "checkpoint_every", "on_divergence", "max_steps", "log_every", "eval_every", "weight_decay",
-    "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment", "dataset",
-    "validation", "early_stopping", "dropout",
-)}  # fmt: skip
-DEFAULT_LRS = ", ".join(
-    f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
-)
+# The run settings that are options (RunConfig's fields, declared with option=True), by click name.
+FIELDS = tuple(field.name for field in RunConfig.declared() if field.metadata["option"])
 
 
 def _listing(words) -> str:
@@ -52,7 +38,7 @@ def _listing(words) -> str:
 CONFIG_HELP = (
     f"Read the run's settings from a TOML file whose keys ({', '.join(RunConfig.fields())}) are these "
     "options' names with underscores, and "
-    + _listing(field for field in RunConfig.fields() if field not in FIELDS.values())
+    + _listing(field for field in RunConfig.fields() if field not in FIELDS)
     + "; options given here override the file."
 )
 EXTENDING = ("epochs", "max_steps")
@@ -66,19 +52,60 @@ RESUME_HELP = (
 )
 
 
+class _RealNumber(click.ParamType):
+    """A command-line number of a :class:`~cnnx.training.settings.Real` kind (finite, within its bounds)."""
+
+    name = "float"
+
+    def __init__(self, kind: Real):
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not self.kind.ok(number):
+            self.fail(f"must be {self.kind.describe()}, got {value}", param, ctx)
+        return number
+
+
+def _click_type(kind):
+    """The click type of a setting's kind: its range, choices or path checked as the options are read."""
+    if isinstance(kind, Whole):
+        return click.IntRange(min=kind.low, max=kind.high)
+    if isinstance(kind, Real):
+        return _RealNumber(kind)
+    if isinstance(kind, Directory):
+        return click.Path(file_okay=False, path_type=Path)
+    options = getattr(kind, "options", None)
+    return click.Choice(list(options)) if options is not None else str
+
+
+def _setting_options(command):
+    """``command`` with an option for every RunConfig field that has one (``--batch-size`` for
+    ``batch_size``): its type from the field's kind, its help from the field's doc."""
+    for field in reversed([field for field in RunConfig.declared() if field.metadata["option"]]):
+        default = default_of(field)
+        command = click.option(
+            option_name(field.name),
+            field.name,
+            type=_click_type(field.metadata["kind"]),
+            default=default,
+            show_default=default is not None,
+            metavar=field.metadata["metavar"],
+            help=doc_of(field, option_name),
+        )(command)
+    return command
+
+
 def _given(ctx: click.Context, options: dict) -> dict:
     """The run settings given as options (not left at their defaults), by RunConfig field."""
     return {
-        FIELDS[name]: str(value) if isinstance(value, Path) else value
+        name: str(value) if isinstance(value, Path) else value
         for name, value in options.items()
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
-
-
-def _as_option(setting: Setting) -> str:
-    """A setting as the command line spells it: ``--validation 0.1``."""
-    flag = option_name(setting.field)
-    return f"{flag} {setting.value}" if setting.has_value else flag
 
 
 def _in_the_users_words(command):
@@ -91,18 +118,12 @@ def _in_the_users_words(command):
             return command(ctx, config_path, out, resume_dir, quiet, **options)
         except SettingError as exc:
             if exc.field is not None and exc.field in _given(ctx, options):
-                raise ConfigError(exc.text(_as_option)) from None
+                raise ConfigError(exc.text(Setting.as_option)) from None
             if exc.source is None and config_path is not None and resume_dir is None:
                 raise exc.located(str(config_path)) from None
             raise
 
     return said
-
-
-def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"must be a positive finite number, got {value}")
-    return value
 
 
 @click.command()
@@ -114,183 +135,14 @@ def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | 
     metavar="RUN.toml",
     help=CONFIG_HELP,
 )
-@device_option(DEFAULTS.device)
-@model_option(DEFAULTS.model)
-@click.option(
-    "--optimizer",
-    "optimizer_name",
-    type=click.Choice(list(OPTIMIZERS)),
-    default=DEFAULTS.optimizer,
-    show_default=True,
-    help="Update rule (momentum is the report's moving-average form, see cnnx.optim.Momentum).",
-)
-@click.option(
-    "--lr",
-    type=float,
-    default=None,
-    callback=_positive_finite,
-    show_default=f"the optimizer's own: {DEFAULT_LRS}",
-    help="Learning rate (may change when resuming).",
-)
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1, max=MAX_EPOCHS),
-    default=DEFAULTS.epochs,
-    show_default=True,
-    help="Passes over the training set.",
-)
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True,
-    help="Images per step.",
-)  # fmt: skip
-@click.option(
-    "--seed",
-    type=int,
-    default=DEFAULTS.seed,
-    show_default=True,
-    help="Seeds the initial weights, the layers' random streams and the batch order.",
-)
-@data_dir_option()
+@_setting_options
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    metavar="DIR",
     show_default="runs/<timestamp>-<model>-<optimizer>",
     help="Run directory; must be new, empty, or what a run killed before its first checkpoint left.",
-)
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Train on a fixed, class-balanced subset of N training images, and evaluate each epoch on "
-    "ceil(N/6) test images (the full set's 6:1 ratio).",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(DTYPES),
-    default=DEFAULTS.dtype,
-    show_default=True,
-    help="Floating-point type of weights and activations.",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Also write the checkpoint every N steps (default: at the end of every epoch only).",
-)
-@click.option(
-    "--on-divergence",
-    type=click.Choice(DIVERGENCE_MODES),
-    default=DEFAULTS.on_divergence,
-    show_default=True,
-    help="On a NaN or infinite loss or gradient: stop (naming the epoch, batch and layer; the last good "
-    "checkpoint stays), or skip that step and count it (costs one device read-back per step).",
-)
-@click.option(
-    "--max-steps",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Stop after N optimizer steps in all, in the middle of an epoch if need be (--epochs must hold "
-    "them).",
-)
-@click.option(
-    "--log-every",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Record the mean training loss of every N steps (metrics.json curves).",
-)
-@click.option(
-    "--eval-every",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="K",
-    help="Evaluate on the test set every K steps, into metrics.json curves (each costs one test pass).",
-)
-@click.option(
-    "--weight-decay",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="X",
-    help="Weight decay: L2 for sgd and momentum, decoupled for adam (AdamW). Default 0.",
-)
-@click.option(
-    "--lr-schedule",
-    type=click.Choice(SCHEDULES),
-    default=None,
-    help="How the learning rate moves, per batch: constant (default), step (times --lr-gamma every "
-    "--lr-step-every steps), cosine (down to 0) or onecycle (up to --lr over 30 %, then down).",
-)
-@click.option(
-    "--warmup-steps",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="Climb linearly to the learning rate over the first N steps (fewer than the run has), then follow "
-    "the schedule.",
-)
-@click.option(
-    "--lr-step-every",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="For --lr-schedule step only: steps between two drops, fewer than the run has after the warm-up "
-    "(default: a third of them).",
-)
-@click.option(
-    "--lr-gamma",
-    type=click.FloatRange(min=0, max=1, min_open=True),
-    default=None,
-    metavar="X",
-    help="For --lr-schedule step only: the factor of each drop (default 0.1).",
-)
-@click.option(
-    "--clip-grad-norm",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="X",
-    help="Scale all gradients down together when their global norm exceeds X.",
-)
-@click.option(
-    "--dataset",
-    type=click.Choice(DATASETS),
-    default=None,
-    help="fashion-mnist (default; --data-dir or the search order), mnist or kmnist (--data-dir, the user "
-    "cache, or a verified download), or digits (scikit-learn's 8x8 digits, upsampled to 28x28, offline).",
-)
-@click.option(
-    "--validation",
-    type=click.FloatRange(min=0, max=0.5, min_open=True),
-    default=None,
-    metavar="FRACTION",
-    help="Hold out a seeded, stratified FRACTION of the training set, score it every epoch, and keep the "
-    "best epoch's weights in best.npz (which cnnx evaluate and predict use when given the run directory).",
-)
-@click.option(
-    "--early-stopping",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="EPOCHS",
-    help="With --validation: stop once the validation loss has not improved for EPOCHS epochs.",
-)
-@click.option(
-    "--dropout",
-    type=click.FloatRange(min=0, max=1, max_open=True),
-    default=None,
-    metavar="P",
-    help="Set every Dropout layer of the model to rate P (seed-dropout, cnn-bn and vgg-bn have them; "
-    "default: the model's own rates).",
-)
-@click.option(
-    "--augment",
-    default=None,
-    metavar="SPEC",
-    help="Random transforms of every training batch, e.g. rotate=10,zoom=0.1,shift=2,flip,erase=0.5 "
-    "(degrees, scale change, pixels, and the probabilities of a flip and of an erased rectangle); see "
-    "them with cnnx augmentations show.",
 )
 @click.option(
     "--resume",

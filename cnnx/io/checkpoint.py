@@ -170,3 +170,38 @@ def _check_curves(path, curves) -> None:
         )  # fmt: skip
     if not ok:
         raise CheckpointError(f"{path}: checkpoint field 'curves' must hold train and test rows of numbers")
+
+
+def check_optimizer_state(flat: dict, optimizer, path=None) -> dict:
+    """``flat``, an optimizer state read from a checkpoint (``path``), once it is fit for
+    ``optimizer.load_state_dict``: the step count a whole number >= 0 (a 0-d integer array is read as
+    one), every other key "<slot>/<parameter>" for a slot the optimizer keeps and a parameter of its
+    target, with that parameter's shape and dtype and only finite values; a trained state (steps > 0)
+    holds every slot of every parameter. CheckpointError names the first problem."""
+    where = f"{path}: optimizer state" if path is not None else "optimizer state"
+    steps = flat.get("steps")
+    if hasattr(steps, "dtype") and getattr(steps, "shape", None) == () and steps.dtype.kind in "iu":
+        steps = int(steps)  # a 0-d integer array from a checkpoint
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise CheckpointError(f"{where}: the step count must be a whole number >= 0, got {steps!r}")
+    params = {name: param for name, param, _ in optimizer.target.named_parameters()}
+    seen: dict[str, set] = {}
+    for key, value in flat.items():
+        if key == "steps":
+            continue
+        slot, _, name = key.partition("/")
+        if slot not in optimizer.slots or name not in params:
+            raise CheckpointError(f"{where}: unexpected entry {key!r} for {optimizer.name}")
+        param = params[name]
+        if tuple(value.shape) != tuple(param.shape) or np.dtype(value.dtype) != np.dtype(str(param.dtype)):
+            raise CheckpointError(f"{where}: {key} is {value.dtype}{list(value.shape)}, the parameter is "
+                                  f"{param.dtype}{list(param.shape)}")  # fmt: skip
+        if not (abs(value).max(initial=0) < math.inf):  # a NaN compares False too
+            raise CheckpointError(f"{where}: {key} holds NaN or infinite values")
+        seen.setdefault(slot, set()).add(name)
+    missing = [
+        f"{slot}/{name}" for slot in optimizer.slots for name in params if name not in seen.get(slot, ())
+    ]
+    if steps > 0 and missing:
+        raise CheckpointError(f"{where} after {steps} steps lacks {missing[0]}")
+    return {**flat, "steps": steps}

@@ -1,13 +1,16 @@
 """Learning-rate schedules, stepped per batch: the rate of a step is a function of the step's number and the
-run's length alone, so a resumed run follows the path it would have followed."""
+run's length alone, so a resumed run follows the path it would have followed. :func:`learning_rate` is the
+rule; a :class:`Schedule` is one run's choice of it, asked for the rate of each step."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from cnnx.errors import ConfigError
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+STEP_GAMMA = 0.1  # the step schedule's factor when none is given
 ONECYCLE_RISE = 0.3  # the share of the run over which one-cycle climbs to the peak rate
 ONECYCLE_START = 25.0  # one-cycle starts at lr / 25 ...
 ONECYCLE_END = 1e4  # ... and ends at lr / (25 * 1e4), as PyTorch's OneCycleLR does by default
@@ -21,7 +24,7 @@ def learning_rate(
     *,
     warmup: int = 0,
     step_every: int | None = None,
-    gamma: float = 0.1,
+    gamma: float = STEP_GAMMA,
 ) -> float:
     """The learning rate of step ``step`` (0-based) of a run of ``total`` steps whose base rate is ``lr``.
 
@@ -58,3 +61,26 @@ def learning_rate(
 def _cosine(first: float, last: float, fraction: float) -> float:
     """From ``first`` at fraction 0 to ``last`` at fraction 1 along half a cosine."""
     return last + (first - last) * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's learning-rate schedule: its name, the base rate ``lr`` and the schedule's settings
+    (``gamma`` None: :data:`STEP_GAMMA`)."""
+
+    name: str
+    lr: float
+    warmup: int = 0
+    step_every: int | None = None
+    gamma: float | None = None
+
+    @classmethod
+    def of(cls, name: str, lr: float, warmup: int = 0, step_every=None, gamma=None) -> Schedule | None:
+        """The schedule, or None where the rate never moves (constant, without a warm-up)."""
+        return None if name == "constant" and not warmup else cls(name, lr, warmup, step_every, gamma)
+
+    def rate(self, step: int, total: int) -> float:
+        """The rate of step ``step`` (0-based) of a run of ``total`` steps."""
+        gamma = STEP_GAMMA if self.gamma is None else self.gamma
+        return learning_rate(self.name, self.lr, step, total, warmup=self.warmup, step_every=self.step_every,
+                             gamma=gamma)  # fmt: skip

@@ -3,9 +3,11 @@ command line.
 
 Every way of training goes through it: ``cnnx train`` (its options and ``--config run.toml``), the
 Python API (:func:`cnnx.training.run_training`), and the experiment grid and estimator built on them.
-A run's config is recorded in its ``metrics.json`` and checkpoint, and a resumed run is rebuilt from
-it: the fields in :data:`IDENTITY` say which run it is and never change; the others (:data:`CHANGEABLE`)
-may be given anew on resuming.
+Each field is declared once, with :func:`~cnnx.training.settings.setting`: its default, the kind of
+value it takes, its doc and its rules. RunConfig checks values against those declarations, ``cnnx
+train`` makes its options of them, and the resume rules read them. A run's config is recorded in its
+``metrics.json`` and checkpoint, and a resumed run is rebuilt from it: the fields in :data:`IDENTITY`
+say which run it is and never change; the others (:data:`CHANGEABLE`) may be given anew on resuming.
 
 A setting that has no effect in the combination given is refused, like a bad value: ``lr_gamma``
 without the step schedule, for one. Those rules that need the run's length in steps, which only the data
@@ -17,13 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import sys
 from pathlib import Path
 
 from cnnx.backends import DEVICES
-from cnnx.checks import is_whole_number, plural, short_repr
+from cnnx.checks import plural, short_repr
 from cnnx.data import IDX_DATASETS, candidate_dirs, load_dataset
 from cnnx.data.augment import format_augment, parse_augment
 from cnnx.data.catalog import DATASETS
@@ -33,6 +34,20 @@ from cnnx.nn.presets import PRESETS, with_dropout
 from cnnx.nn.registry import check_architecture
 from cnnx.optim import OPTIMIZERS, SCHEDULES
 
+from .settings import (
+    Custom,
+    Directory,
+    OneOf,
+    Real,
+    Setting,
+    SettingError,
+    Text,
+    Whole,
+    check_needs,
+    check_value,
+    setting,
+)
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 reads TOML through the tomli backport (a dependency there)
@@ -41,62 +56,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML through the tomli backport (a
 DIVERGENCE_MODES = ("stop", "skip")
 DTYPES = ("float32", "float64")
 MAX_EPOCHS = 100_000  # far beyond any real run; a tampered count must not mean "train for ever"
-# What identifies a run: resuming with another value of any of these is a different run.
-IDENTITY = (
-    "model", "input_shape", "optimizer", "optimizer_options", "batch_size", "seed", "dtype", "limit",
-    "weight_decay", "lr_schedule", "warmup_steps", "lr_step_every", "lr_gamma", "clip_grad_norm", "augment",
-    "dataset", "validation", "dropout",
-)  # fmt: skip
-# What may change when a run is resumed.
-CHANGEABLE = (
-    "epochs", "max_steps", "lr", "device", "data_dir", "checkpoint_every", "on_divergence", "log_every",
-    "eval_every", "early_stopping",
-)  # fmt: skip
 MAX_STEPS = 100_000_000
-
-
-_NO_VALUE = object()
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """A run setting as a message names it: the field alone (``lr_gamma``), with the value it has
-    (``data_dir '/x'``), or with a value to suggest (``assign``: ``validation = 0.1``)."""
-
-    field: str
-    value: object = _NO_VALUE
-    assign: bool = False
-
-    @property
-    def has_value(self) -> bool:
-        return self.value is not _NO_VALUE
-
-    def spelled(self) -> str:
-        """As a run file (TOML) or Python spells it."""
-        if not self.has_value:
-            return self.field
-        if self.assign:
-            return f"{self.field} = {json.dumps(self.value) if isinstance(self.value, str) else self.value}"
-        return f"{self.field} {short_repr(self.value, 300)}"  # room for a path
-
-
-class SettingError(ConfigError):
-    """A bad run setting. The message is built from text and :class:`Setting` parts, so that a caller can
-    name each setting the way its user wrote it (:meth:`text`); ``str()`` spells them as a run file does,
-    after the ``source`` (the file) when there is one. ``field`` is the first setting's."""
-
-    def __init__(self, *parts, source: str | None = None):
-        self.parts, self.source = parts, source
-        self.field = next((part.field for part in parts if isinstance(part, Setting)), None)
-        super().__init__(self.text() if source is None else f"{source}: {self.text()}")
-
-    def text(self, spell=Setting.spelled) -> str:
-        """The message without its source, each setting as ``spell(setting)`` writes it."""
-        return "".join(part if isinstance(part, str) else spell(part) for part in self.parts)
-
-    def located(self, source: str | None) -> SettingError:
-        """The same error, said of the file ``source``."""
-        return SettingError(*self.parts, source=source)
 
 
 def _about(field: str, action):
@@ -108,133 +68,169 @@ def _about(field: str, action):
         raise SettingError(Setting(field), f": {str(exc).removeprefix(f'{field}: ')}") from None
 
 
-def _optional(check):
-    return lambda value: value is None or check(value)
-
-
-def _whole(minimum: int, maximum: int | None = None):
-    return lambda v: is_whole_number(v) and v >= minimum and (maximum is None or v <= maximum)
-
-
-def _positive_number(value) -> bool:
-    return (
-        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-    )
-
-
 def _model(value) -> bool:
     return (isinstance(value, str) and value in PRESETS) or (isinstance(value, list) and len(value) > 0)
 
 
-# field -> (check, what it must be)
-_CHECKS = {
-    "model": (_model, f"a preset ({', '.join(PRESETS)}) or a list of layer descriptions"),
-    "input_shape": (
-        lambda v: isinstance(v, (list, tuple)) and 1 <= len(v) <= 3 and all(_whole(1, 1 << 16)(s) for s in v),
-        "a list of 1 to 3 whole numbers (channels, height, width)",
-    ),
-    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    "lr": (_optional(_positive_number), "a positive finite number"),
-    "optimizer_options": (lambda v: isinstance(v, dict), "a table of the optimizer's settings"),
-    "epochs": (_whole(1, MAX_EPOCHS), f"a whole number from 1 to {MAX_EPOCHS:,}"),
-    "batch_size": (_whole(1), "a whole number >= 1"),
-    "seed": (_whole(0), "a whole number >= 0"),
-    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
-    "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
-    "data_dir": (_optional(lambda v: isinstance(v, str) and v != ""), "a directory path"),
-    "limit": (_optional(_whole(1)), "a whole number >= 1"),
-    "checkpoint_every": (_optional(_whole(1)), "a whole number >= 1"),
-    "on_divergence": (lambda v: v in DIVERGENCE_MODES, f"one of {', '.join(DIVERGENCE_MODES)}"),
-    "max_steps": (_optional(_whole(1, MAX_STEPS)), f"a whole number from 1 to {MAX_STEPS:,}"),
-    "log_every": (_optional(_whole(1)), "a whole number >= 1"),
-    "eval_every": (_optional(_whole(1)), "a whole number >= 1"),
-    "weight_decay": (lambda v: v == 0 or _positive_number(v), "a finite number >= 0"),
-    "lr_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    "warmup_steps": (_whole(0), "a whole number >= 0"),
-    "lr_step_every": (_optional(_whole(1)), "a whole number >= 1"),
-    "lr_gamma": (_optional(lambda v: _positive_number(v) and v <= 1), "a number in (0, 1]"),
-    "clip_grad_norm": (_optional(_positive_number), "a positive finite number"),
-    "augment": (lambda v: v is None or isinstance(v, str), "a transform spec such as 'rotate=10,flip'"),
-    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
-    "validation": (_optional(lambda v: _positive_number(v) and v <= 0.5), "a fraction in (0, 0.5]"),
-    "early_stopping": (_optional(_whole(1)), "a whole number of epochs >= 1"),
-    "dropout": (
-        _optional(lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1),
-        "a probability in [0, 1)",
-    ),
-}
+def _shape(value) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and 1 <= len(value) <= 3
+        and all(Whole(1, 1 << 16).ok(s) for s in value)
+    )
+
+
+_POSITIVE = "a positive finite number"
+_DEFAULT_LRS = ", ".join(
+    f"{name} {inspect.signature(cls.__init__).parameters['lr'].default:g}" for name, cls in OPTIMIZERS.items()
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A training run. Every field is checked on construction; a bad one is a ConfigError naming it.
+    """A training run. Every field is checked on construction against its declaration (below: its kind,
+    doc and rules; ``cnnx train --help`` shows the docs as its options); a bad one is a SettingError
+    naming it. ``model`` is a preset name, or a list of layer descriptions (``{"type": ..., "config":
+    ...}``, checked against the layer registry like a model file's) taking samples of ``input_shape``."""
 
-    - ``model``: a preset name, or a list of layer descriptions (``{"type": ..., "config": ...}``,
-      checked against the layer registry like a model file's), and ``input_shape``, the per-sample
-      shape it takes (Fashion-MNIST's 1x28x28 by default);
-    - ``optimizer``, ``lr`` (None: the optimizer's default) and ``optimizer_options`` (its other
-      settings, e.g. ``{"beta1": 0.9}`` for Adam);
-    - ``epochs``, ``batch_size``, ``seed`` (initial weights, random streams and batch order);
-    - ``device`` (cpu, gpu or auto) and ``dtype``;
-    - ``data_dir`` (None: search, then download) and ``limit`` (a class-balanced subset of N images);
-    - ``checkpoint_every`` (steps; None: at epoch ends only) and ``on_divergence`` (stop or skip);
-    - ``max_steps``: stop after this many optimizer steps in all, in the middle of an epoch if need be
-      (the last history row then covers a partial epoch); ``epochs`` still caps the run. None: whole
-      epochs only;
-    - step curves: ``log_every`` records the mean training loss of every N steps, ``eval_every`` the
-      test loss and accuracy every K steps (``metrics.json`` ``curves``; None: neither);
-    - ``weight_decay`` (L2 for SGD and Momentum, decoupled for Adam: AdamW);
-    - ``lr_schedule`` (constant, step, cosine or onecycle, stepped per batch; see
-      :func:`cnnx.optim.learning_rate`) with ``warmup_steps``, and for ``step`` only its
-      ``lr_step_every`` (None: a third of the run) and ``lr_gamma`` (None: 0.1);
-    - ``clip_grad_norm``: scale the gradients down, all together, when their global norm exceeds it;
-    - ``augment``: random transforms of every training batch, e.g. ``"rotate=10,zoom=0.1,shift=2,flip,
-      erase=0.5"`` (see :mod:`cnnx.data.augment`);
-    - ``dataset``: fashion-mnist (``data_dir`` or the search order), mnist or kmnist (``data_dir``, the
-      user cache or a verified download) or digits (see :mod:`cnnx.data.catalog`);
-    - ``validation``: a seeded, stratified fraction of the training set held out and scored every
-      epoch (``val_loss``, ``val_accuracy``), whose best epoch's weights are kept in ``best.npz``;
-      ``early_stopping``: stop once the validation loss has not improved for that many epochs;
-    - ``dropout``: the rate of every Dropout layer of the model (None: the model's own rates).
-    """
-
-    model: str | list = "seed"
-    input_shape: tuple = (1, 28, 28)
-    optimizer: str = "adam"
-    lr: float | None = None
-    optimizer_options: dict = dataclasses.field(default_factory=dict)
-    epochs: int = 5
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    data_dir: str | None = None
-    limit: int | None = None
-    checkpoint_every: int | None = None
-    on_divergence: str = "stop"
-    max_steps: int | None = None
-    log_every: int | None = None
-    eval_every: int | None = None
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    lr_step_every: int | None = None
-    lr_gamma: float | None = None
-    clip_grad_norm: float | None = None
-    augment: str | None = None
-    dataset: str = "fashion-mnist"
-    validation: float | None = None
-    early_stopping: int | None = None
-    dropout: float | None = None
+    model: str | list = setting(
+        "seed",
+        Custom(_model, f"a preset ({', '.join(PRESETS)}) or a list of layer descriptions", tuple(PRESETS)),
+        "Architecture preset: " + "; ".join(f"{name}, {text}" for name, (_, text) in PRESETS.items()) + ".",
+    )  # fmt: skip
+    input_shape: tuple = setting(
+        (1, 28, 28), Custom(_shape, "a list of 1 to 3 whole numbers (channels, height, width)"),
+        "The per-sample shape the model takes (channels, height, width).", option=False,
+    )  # fmt: skip
+    optimizer: str = setting(
+        "adam", OneOf(tuple(OPTIMIZERS)),
+        "Update rule (momentum is the report's moving-average form, see cnnx.optim.Momentum).",
+    )  # fmt: skip
+    lr: float | None = setting(
+        None, Real(_POSITIVE),
+        f"Learning rate (may change when resuming; default: the optimizer's own, {_DEFAULT_LRS}).",
+        changeable=True, metavar="X",
+    )  # fmt: skip
+    optimizer_options: dict = setting(
+        {}, Custom(lambda v: isinstance(v, dict), "a table of the optimizer's settings"),
+        "The optimizer's other settings, e.g. {{\"beta1\": 0.9}} for Adam.", option=False,
+    )  # fmt: skip
+    epochs: int = setting(
+        5, Whole(1, MAX_EPOCHS), "Passes over the training set.", changeable=True, metavar="N"
+    )
+    batch_size: int = setting(128, Whole(1), "Images per step.", metavar="N")
+    seed: int = setting(
+        0, Whole(0), "Seeds the initial weights, the layers' random streams and the batch order.", metavar="N"
+    )
+    device: str = setting(
+        "cpu", OneOf(DEVICES),
+        "cpu (NumPy), gpu (CuPy; fails with the reason when no CUDA device is usable) or auto (gpu if "
+        "usable).",
+        changeable=True,
+    )  # fmt: skip
+    dtype: str = setting("float32", OneOf(DTYPES), "Floating-point type of weights and activations.")
+    data_dir: str | None = setting(
+        None, Directory(),
+        "Directory with the data set's four IDX files or its Kaggle-style CSVs, or an image folder "
+        "(train/<class>/*.png and test/<class>/...); default: the data set's search order, then a download.",
+        changeable=True, metavar="DIR",
+    )  # fmt: skip
+    limit: int | None = setting(
+        None, Whole(1),
+        "Train on a fixed, class-balanced subset of N training images, and evaluate each epoch on "
+        "ceil(N/6) test images (the full set's 6:1 ratio).", metavar="N",
+    )  # fmt: skip
+    checkpoint_every: int | None = setting(
+        None, Whole(1), "Also write the checkpoint every N steps (default: at the end of every epoch only).",
+        changeable=True, metavar="N",
+    )  # fmt: skip
+    on_divergence: str = setting(
+        "stop", OneOf(DIVERGENCE_MODES),
+        "On a NaN or infinite loss or gradient: stop (naming the epoch, batch and layer; the last good "
+        "checkpoint stays), or skip that step and count it (costs one device read-back per step).",
+        changeable=True,
+    )  # fmt: skip
+    max_steps: int | None = setting(
+        None, Whole(1, MAX_STEPS),
+        "Stop after N optimizer steps in all, in the middle of an epoch if need be ({epochs} must hold "
+        "them; the last history row then covers a partial epoch).", changeable=True, metavar="N",
+    )  # fmt: skip
+    log_every: int | None = setting(
+        None, Whole(1), "Record the mean training loss of every N steps (metrics.json curves).",
+        changeable=True, metavar="N",
+    )  # fmt: skip
+    eval_every: int | None = setting(
+        None, Whole(1),
+        "Evaluate on the test set every K steps, into metrics.json curves (each costs one test pass).",
+        changeable=True, metavar="K",
+    )  # fmt: skip
+    weight_decay: float = setting(
+        0.0, Real("a finite number >= 0", low_open=False),
+        "Weight decay: L2 for sgd and momentum, decoupled for adam (AdamW).", metavar="X",
+    )  # fmt: skip
+    lr_schedule: str = setting(
+        "constant", OneOf(SCHEDULES),
+        "How the learning rate moves, per batch: constant, step (times {lr_gamma} every {lr_step_every} "
+        "steps), cosine (down to 0) or onecycle (up to {lr} over 30 %, then down).",
+    )  # fmt: skip
+    warmup_steps: int = setting(
+        0, Whole(0),
+        "Climb linearly to the learning rate over the first N steps (fewer than the run has), then follow "
+        "the schedule.", metavar="N",
+    )  # fmt: skip
+    lr_step_every: int | None = setting(
+        None, Whole(1),
+        "For the step schedule only: steps between two drops, fewer than the run has after the warm-up "
+        "(default: a third of them).", metavar="N", needs=("lr_schedule", "step"),
+    )  # fmt: skip
+    lr_gamma: float | None = setting(
+        None, Real("a number in (0, 1]", high=1),
+        "For the step schedule only: the factor of each drop (default 0.1).", metavar="X",
+        needs=("lr_schedule", "step"),
+    )  # fmt: skip
+    clip_grad_norm: float | None = setting(
+        None, Real(_POSITIVE), "Scale all gradients down together when their global norm exceeds X.",
+        metavar="X",
+    )  # fmt: skip
+    augment: str | None = setting(
+        None, Text("a transform spec such as 'rotate=10,flip'"),
+        "Random transforms of every training batch, e.g. rotate=10,zoom=0.1,shift=2,flip,erase=0.5 "
+        "(degrees, scale change, pixels, and the probabilities of a flip and of an erased rectangle); see "
+        "them with cnnx augmentations show.", metavar="SPEC",
+    )  # fmt: skip
+    dataset: str = setting(
+        "fashion-mnist", OneOf(tuple(DATASETS)),
+        "fashion-mnist ({data_dir} or the search order), mnist or kmnist ({data_dir}, the user cache, or a "
+        "verified download), or digits (scikit-learn's 8x8 digits, upsampled to 28x28, offline).",
+    )  # fmt: skip
+    validation: float | None = setting(
+        None, Real("a fraction in (0, 0.5]", high=0.5),
+        "Hold out a seeded, stratified FRACTION of the training set, score it every epoch, and keep the "
+        "best epoch's weights in best.npz (which cnnx evaluate and predict use when given the run "
+        "directory).", metavar="FRACTION",
+    )  # fmt: skip
+    early_stopping: int | None = setting(
+        None, Whole(1, what="a whole number of epochs >= 1"),
+        "With {validation}: stop once the validation loss has not improved for EPOCHS epochs.",
+        changeable=True, metavar="EPOCHS",
+    )  # fmt: skip
+    min_delta: float = setting(
+        0.0, Real("a finite number >= 0", low_open=False),
+        "With {validation}: how much an epoch's validation loss must fall below the best so far to count "
+        "as better (for best.npz and {early_stopping}; default 0: any fall).",
+        changeable=True, metavar="X", needs=("validation", 0.1),
+    )  # fmt: skip
+    dropout: float | None = setting(
+        None, Real("a probability in [0, 1)", high=1, low_open=False, high_open=True),
+        "Set every Dropout layer of the model to rate P (seed-dropout, cnn-bn and vgg-bn have them; "
+        "default: the model's own rates).", metavar="P",
+    )  # fmt: skip
 
     def __post_init__(self):
         if isinstance(self.input_shape, list):  # from TOML or JSON: the same shape, kept hashable
             object.__setattr__(self, "input_shape", tuple(self.input_shape))
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            ok, what = _CHECKS[field.name]
-            if not ok(value):
-                raise SettingError(Setting(field.name), f" must be {what}, got {short_repr(value)}")
+            check_value(field, getattr(self, field.name))
         self._check_combination()
         if self.augment is not None:
             spec = _about("augment", lambda: format_augment(parse_augment(self.augment)))
@@ -243,6 +239,9 @@ class RunConfig:
             _about("dropout", lambda: with_dropout(self.model, self.dropout))
         if isinstance(self.model, list):
             _about("model", lambda: check_architecture(self.model))
+        self._check_optimizer_options()
+
+    def _check_optimizer_options(self) -> None:
         allowed = [p for p in inspect.signature(OPTIMIZERS[self.optimizer].__init__).parameters
                    if p not in ("self", "target", "lr", "weight_decay")]  # fmt: skip
         for key, value in self.optimizer_options.items():
@@ -255,14 +254,13 @@ class RunConfig:
                 )
 
     def _check_combination(self) -> None:
-        """Refuse a setting that would have no effect beside the others."""
+        """Refuse a setting that would have no effect beside the others: what each field declares it
+        needs, and the rules below."""
         if self.early_stopping is not None and self.validation is None:
             raise SettingError(Setting("early_stopping"), " needs a validation split (",
                                Setting("validation", 0.1, assign=True), ", say) to watch")  # fmt: skip
-        for field in ("lr_step_every", "lr_gamma"):
-            if getattr(self, field) is not None and self.lr_schedule != "step":
-                raise SettingError(Setting(field), " has no effect without ",
-                                   Setting("lr_schedule", "step", assign=True))  # fmt: skip
+        for field in dataclasses.fields(self):
+            check_needs(self, field)
         if self.data_dir is not None and self.dataset == "digits":
             digits = Setting("dataset", "digits", assign=True)
             raise SettingError(
@@ -315,6 +313,18 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def declared(cls) -> tuple[dataclasses.Field, ...]:
+        """The fields with their declarations: kind, doc and rules (see
+        :func:`~cnnx.training.settings.setting`)."""
+        return dataclasses.fields(cls)
+
+
+# What identifies a run: resuming with another value of any of these is a different run.
+IDENTITY = tuple(field.name for field in RunConfig.declared() if not field.metadata["changeable"])
+# What may change when a run is resumed.
+CHANGEABLE = tuple(field.name for field in RunConfig.declared() if field.metadata["changeable"])
 
 
 def check_run(

@@ -34,19 +34,25 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
 
 
 class EarlyStopping:
-    """Stops a run once the validation loss has not improved for ``patience`` epochs in a row, and
-    remembers the best epoch (whose weights the run keeps in best.npz) and, once known, its test
-    predictions."""
+    """Stops a run once the validation loss has not improved (fallen by more than ``min_delta`` below
+    the best) for ``patience`` epochs in a row, and remembers the best epoch (whose weights the run
+    keeps in best.npz) and, once known, its test predictions."""
 
-    def __init__(self, patience: int | None):
-        self.patience = patience
+    def __init__(self, patience: int | None, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
         self.best_loss, self.best_epoch, self.waited = math.inf, 0, 0
         self.best_predictions = None  # host; not in the state: a resumed run scores best.npz anew
+
+    @classmethod
+    def for_run(cls, config) -> EarlyStopping:
+        """What a run's RunConfig asks for: ``early_stopping`` epochs of patience (None: it watches the
+        best epoch without ever stopping), improvements beyond ``min_delta``."""
+        return cls(config.early_stopping, config.min_delta)
 
     def update(self, epoch: int, val_loss: float, predictions=None) -> tuple[bool, bool]:
         """Record an epoch's validation loss (and its test predictions): (it is the best so far, the run
         should stop now)."""
-        improved = math.isfinite(val_loss) and val_loss < self.best_loss
+        improved = math.isfinite(val_loss) and val_loss < self.best_loss - self.min_delta
         if improved:
             self.best_loss, self.best_epoch, self.waited = val_loss, epoch, 0
             self.best_predictions = predictions

@@ -1,96 +1,176 @@
-"""One training run's state and epoch loop, behind :func:`cnnx.training.fit`: where the run stands (epochs,
-batches, steps, the partial epoch's sums), resuming from a checkpoint, writing checkpoints and records,
-stopping on request, and the divergence guard's replay and skip bookkeeping.
+"""One training run: :class:`Run`, built from (model, optimizer, data, config, out), holds where the run
+stands (epochs, batches, steps, the partial epoch's sums) and trains its epochs: the batches, the step
+curves, checkpoints mid-epoch, stopping on request, and the divergence guard's replay and skip
+bookkeeping. Its run directory's side (claiming or resuming it, checkpoints, records) is
+:class:`~cnnx.training.runfiles.RunFiles`'.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
 import numpy as np  # host: batch order, read-back values and run records live on the host
 
 from cnnx.checks import plural
-from cnnx.data import class_names, model_inputs
-from cnnx.errors import CnnxError, DataError, DivergenceError, ResourceError
-from cnnx.io.checkpoint import save_checkpoint
+from cnnx.data import Augmenter, class_names, model_inputs, parse_augment
+from cnnx.errors import ConfigError, DataError, DivergenceError
+from cnnx.nn.random import derive_rng
+from cnnx.optim import Schedule
 
-from .divergence import Snapshot, check_weights, checked_step
-from .early import reported
+from .config import RunConfig, check_run
+from .divergence import Snapshot, checked_step
+from .early import EarlyStopping, reported, split_validation
 from .interrupt import TrainingInterrupted
-from .names import BEST, CHECKPOINT, METRICS
+from .names import BEST
 from .progress import Reporter, stopped_early
-from .records import results, write_json
+from .records import results
+from .runfiles import RunFiles, fresh_curves, fresh_partial
+from .shapes import check_classifier, check_input_shape
 from .step import evaluate, train_step
 
-
-def fresh_partial() -> dict:
-    """The host sums of an epoch's finished batches, as a checkpoint stores them (with the training-loss
-    sum and image count of the step curve's open window)."""
-    return {"loss_sum": 0.0, "correct": 0, "counted": 0, "skipped": 0, "seconds": 0.0, "window_loss": 0.0,
-            "window_count": 0}  # fmt: skip
-
-
-def fresh_curves() -> dict:
-    """Step curves: ``train`` rows [step, mean training loss of the last log_every steps], ``test`` rows
-    [step, test loss, test accuracy]; a value that is not finite is None."""
-    return {"train": [], "test": []}
+CHECK_EVERY = 50  # batches between two read-backs of the running loss (the divergence guard's look)
+MAX_SKIPS = 20  # consecutive skipped steps after which skip mode gives up: the run is not coming back
 
 
 def _finite_or_none(value: float):
     return value if math.isfinite(value) else None
 
 
-class Run:
-    """The state of one training run: model, optimizer, host data, where it stands, where it writes."""
+class EpochSums:
+    """An epoch's running sums, from its checkpointed part (``partial``) on: the loss and the correct
+    answers on the device, the images counted and steps skipped on the host, the step curve's open
+    window, and the 1-based index of the first batch whose loss was not finite (0: none yet)."""
 
-    def __init__(self, model, optimizer, dataset, batch_size, check_every, checkpoint_every, mode, max_skips):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, backend, partial: dict):
+        self.backend, xp = backend, backend.xp
+        self.loss = backend.to_device(np.array(partial["loss_sum"], np.float64), "float64")
+        self.correct = backend.to_device(np.array(partial["correct"], np.int64), "int64")
+        self.counted, self.skipped, self.seconds = partial["counted"], partial["skipped"], partial["seconds"]
+        self.window = backend.to_device(np.array(partial["window_loss"], np.float64), "float64")
+        self.window_count = partial["window_count"]
+        self.first_bad = xp.zeros((), dtype="int64")
+
+    def add(self, outcome, images: int, batch: int) -> None:
+        """A trained batch's (loss sum, correct count), on the device: nothing is read back."""
+        self.loss += outcome[0]
+        self.correct += outcome[1]
+        self.counted += images
+        self.window += outcome[0]
+        self.window_count += images
+        self.first_bad += (~self.backend.xp.isfinite(outcome[0]) & (self.first_bad == 0)) * batch
+
+    def close_window(self) -> float:
+        """The mean training loss of the step curve's window (NaN when it is empty); a new one opens."""
+        mean = float(self.backend.to_host(self.window)) / self.window_count if self.window_count else math.nan
+        self.window, self.window_count = self.backend.xp.zeros((), dtype="float64"), 0
+        return mean
+
+    def partial(self, started: float) -> dict:
+        """The sums as a checkpoint stores them (host numbers), ``started`` being the epoch's clock."""
+        return {
+            "loss_sum": float(self.backend.to_host(self.loss)),
+            "correct": int(self.backend.to_host(self.correct)),
+            "counted": self.counted,
+            "skipped": self.skipped,
+            "seconds": self.seconds + time.perf_counter() - started,
+            "window_loss": float(self.backend.to_host(self.window)),
+            "window_count": self.window_count,
+        }
+
+
+class Run(RunFiles):
+    """The state of one training run: model, optimizer, host data, where it stands, where it writes.
+
+    ``config`` says how to train (epochs, batches, schedule, validation, ...; the model and optimizer
+    are given built), ``out`` where to write (None: nowhere). ``check_every`` and ``max_skips`` are the
+    divergence guard's intervals. Every check that needs the data is made here, before anything is
+    written."""
+
+    def __init__(self, model, optimizer, data, config: RunConfig, out=None, *, check_every: int = CHECK_EVERY,
+                 max_skips: int = MAX_SKIPS):  # fmt: skip
+        check_classifier(model)
+        check_input_shape(model, data.train_images)
+        self.model, self.optimizer, self.config = model, optimizer, config
         self.backend, self.xp = model.backend, model.xp
-        self.batch_size, self.check_every, self.checkpoint_every = batch_size, check_every, checkpoint_every
-        self.skip, self.max_skips = mode == "skip", max_skips
-        self.images, self.test_images = dataset.train_images, dataset.test_images
-        self.labels = np.asarray(dataset.train_labels, np.int64)
-        self.test_labels = np.asarray(dataset.test_labels, np.int64)
-        self.num_classes = model.output_shapes()[-1][0]
-        self.class_names = class_names(dataset, self.num_classes)
+        self.check_every, self.max_skips, self.skip = check_every, max_skips, config.on_divergence == "skip"
+        self.val_images = self.val_labels = self.early = None  # the validation split and early stopping
+        if config.validation is not None:
+            data, self.val_images, val_labels = split_validation(data, config.validation, config.seed)
+            self.val_labels, self.early = (
+                np.asarray(val_labels, np.int64),
+                EarlyStopping.for_run(config),
+            )
+        self._take_data(data)
+        self.augmenter = self._augmenter()  # a cnnx.data.Augmenter for the training batches, or None
+        self.schedule = Schedule.of(
+            config.lr_schedule, optimizer.lr, config.warmup_steps, config.lr_step_every, config.lr_gamma
+        )
+        check_run(
+            epochs=config.epochs,
+            batches=self.batches,
+            max_steps=config.max_steps,
+            schedule=self.schedule,
+            checkpoint_every=config.checkpoint_every,
+            writes_files=out is not None,
+        )
+        # Where the run stands: epochs completed, batches done of the next one (with their host sums),
+        # steps taken, the history, and the shuffle generator before the next epoch's permutation.
+        self.epoch_done, self.batch_done, self.step, self.history = 0, 0, 0, []
+        self.partial, self.curves, self.rng = fresh_partial(), fresh_curves(), None
+        self.consecutive_skips = 0
+        self.snapshot = None if self.skip else Snapshot(model, optimizer)  # skip mode never updates badly
+        self.stop = self.stopping = None
+        self.results_of = None  # which weights the results describe: {"file": ..., "epoch": ...}
+        self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
+        super().__init__(out)
+
+    def _take_data(self, data) -> None:
+        """The host data and its checks: labels within the model's classes, a training set to cut into
+        batches of the configured size."""
+        self.data, self.images, self.test_images = data, data.train_images, data.test_images
+        self.labels = np.asarray(data.train_labels, np.int64)
+        self.test_labels = np.asarray(data.test_labels, np.int64)
+        self.num_classes = self.model.output_shapes()[-1][0]
+        self.class_names = class_names(data, self.num_classes)
         for name, values in (("training", self.labels), ("test", self.test_labels)):
             if len(values) and (values.min() < 0 or values.max() >= self.num_classes):
                 raise DataError(f"{name} labels must lie in [0, {self.num_classes}), found "
                                 f"{values.min()}..{values.max()}")  # fmt: skip
         if len(self.images) == 0:
             raise DataError("the training set is empty")
-        self.batches = -(-len(self.images) // batch_size)
-        # Where the run stands: epochs completed, batches done of the next one (with their host sums),
-        # steps taken, the history, and the shuffle generator before the next epoch's permutation.
-        self.epoch_done, self.batch_done, self.step, self.history = 0, 0, 0, []
-        self.partial = fresh_partial()
-        self.rng = None
-        self.consecutive_skips = 0
-        self.snapshot = None if self.skip else Snapshot(model, optimizer)  # skip mode never updates badly
-        self.stop, self.stopping, self.out, self.record = None, None, None, None
-        self.lock, self.begun = None, "new"  # the directory's RunLock; how fit._open_run took the run up
-        # Step-level settings (RunConfig's max_steps, log_every, eval_every) and the curves they draw.
-        self.max_steps = self.log_every = self.eval_every = self.schedule = self.clip = None
-        self.augmenter = None  # a cnnx.data.Augmenter for the training batches, with its own generator
-        self.val_images = self.val_labels = self.early = None  # the validation split and early stopping
-        self.results_of = None  # which weights the results describe: {"file": ..., "epoch": ...}
-        self.total_steps = 0  # the run's length in steps, for the schedule
-        self.curves = fresh_curves()
-        self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
+        if self.batch_size > len(self.images):
+            raise ConfigError(f"batch size {self.batch_size} is larger than the training set "
+                              f"({plural(len(self.images), 'image')})")  # fmt: skip
+        self.batches = -(-len(self.images) // self.batch_size)
 
-    # -- resuming -------------------------------------------------------------------------------
+    def _augmenter(self) -> Augmenter | None:
+        transforms = parse_augment(self.config.augment)
+        if not transforms:
+            return None
+        if len(self.model.input_shape) != 3:
+            raise ConfigError(
+                f"augment needs image inputs (C, H, W), and the model takes {self.model.input_shape}"
+            )
+        return Augmenter(transforms, derive_rng(self.config.seed, "augment"))
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        """The run's length in steps, for the schedule."""
+        room = self.config.epochs * self.batches
+        return room if self.config.max_steps is None else min(self.config.max_steps, room)
 
     # -- training -------------------------------------------------------------------------------
 
-    def train(self, epochs: int, reporter: Reporter) -> np.ndarray | None:
+    def train(self, reporter: Reporter, stop=None) -> np.ndarray | None:
         """Train the remaining epochs; returns the test predictions of the weights the run reports, which
-        ``results_of`` names (see :func:`cnnx.training.early.reported`)."""
-        predictions = None
-        self.total_steps = epochs * self.batches
-        if self.max_steps is not None:
-            self.total_steps = min(self.max_steps, self.total_steps)
+        ``results_of`` names (see :func:`cnnx.training.early.reported`). ``stop`` is polled once a step
+        (see :class:`cnnx.training.interrupt.StopFlag`)."""
+        predictions, epochs, self.stop = None, self.config.epochs, stop
         for epoch in range(self.epoch_done + 1, epochs + 1):
             with self.model.backend.parallel_region():  # the pool's threads for the epoch (NumpyBackend)
                 row, predictions = self.epoch(epoch, reporter)
@@ -100,9 +180,7 @@ class Run:
             stop_early = self.watch_validation(epoch, row, predictions, reporter)
             if self.out is not None:
                 self.save(self.rng.bit_generator.state)
-                shown, self.results_of = reported(self, predictions)  # best.npz's, when the run kept it
-                self.record.update(results(self.history, self.test_labels, shown, self.num_classes,
-                                           self.class_names, self.results_of))  # fmt: skip
+                self.record_results(predictions)
                 self.write_record()
             if self.steps_done() or stop_early:
                 break
@@ -110,6 +188,19 @@ class Run:
                 raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch + 1, 0)
         shown, self.results_of = reported(self, predictions)
         return shown
+
+    def record_results(self, predictions) -> np.ndarray | None:
+        """Put the results of the weights the run reports into its record; returns their predictions."""
+        shown, self.results_of = reported(self, predictions)  # best.npz's, when the run kept it
+        self.record.update(results(self.history, self.test_labels, shown, self.num_classes, self.class_names,
+                                   self.results_of))  # fmt: skip
+        return shown
+
+    def results_without_training(self) -> np.ndarray:
+        """For a run whose training had ended before its process was killed: the test predictions of its
+        last weights, and the results they give, in its record."""
+        _, _, predictions = evaluate(self.model, self.test_images, self.test_labels, self.batch_size)
+        return self.record_results(predictions)
 
     def watch_validation(self, epoch: int, row: dict, predictions: np.ndarray, reporter: Reporter) -> bool:
         """Keep the best epoch's weights in best.npz (and its test predictions); True (said on the
@@ -129,24 +220,23 @@ class Run:
 
     def steps_done(self) -> bool:
         """Whether the run has taken its ``max_steps`` optimizer steps."""
-        return self.max_steps is not None and self.step >= self.max_steps
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def stopped_early(self) -> bool:
+        """Whether early stopping had ended the run (as a checkpoint records it)."""
+        early = self.early
+        return early is not None and early.patience is not None and early.waited >= early.patience
 
     def epoch(self, epoch: int, reporter: Reporter) -> tuple[dict, np.ndarray]:
         """Train on the epoch's batches (those not done yet, when resumed), then evaluate: (history row,
         test predictions)."""
-        backend, xp, model = self.backend, self.xp, self.model
         started = time.perf_counter()
         rng_before = self.rng.bit_generator.state
         order = self.rng.permutation(len(self.images))
-        done, p = self.batch_done, self.partial
+        done = self.batch_done
         base_step = self.step - done  # the global step number of this epoch's batch 0
-        loss_sum = backend.to_device(np.array(p["loss_sum"], np.float64), "float64")
-        correct = backend.to_device(np.array(p["correct"], np.int64), "int64")
-        counted, skipped = p["counted"], p["skipped"]
-        window = backend.to_device(np.array(p["window_loss"], np.float64), "float64")  # the step curve's
-        window_count = p["window_count"]
+        sums = EpochSums(self.backend, self.partial)
         last = done  # the last batch trained (fewer than self.batches when max_steps ends the epoch early)
-        first_bad = xp.zeros((), dtype="int64")  # 1-based index of the first non-finite batch; 0: none
         if self.snapshot is not None:
             self.snapshot.take(done)
         self.current = (epoch, order, base_step)
@@ -155,78 +245,84 @@ class Run:
             if self.steps_done():
                 break
             last = batch
-            x, y = self.batch(order, batch)
-            if self.schedule is not None:
-                self.optimizer.lr = self.schedule.rate(self.step, self.total_steps)
-            outcome = train_step(model, self.optimizer, x, y, skip_nonfinite=self.skip, clip=self.clip)
-            self.step += 1
-            if outcome is None:
-                skipped += 1
-                self.skipped_step(epoch, batch, base_step + batch, x, y, reporter)
-            else:
-                self.consecutive_skips = 0
-                loss_sum += outcome[0]
-                correct += outcome[1]
-                counted += len(x)
-                window += outcome[0]
-                window_count += len(x)
-                first_bad += (~xp.isfinite(outcome[0]) & (first_bad == 0)) * batch  # stays on the device
-            if self.log_every is not None and self.step % self.log_every == 0:
-                mean = float(backend.to_host(window)) / window_count if window_count else math.nan
-                self.curves["train"].append([self.step, _finite_or_none(mean)])
-                window, window_count = xp.zeros((), dtype="float64"), 0
-            if self.eval_every is not None and self.step % self.eval_every == 0:
-                self.evaluate_now()
-            text = None
-            if batch % self.check_every == 0 and batch < self.batches:
-                running = float(backend.to_host(loss_sum)) / max(counted, 1)
-                self.check_finite(running, first_bad, epoch, order, base_step, batch)
-                if self.snapshot is not None:
-                    self.snapshot.take(batch)
-                text = f"loss {running:.4f}"
-            reporter.advance(text)
+            self.train_batch(batch, sums, reporter)
+            self.look(batch, sums, reporter)
             self.stopping = self.stop.requested if self.stop is not None else None
-            periodic = self.checkpoint_every is not None and self.step % self.checkpoint_every == 0
+            periodic = (
+                self.config.checkpoint_every is not None and self.step % self.config.checkpoint_every == 0
+            )
             if batch < self.batches and (self.stopping or (periodic and self.out is not None)):
-                total = float(backend.to_host(loss_sum))
-                self.check_finite(total, first_bad, epoch, order, base_step, batch)
-                self.batch_done = batch
-                self.partial = {
-                    "loss_sum": total,
-                    "correct": int(backend.to_host(correct)),
-                    "counted": counted,
-                    "skipped": skipped,
-                    "seconds": p["seconds"] + time.perf_counter() - started,
-                    "window_loss": float(backend.to_host(window)),
-                    "window_count": window_count,
-                }
-                if self.out is not None:
-                    self.save(rng_before)
-                if self.stopping:
-                    raise TrainingInterrupted(self.stopping, self.checkpoint_path(), epoch, batch)
-        if counted == 0:
+                self.checkpoint_mid_epoch(batch, sums, started, rng_before)
+        return self.end_epoch(epoch, last, sums, started)
+
+    def train_batch(self, batch: int, sums: EpochSums, reporter: Reporter) -> None:
+        """One step on the 1-based ``batch`` of the current epoch, and the step curves' points it ends."""
+        epoch, order, base_step = self.current
+        x, y = self.batch(order, batch)
+        if self.schedule is not None:
+            self.optimizer.lr = self.schedule.rate(self.step, self.total_steps)
+        outcome = train_step(
+            self.model, self.optimizer, x, y, skip_nonfinite=self.skip, clip=self.config.clip_grad_norm
+        )
+        self.step += 1
+        if outcome is None:
+            sums.skipped += 1
+            self.skipped_step(epoch, batch, base_step + batch, x, y, reporter)
+        else:
+            self.consecutive_skips = 0
+            sums.add(outcome, len(x), batch)
+        if self.config.log_every is not None and self.step % self.config.log_every == 0:
+            self.curves["train"].append([self.step, _finite_or_none(sums.close_window())])
+        if self.config.eval_every is not None and self.step % self.config.eval_every == 0:
+            self.evaluate_now()
+
+    def look(self, batch: int, sums: EpochSums, reporter: Reporter) -> None:
+        """Every ``check_every`` batches, read the running loss back: it must be finite (the divergence
+        guard then takes a new snapshot), and the progress shows it."""
+        text = None
+        if batch % self.check_every == 0 and batch < self.batches:
+            running = float(self.backend.to_host(sums.loss)) / max(sums.counted, 1)
+            self.check_finite(running, sums.first_bad, batch)
+            if self.snapshot is not None:
+                self.snapshot.take(batch)
+            text = f"loss {running:.4f}"
+        reporter.advance(text)
+
+    def checkpoint_mid_epoch(self, batch: int, sums: EpochSums, started: float, rng_before: dict) -> None:
+        """Checkpoint after ``batch`` (its sums checked finite first), and stop there when asked to."""
+        self.check_finite(float(self.backend.to_host(sums.loss)), sums.first_bad, batch)
+        self.batch_done, self.partial = batch, sums.partial(started)
+        if self.out is not None:
+            self.save(rng_before)
+        if self.stopping:
+            raise TrainingInterrupted(self.stopping, self.checkpoint_path(), self.current[0], batch)
+
+    def end_epoch(self, epoch: int, last: int, sums: EpochSums, started: float) -> tuple[dict, np.ndarray]:
+        """The epoch's history row after its last batch (``last``), and its test predictions."""
+        if sums.counted == 0:
             raise DivergenceError(
                 f"training diverged: every step of epoch {epoch} was skipped; {self.last_good()}"
             )
-        train_loss = float(backend.to_host(loss_sum)) / counted
-        self.check_finite(train_loss, first_bad, epoch, order, base_step, last)
-        train_accuracy = int(backend.to_host(correct)) / counted
-        test_loss, test_accuracy, predictions = evaluate(
-            model, self.test_images, self.test_labels, self.batch_size
-        )
+        train_loss = float(self.backend.to_host(sums.loss)) / sums.counted
+        self.check_finite(train_loss, sums.first_bad, last)
+        train_accuracy = int(self.backend.to_host(sums.correct)) / sums.counted
+        test_loss, test_accuracy, predictions = evaluate(self.model, self.test_images, self.test_labels,
+                                                         self.batch_size)  # fmt: skip
         if len(self.test_labels) and not math.isfinite(test_loss):
             raise DivergenceError(f"the test loss is not finite after epoch {epoch}; {self.last_good()}")
-        backend.synchronize()
-        seconds = p["seconds"] + time.perf_counter() - started
+        self.backend.synchronize()
+        seconds = sums.seconds + time.perf_counter() - started
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-               "test_loss": test_loss, "test_accuracy": test_accuracy, "skipped": skipped,
+               "test_loss": test_loss, "test_accuracy": test_accuracy, "skipped": sums.skipped,
                "seconds": seconds}  # fmt: skip
         if last < self.batches:  # max_steps ended the epoch early
             row["batches"] = last
         if self.val_images is not None:
-            val_loss, val_accuracy, _ = evaluate(model, self.val_images, self.val_labels, self.batch_size)
+            val_loss, val_accuracy, _ = evaluate(
+                self.model, self.val_images, self.val_labels, self.batch_size
+            )
             row["val_loss"], row["val_accuracy"] = _finite_or_none(val_loss), val_accuracy
-        if self.eval_every is not None and (
+        if self.config.eval_every is not None and (
             not self.curves["test"] or self.curves["test"][-1][0] != self.step
         ):
             self.curves["test"].append([self.step, _finite_or_none(test_loss), test_accuracy])
@@ -250,10 +346,12 @@ class Run:
 
     # -- divergence -----------------------------------------------------------------------------
 
-    def check_finite(self, value: float, first_bad, epoch: int, order, base_step: int, upto: int) -> None:
-        """Raise DivergenceError, naming where it started, if the read-back ``value`` is not finite."""
+    def check_finite(self, value: float, first_bad, upto: int) -> None:
+        """Raise DivergenceError, naming where it started, if the read-back ``value`` is not finite:
+        the current epoch's batches up to ``upto`` are replayed from the last snapshot."""
         if math.isfinite(value):
             return
+        epoch, order, base_step = self.current
         found = None
         if self.snapshot is not None and self.snapshot.batch is not None:
             # Replay from the last state known good, checking every value, to find the first bad one.
@@ -284,59 +382,3 @@ class Run:
                 f"at {at}; {self.last_good()}"
             )
         reporter.note(f"skipped {at}")
-
-    # -- files ----------------------------------------------------------------------------------
-
-    def checkpoint_path(self):
-        return None if self.out is None else self.out / CHECKPOINT
-
-    def last_good(self) -> str:
-        if self.out is None:
-            return "no checkpoint is being written"
-        path = self.out / CHECKPOINT
-        return f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written yet"
-
-    def save(self, rng_state: dict) -> None:
-        """Write the checkpoint for the current position (its weights checked finite first)."""
-        meta = {"epoch": self.epoch_done, "batch": self.batch_done, "step": self.step, "rng_state": rng_state,
-                "history": self.history, "partial": self.partial, "settings": self.record["config"],
-                "optimizer": self.optimizer.config(), "curves": self.curves}  # fmt: skip
-        if self.augmenter is not None:
-            meta["augment_rng_state"] = self.augmenter.rng.bit_generator.state
-        if self.early is not None:
-            meta["early"] = self.early.state()
-        try:
-            check_weights(self.model)
-            self.write(self.out / CHECKPOINT, lambda: save_checkpoint(self.out / CHECKPOINT, self.model,
-                                                                      self.optimizer, meta))  # fmt: skip
-        except DivergenceError:
-            # A gradient went bad while the loss stayed finite: find the step and layer, then report.
-            epoch, order, base_step = self.current
-            no_bad_loss = self.xp.zeros((), dtype="int64")
-            self.check_finite(math.nan, no_bad_loss, epoch, order, base_step, self.batch_done or self.batches)
-            raise
-
-    def write(self, path, action) -> None:
-        """Run a file-writing ``action``; an OSError (a full disk) becomes a one-line ResourceError."""
-        try:
-            action()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ResourceError(f"could not write {path} ({reason}); {self.last_good()}") from None
-
-    def write_record(self) -> None:
-        if self.record is not None:
-            self.record["steps_done"] = self.step
-        if self.out is not None:
-            self.write(self.out / METRICS, lambda: write_json(self.out / METRICS, self.record))
-
-    def finish(self, status: str, **fields) -> None:
-        """Record how the run ended, then let go of the run directory's lock; a record that cannot be
-        written must not hide the real error."""
-        if self.out is None:
-            return
-        self.record.update(status=status, steps_done=self.step, **fields)
-        with contextlib.suppress(OSError, CnnxError):
-            write_json(self.out / METRICS, self.record)
-        if self.lock is not None:
-            self.lock.release()

@@ -12,14 +12,9 @@ from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io.checkpoint import load_checkpoint
 
 from .config import CHANGEABLE, IDENTITY, RunConfig, upgrade_settings
-from .loop import fresh_curves, fresh_partial
 from .records import read_record
 from .rundir import CHECKPOINT, METRICS, is_dead_claim
-
-
-def option_name(field: str) -> str:
-    """How a RunConfig field is spelled on the command line: ``batch_size`` -> ``--batch-size``."""
-    return "--" + field.replace("_", "-")
+from .settings import option_name
 
 
 def recorded_config(path, meta: dict) -> RunConfig:
@@ -95,26 +90,18 @@ def resume_config(run_dir, given: dict | None = None) -> RunConfig:
     return config
 
 
-def check_resumable(run, checkpoint, epochs: int, seed: int, unfinished: bool = False) -> None:
+def check_resumable(run, checkpoint, unfinished: bool = False) -> None:
     """ConfigError unless ``checkpoint`` belongs to a run like ``run`` (a
     :class:`~cnnx.training.loop.Run` built from the recorded settings) and is not at its end, unless the
     run is ``unfinished`` (killed after its last checkpoint: it is to be finished)."""
     meta, settings, path = checkpoint.meta, checkpoint.meta["settings"], checkpoint.path
-    mine = {"batch_size": run.batch_size, "seed": seed, "train_size": len(run.images),
+    epochs, max_steps = run.config.epochs, run.config.max_steps
+    mine = {"batch_size": run.config.batch_size, "seed": run.config.seed, "train_size": len(run.images),
             "test_size": len(run.test_images), "dtype": str(run.model.dtype)}  # fmt: skip
     for key, value in mine.items():
         if settings.get(key) != value:
             raise ConfigError(f"cannot resume {path}: its {key} is {settings.get(key)!r}, not {value!r}")
-    # The learning rate may change on resuming (a schedule, or a hand-lowered rate); nothing else may.
-    fixed = {key: value for key, value in run.optimizer.config().items() if key != "lr"}
-    recorded = {"weight_decay": 0.0, **meta["optimizer"]}  # checkpoints before weight decay had none
-    if {key: value for key, value in recorded.items() if key != "lr"} != fixed:
-        raise ConfigError(f"cannot resume {path}: its optimizer is {meta['optimizer']}, not "
-                          f"{run.optimizer.config()}")  # fmt: skip
-    if checkpoint.header["architecture"] != run.model.architecture():
-        raise ConfigError(f"cannot resume {path}: the model's architecture differs from the checkpoint's")
-    if tuple(checkpoint.header["input_shape"]) != run.model.input_shape:
-        raise ConfigError(f"cannot resume {path}: the model's input shape differs from the checkpoint's")
+    _check_same_model(run, checkpoint)
     done, batch = meta["epoch"], meta["batch"]
     if batch > run.batches or len(meta["history"]) != done:
         raise ConfigError(
@@ -131,36 +118,30 @@ def check_resumable(run, checkpoint, epochs: int, seed: int, unfinished: bool = 
             f"{plural(epochs, 'epoch')} is fewer than the {done + 1} the run in {path.parent} has begun"
         )
     step = meta["step"]
-    if run.max_steps is not None and step >= run.max_steps and batch == 0 and not unfinished:
+    if max_steps is not None and step >= max_steps and batch == 0 and not unfinished:
         raise ConfigError(
             f"the run in {path.parent} already took its {plural(step, 'step')}: ask for more than "
             f"{plural(step, 'step')} to train further"
         )
 
 
-def restore(run, checkpoint, epochs: int, seed: int, unfinished: bool = False) -> None:
-    """Load the checkpoint's weights, optimizer state, layer buffers, random streams and position into
-    ``run``, after :func:`check_resumable`."""
-    check_resumable(run, checkpoint, epochs, seed, unfinished)
+def _check_same_model(run, checkpoint) -> None:
+    """ConfigError unless the checkpoint's optimizer settings (but its learning rate), architecture and
+    input shape are the run's."""
     meta, path = checkpoint.meta, checkpoint.path
-    try:
-        run.model.load_state_dict(checkpoint.model_state)  # weights, buffers and random streams
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    run.optimizer.load_state_dict(checkpoint.optimizer_state, run.backend.to_device)
-    run.rng = _set_state(np.random.default_rng(), meta["rng_state"], path, "the shuffle generator")
-    run.epoch_done, run.batch_done, run.step = meta["epoch"], meta["batch"], meta["step"]
-    run.history, run.partial = list(meta["history"]), {**fresh_partial(), **meta["partial"]}
-    run.curves = {**fresh_curves(), **meta.get("curves", {})}
-    if run.early is not None:
-        run.early.load(meta.get("early", {}))
-    if run.augmenter is not None:
-        if "augment_rng_state" not in meta:
-            raise ConfigError(f"cannot resume {path}: it was trained without augmentation")
-        _set_state(run.augmenter.rng, meta["augment_rng_state"], path, "the augmentation generator")
+    # The learning rate may change on resuming (a schedule, or a hand-lowered rate); nothing else may.
+    fixed = {key: value for key, value in run.optimizer.config().items() if key != "lr"}
+    recorded = {"weight_decay": 0.0, **meta["optimizer"]}  # checkpoints before weight decay had none
+    if {key: value for key, value in recorded.items() if key != "lr"} != fixed:
+        raise ConfigError(f"cannot resume {path}: its optimizer is {meta['optimizer']}, not "
+                          f"{run.optimizer.config()}")  # fmt: skip
+    if checkpoint.header["architecture"] != run.model.architecture():
+        raise ConfigError(f"cannot resume {path}: the model's architecture differs from the checkpoint's")
+    if tuple(checkpoint.header["input_shape"]) != run.model.input_shape:
+        raise ConfigError(f"cannot resume {path}: the model's input shape differs from the checkpoint's")
 
 
-def _set_state(rng: np.random.Generator, state: dict, path, what: str) -> np.random.Generator:
+def set_generator_state(rng: np.random.Generator, state: dict, path, what: str) -> np.random.Generator:
     """``rng``, set to a checkpoint's recorded ``state``; CheckpointError when that is unusable."""
     try:
         rng.bit_generator.state = state

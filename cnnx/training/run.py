@@ -12,13 +12,13 @@ from cnnx.checks import plural
 from cnnx.data import class_count, class_names
 from cnnx.nn.datainfo import DataInfo
 from cnnx.nn.presets import build_model, preset_architecture, with_dropout
-from cnnx.optim import make_optimizer
+from cnnx.nn.registry import check_architecture
+from cnnx.optim import OPTIMIZERS, make_optimizer
 
 from .config import RunConfig, load_run_data
-from .fit import train_run
+from .fit import train_as_configured
 from .loop import Run
-from .rundir import check_run_dir, default_run_dir, estimate_run_bytes
-from .schedule import Schedule
+from .rundir import check_run_dir, default_run_dir, estimate_run_bytes, planned_run_bytes
 from .shapes import check_classifier
 
 # The first words of what a run says it does, by how it was taken up (Run.begun).
@@ -57,49 +57,64 @@ def run_training(
     ``on_start(run)`` is called when the run directory is claimed, before the first step. ``model`` and
     ``optimizer``, when given, are trained on instead of fresh ones built from ``config`` (a warm start:
     the scikit-learn estimator's ``warm_start`` and ``partial_fit``); ``config`` still sets everything else.
+
+    The model is built once: a description list before the data is loaded, a preset (which adapts to
+    the data's number of classes) after it.
     """
     backend = get_backend(config.device)  # "gpu" without a usable GPU stops here with the reason
-    built = model is None and optimizer is None
-    if model is None:
-        model = build_model(
-            _description(config),
-            name=config.model if isinstance(config.model, str) else None,
-            backend=backend,
-            dtype=config.dtype,
-            seed=config.seed,
-            input_shape=config.input_shape,
-        )
+    if model is None and not isinstance(config.model, str):
+        model = _build(config, backend)
+    if model is not None:
+        check_classifier(model)  # before the run directory and the data: the model must score classes
+    out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
+    if out is None and runs_root is not None:
+        model_name = model.name if model is not None else config.model  # a preset's, or "custom"
+        optimizer_name = optimizer.name if optimizer is not None else config.optimizer
+        out, unique = default_run_dir(model_name, optimizer_name, root=runs_root), True
+    if out is not None and not unique:
+        # Before the minutes of loading and training: writable, enough space, new or resumable.
+        check_run_dir(out, need_bytes=_planned_bytes(config, model, optimizer), resume=resume)
+    if dataset is None:
+        dataset = load_run_data(config, quiet=progress == "none")
+    if model is None:  # a preset, for the data's number of classes
+        model = _build(config, backend, class_count(dataset))
     if optimizer is None:
         optimizer = make_optimizer(
             config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
         )
-    backend = model.backend
-    check_classifier(model)  # before the run directory and the data: the model must score classes
-    out, unique = (Path(out_dir), False) if out_dir is not None else (None, False)
-    if out is None and runs_root is not None:
-        out, unique = default_run_dir(model.name, optimizer.name, root=runs_root), True
-    if out is not None and not unique:
-        # Before the minutes of loading and training: writable, enough space, new or resumable.
-        check_run_dir(out, need_bytes=estimate_run_bytes(model, optimizer), resume=resume)
-    if dataset is None:
-        dataset = load_run_data(config, quiet=progress == "none")
-    classes = class_count(dataset)
-    if built and isinstance(config.model, str) and classes != model.output_shapes()[-1][0]:
-        # A preset adapts to the data's number of classes (a folder of another data set's files).
-        architecture = _description(config, classes)
-        model = build_model(architecture, backend=backend, dtype=config.dtype, seed=config.seed,
-                            input_shape=config.input_shape, name=config.model)  # fmt: skip
-        optimizer = make_optimizer(
-            config.optimizer, model, config.lr, weight_decay=config.weight_decay, **config.optimizer_options
-        )
-
     model.data_info = describe_data(config, dataset, model)  # what the files written will say
+    recorded = {**config.to_dict(), "lr": optimizer.lr, "backend": model.backend.name}
+    return train_as_configured(model, optimizer, dataset, config, out, recorded=recorded, unique_dir=unique,
+                               progress=progress, stop=stop, resume=resume,
+                               on_start=_announcing(config, dataset, echo, on_start))  # fmt: skip
+
+
+def _build(config: RunConfig, backend, classes: int | None = None):
+    """The model ``config`` describes (a preset for ``classes`` classes, when given), on ``backend``."""
+    name = config.model if isinstance(config.model, str) else None
+    return build_model(_description(config, classes), name=name, backend=backend, dtype=config.dtype,
+                       seed=config.seed, input_shape=config.input_shape)  # fmt: skip
+
+
+def _planned_bytes(config: RunConfig, model, optimizer) -> int:
+    """The disk space the run will need (see :func:`~cnnx.training.rundir.estimate_run_bytes`), before
+    the model is built when it is a preset: its parameters counted from its description for Fashion-MNIST's
+    ten classes."""
+    if model is not None:
+        return estimate_run_bytes(model, optimizer or OPTIMIZERS[config.optimizer])
+    parameters = check_architecture(preset_architecture(config.model, config.input_shape))
+    return planned_run_bytes(parameters, config.dtype, OPTIMIZERS[config.optimizer])
+
+
+def _announcing(config: RunConfig, dataset, echo, on_start):
+    """What the run calls when it starts: the lines ``echo`` receives, then ``on_start``."""
 
     def started(run: Run) -> None:
         if echo is not None:
+            model, optimizer = run.model, run.optimizer
             verb = BEGINNINGS[run.begun].format(out=run.out)
             echo(f"{verb} {model.name} ({plural(model.parameter_count(), 'parameter')}, {config.dtype}) with "
-                 f"{optimizer.name} lr {optimizer.lr:g} on {backend.describe()}")  # fmt: skip
+                 f"{optimizer.name} lr {optimizer.lr:g} on {model.backend.describe()}")  # fmt: skip
             where = f"writing {run.out}" if run.out is not None else "writing no files"
             held = "" if run.val_images is None else f" / {len(run.val_images):,} validation"
             echo(f"data: {len(run.images):,} train{held} / {len(run.test_images):,} test images "
@@ -107,38 +122,14 @@ def run_training(
         if on_start is not None:
             on_start(run)
 
-    return train_run(
-        model,
-        optimizer,
-        dataset,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        out_dir=out,
-        unique_dir=unique,
-        progress=progress,
-        checkpoint_every=config.checkpoint_every,
-        on_divergence=config.on_divergence,
-        max_steps=config.max_steps,
-        log_every=config.log_every,
-        eval_every=config.eval_every,
-        schedule=Schedule.from_config(config, optimizer.lr),
-        clip_grad_norm=config.clip_grad_norm,
-        augment=config.augment,
-        validation=config.validation,
-        early_stopping=config.early_stopping,
-        stop=stop,
-        resume=resume,
-        config={**config.to_dict(), "lr": optimizer.lr, "backend": backend.name},
-        on_start=started,
-    )
+    return started
 
 
 def _description(config: RunConfig, classes: int | None = None):
     """What :func:`build_model` builds for ``config``: its model, a preset adapted to ``classes`` when
     given, with every Dropout layer at ``config.dropout`` when that is set."""
     model = config.model
-    if isinstance(model, str) and (classes is not None or config.dropout is not None):
+    if isinstance(model, str) and (classes not in (None, 10) or config.dropout is not None):
         model = preset_architecture(model, config.input_shape, 10 if classes is None else classes)
     return model if config.dropout is None else with_dropout(model, config.dropout)
 

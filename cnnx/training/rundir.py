@@ -18,6 +18,8 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np  # host: an item size
+
 from cnnx.errors import ConfigError, ResourceError, RunLockedError
 from cnnx.fileio import stale_temporaries
 
@@ -268,6 +270,16 @@ def estimate_run_bytes(model, optimizer=None) -> int:
     renamed over it), each the weights plus the optimizer's moments, then the record and the figures."""
     weights = sum(math.prod(p.shape) * p.dtype.itemsize for _, p, _ in model.named_parameters())
     weights += sum(b.size * b.dtype.itemsize for _, b in model.named_buffers())
+    return _run_bytes(weights, optimizer)
+
+
+def planned_run_bytes(parameters: int, dtype: str, optimizer=None) -> int:
+    """:func:`estimate_run_bytes` before the model is built: ``parameters`` values of ``dtype`` (the
+    layers' buffers, a few numbers per batch-norm channel, left out). ``optimizer`` may be its class."""
+    return _run_bytes(parameters * np.dtype(dtype).itemsize, optimizer)
+
+
+def _run_bytes(weights: int, optimizer) -> int:
     slots = len(getattr(optimizer, "slots", ()))
     return 2 * weights * (1 + slots) + RECORD_BYTES + FIGURES_BYTES
 
