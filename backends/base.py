@@ -13,6 +13,9 @@ class Backend:
 
     name: str = "abstract"
     xp: Any = None
+    # Whether training steps are cut into shards that workers share (cnnx.nn.parallel): on the CPU; a GPU
+    # runs each step whole.
+    data_parallel: bool = False
 
     def to_device(self, array, dtype=None):
         """Copy a host (NumPy) array, or anything array-like, to this device, optionally casting it. Always
@@ -48,6 +51,17 @@ class Backend:
         """A block of work (a training run, an evaluation) in which :meth:`split_batch` has the machine
         to itself. Nothing to arrange here or on a GPU; the CPU backend hands the cores from the BLAS
         library's threads to its own (see ``NumpyBackend``). Blocks nest."""
+        yield
+
+    def workers(self) -> int:
+        """How many workers a data-parallel step uses here by default (see :mod:`cnnx.parallel`): one on
+        a GPU (whose kernels are parallel already) and here; the CPU backend answers with its cores."""
+        return 1
+
+    @contextmanager
+    def sharded(self):
+        """A block in which data-parallel workers each run whole steps on one thread of their own: the
+        CPU backend gives BLAS one thread and runs every kernel in one piece. Nothing to do here."""
         yield
 
     def synchronize(self) -> None:

@@ -50,6 +50,7 @@ class NumpyBackend(Backend):
 
     name = "cpu"
     xp = np
+    data_parallel = True
     threads: int | None = None  # also for subclasses that do not call __init__
 
     def __init__(self, threads: int | None = None):
@@ -66,7 +67,7 @@ class NumpyBackend(Backend):
         return np.array(array, copy=True)
 
     def split_batch(self, fn, n: int, work: int = 0) -> None:
-        parts = min(self.threads or _cores.parts(), n) if _cores.depth else 1
+        parts = min(self.threads or _cores.parts(), n) if _cores.depth and not _cores.sharded else 1
         if parts < 2 or work < MIN_SPLIT_WORK:
             fn(slice(0, n))
             return
@@ -94,6 +95,20 @@ class NumpyBackend(Backend):
         finally:
             _cores.leave()
 
+    def workers(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        return _cores.parts() if _cores.depth else blas_threads()
+
+    @contextmanager
+    def sharded(self):
+        with self.parallel_region():
+            _cores.sharded += 1
+            try:
+                yield
+            finally:
+                _cores.sharded -= 1
+
     def describe(self) -> str:
         return f"cpu (NumPy {np.__version__})"
 
@@ -112,6 +127,7 @@ class _Cores:
         self.saved = 1  # BLAS's thread count when the outermost region opened
         self.blas = None  # threadpoolctl's controllers for the BLAS libraries, made on first use
         self.restore = []  # (controller, its thread count) when the outermost region opened
+        self.sharded = 0  # > 0 while data-parallel workers run: each computes on one thread
 
     def controllers(self):
         if self.blas is None:

@@ -35,6 +35,7 @@ from cnnx.errors import CheckpointError, ConfigError, ResourceError
 from cnnx.io import load_model, modelfile, read_archive
 from cnnx.nn import Sequential, build_model
 from cnnx.nn.model import INFERENCE_BYTES, build_from_architecture
+from cnnx.nn.parallel import ShardGroup
 from cnnx.nn.presets import layer
 from cnnx.nn.registry import MAX_ACTIVATION
 from cnnx.nn.saving import HEADER_KEY
@@ -179,9 +180,11 @@ INFERENCE = {"predict_proba": _predict_proba, "predict": _predict, "evaluate": _
 
 
 def _batches_run(model, monkeypatch) -> list[int]:
-    """The batch sizes ``model``'s forward passes will see, recorded as they run."""
-    sizes, forward = [], model.forward
+    """The batch sizes ``model``'s inference passes will see, recorded as they run: a whole batch's
+    forward, or the batch a group of workers is given to cut into shards (cnnx.nn.parallel)."""
+    sizes, forward, logits = [], model.forward, ShardGroup.logits
     monkeypatch.setattr(model, "forward", lambda x, train=True: sizes.append(len(x)) or forward(x, train))
+    monkeypatch.setattr(ShardGroup, "logits", lambda group, x: sizes.append(len(x)) or logits(group, x))
     return sizes
 
 
@@ -233,6 +236,7 @@ def _out_of_memory(*args, **kwargs):
 def test_running_out_of_memory_in_inference_is_a_resource_error(entry, monkeypatch):
     model = build_model("mlp")
     monkeypatch.setattr(model, "forward", _out_of_memory)
+    monkeypatch.setattr(model, "forward_shards", _out_of_memory)  # what the workers run
     images, labels = blobs(3, seed=0)
     doing = "evaluating" if entry == "evaluate" else "predicting"
     with pytest.raises(ResourceError, match=f"^out of memory {doing} in batches of 3 images on cpu"):
@@ -244,6 +248,7 @@ def test_running_out_of_memory_in_predict_and_evaluate_is_one_error_line(
     command, saved_model, data_dir, monkeypatch
 ):
     monkeypatch.setattr(Sequential, "forward", _out_of_memory)
+    monkeypatch.setattr(Sequential, "forward_shards", _out_of_memory)  # what the workers run
     extra = [data_dir / "t10k-images-idx3-ubyte.gz"] if command == "predict" else ["--data-dir", data_dir]
     result = CliRunner().invoke(cli, [command, str(saved_model), *map(str, extra)])
     lines = result.stderr.strip().splitlines()
@@ -259,7 +264,8 @@ def test_cupy_running_out_of_memory_counts_as_running_out_of_memory(monkeypatch)
         OutOfMemoryError=OutOfMemoryError)))  # fmt: skip
     monkeypatch.setitem(sys.modules, "cupy", fake)
     model = build_model("mlp")
-    monkeypatch.setattr(model, "forward", lambda *a, **k: _raise(OutOfMemoryError("out of memory")))
+    for method in ("forward", "forward_shards"):  # a whole batch's, or the workers'
+        monkeypatch.setattr(model, method, lambda *a, **k: _raise(OutOfMemoryError("out of memory")))
     with pytest.raises(ResourceError, match="OutOfMemoryError"):
         model.predict_proba(blobs(2, seed=0)[0])
 

@@ -85,8 +85,9 @@ VARIANTS = {
     "Residual identity": (lambda b, kw: Residual(Sequential([ReLU(**kw)])), (2, 3, 3), None),
     "normalised chain": (normalised_chain, (2, 6, 6), None),
 }  # fmt: skip
-# Layers whose training output depends on the whole batch: each shard is normalised with its own
-# statistics (the next issue's job), so they are compared with the shards run one after the other.
+# Layers whose training output depends on the whole batch: a shard run through forward alone is
+# normalised with its own statistics, so they are compared with the shards run one after the other
+# (forward_shards gives the whole batch's statistics: tests/test_data_parallel.py).
 PER_BATCH = {"BatchNorm1D", "BatchNorm2D", "normalised chain"}
 REGISTERED = sorted(name for name, spec in REGISTRY.items() if spec.cls.__module__.startswith("cnnx."))
 

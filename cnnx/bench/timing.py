@@ -14,6 +14,7 @@ import time
 import numpy as np  # host: synthetic batches and weights for the twin live on the host
 
 from cnnx.errors import ConfigError
+from cnnx.nn.parallel import data_parallel
 from cnnx.nn.presets import build_model
 from cnnx.optim import make_optimizer
 from cnnx.training.step import train_step
@@ -158,20 +159,24 @@ class CnnxRunner(Runner):
         self.model = build_model(model_name, backend=backend, dtype=dtype, seed=seed)
         self.optimizer = make_optimizer("adam", self.model, lr)
         self.dtype = self.model.dtype
+        self.workers = None  # the backend's (see cnnx.nn.parallel); the benchmark may set it
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.backend.to_host(self.model(self.backend.to_device(x, self.dtype)))
 
     def _steps(self, batches, count: int, train: bool) -> None:
         backend, model = self.backend, self.model
-        with backend.parallel_region():  # as cnnx train's epochs run (see NumpyBackend)
+        most = max(len(x) for x, _ in batches)
+        with data_parallel(
+            model, self.optimizer, max_batch=most, workers=self.workers
+        ) as group:  # as cnnx train
             for i in range(count):
                 x, labels = batches[i % len(batches)]
                 x = backend.to_device(x, self.dtype)
                 if train:
-                    train_step(model, self.optimizer, x, backend.to_device(labels))
+                    train_step(model, self.optimizer, x, backend.to_device(labels), group=group)
                 else:
-                    model(x)  # evaluation
+                    model(x) if group is None else group.logits(x)  # evaluation
 
     def synchronize(self) -> None:
         self.backend.synchronize()

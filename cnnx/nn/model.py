@@ -84,6 +84,30 @@ class Sequential(Layer):
             saved.append(kept)
         return x, (saved if train else None)
 
+    def forward_shards(self, xs, train, shards):
+        """:meth:`forward` for a worker's shards: each layer runs all of them before the next layer does
+        (so a batch norm can meet the other workers once), even when this worker has none."""
+        saved = []
+        for layer in self.running_order():
+            xs, kept = layer.forward_shards(xs, train, shards)
+            saved.append(kept)
+        return xs, (saved if train else None)
+
+    def backward_shards(self, saved, dys, need_dx, shards):
+        """:meth:`backward` for a worker's shards, layer by layer; one gradient dict per shard."""
+        order = self._running()
+        trained = [i for i, (_, layer) in enumerate(order) if layer.has_parameters()]
+        grads = [{} for _ in dys]
+        if not need_dx and not trained:
+            return [None] * len(dys), grads
+        first = 0 if need_dx else trained[0]
+        for i in range(len(order) - 1, first - 1, -1):
+            name, layer = order[i]
+            dys, own = layer.backward_shards(saved[i], dys, need_dx or i > first, shards)
+            for mine, theirs in zip(grads, own, strict=True):
+                mine.update((f"{name}.{key}", grad) for key, grad in theirs.items())
+        return dys, grads
+
     def running_order(self) -> list[Layer]:
         """The layers in the order they run: the declared order, except that a layer that commutes with
         max pooling (a ReLU: it keeps the order of values, and so the same first maximum of each window,
@@ -221,15 +245,18 @@ class Sequential(Layer):
             return np.zeros((0, math.prod(self.output_shapes()[-1])), self.dtype)  # host
         return np.concatenate(out)  # host
 
-    def _probabilities(self, x, batch_size: int) -> list[np.ndarray]:  # host
+    def _probabilities(self, x, batch_size: int, workers: int | None = None) -> list[np.ndarray]:  # host
+        from .parallel import data_parallel  # the model's workers, shard by shard (none on a GPU)
+
         out = []
-        with self.backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
+        with data_parallel(self, max_batch=min(batch_size, max(1, len(x))), workers=workers) as group:
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
                 if chunk.dtype == np.uint8:  # host: scale as training does
                     chunk = scaled_pixels(chunk, self.dtype)
                 batch = self.backend.to_device(chunk, self.dtype)
-                out.append(self.backend.to_host(softmax(self.xp, self(batch), axis=1)))
+                logits = self(batch) if group is None else group.logits(batch)
+                out.append(self.backend.to_host(softmax(self.xp, logits, axis=1)))
         return out
 
     def predict(self, images, batch_size: int = 1000) -> np.ndarray:  # host

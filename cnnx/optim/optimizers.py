@@ -33,11 +33,14 @@ class Optimizer:
         self.state: dict[str, dict] = {}  # slot name ("m", "v", ...) -> parameter name -> device array
         self._work: dict = {}  # dtype -> one flat scratch array, reused by every update (not state)
 
-    def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+    def step(self, names=None) -> None:
+        """Apply one update to every parameter that has a gradient, or only to those in ``names``: a
+        worker's share of a data-parallel step (see :mod:`cnnx.parallel`), where each worker updates
+        its own parameters. The step count advances all the same."""
         self.steps += 1
+        only = None if names is None else set(names)
         for name, param, grad in self.target.named_parameters():
-            if grad is not None:
+            if grad is not None and (only is None or name in only):
                 self.update(name, param, grad)
 
     def update(self, name: str, param, grad) -> None:

@@ -32,6 +32,7 @@ from cnnx.errors import CnnxError, ConfigError, DataError
 from cnnx.fileio import open_regular
 from cnnx.nn.presets import PRESETS, with_dropout
 from cnnx.nn.registry import check_architecture
+from cnnx.nn.shards import SHARD_SIZE
 from cnnx.optim import OPTIMIZERS, SCHEDULES
 
 from .settings import (
@@ -224,6 +225,19 @@ class RunConfig:
         None, Real("a probability in [0, 1)", high=1, low_open=False, high_open=True),
         "Set every Dropout layer of the model to rate P (seed-dropout, cnn-bn and vgg-bn have them; "
         "default: the model's own rates).", metavar="P",
+    )  # fmt: skip
+
+    workers: int | None = setting(
+        None, Whole(1, 1024),
+        "Workers that share every training step and evaluation on the CPU, each running whole shards on "
+        "one core (default: one per core; a GPU runs each step whole). The numbers do not depend on it.",
+        changeable=True, metavar="N",
+    )  # fmt: skip
+    shard_size: int = setting(
+        SHARD_SIZE, Whole(1),
+        "Most images of one shard: a batch of N is cut into ceil(N / this) shards, fixed by the batch, "
+        "that the {workers} share out; the numbers depend on the shards, never on the workers.",
+        metavar="N",
     )  # fmt: skip
 
     def __post_init__(self):

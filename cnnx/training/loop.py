@@ -15,6 +15,7 @@ import numpy as np  # host: batch order, read-back values and run records live o
 from cnnx.checks import plural
 from cnnx.data import Augmenter, class_names, model_inputs, parse_augment
 from cnnx.errors import ConfigError, DataError, DivergenceError
+from cnnx.nn.parallel import data_parallel
 from cnnx.nn.random import derive_rng
 from cnnx.optim import Schedule
 
@@ -123,6 +124,7 @@ class Run(RunFiles):
         self.stop = self.stopping = None
         self.results_of = None  # which weights the results describe: {"file": ..., "epoch": ...}
         self.current = None  # (epoch, its batch order, the step number of its batch 0) while it runs
+        self.group = None  # the epoch's data-parallel workers while it runs (cnnx.nn.parallel.ShardGroup)
         super().__init__(out)
 
     def _take_data(self, data) -> None:
@@ -172,8 +174,9 @@ class Run(RunFiles):
         (see :class:`cnnx.training.interrupt.StopFlag`)."""
         predictions, epochs, self.stop = None, self.config.epochs, stop
         for epoch in range(self.epoch_done + 1, epochs + 1):
-            with self.model.backend.parallel_region():  # the pool's threads for the epoch (NumpyBackend)
+            with self.shard_group() as self.group:  # the epoch's workers (cnnx.nn.parallel; none on a GPU)
                 row, predictions = self.epoch(epoch, reporter)
+            self.group = None
             self.history.append(row)
             self.epoch_done, self.batch_done, self.partial = epoch, 0, fresh_partial()
             reporter.end(row)
@@ -199,7 +202,7 @@ class Run(RunFiles):
     def results_without_training(self) -> np.ndarray:
         """For a run whose training had ended before its process was killed: the test predictions of its
         last weights, and the results they give, in its record."""
-        _, _, predictions = evaluate(self.model, self.test_images, self.test_labels, self.batch_size)
+        _, _, predictions = self.evaluate(self.test_images, self.test_labels)
         return self.record_results(predictions)
 
     def watch_validation(self, epoch: int, row: dict, predictions: np.ndarray, reporter: Reporter) -> bool:
@@ -261,9 +264,8 @@ class Run(RunFiles):
         x, y = self.batch(order, batch)
         if self.schedule is not None:
             self.optimizer.lr = self.schedule.rate(self.step, self.total_steps)
-        outcome = train_step(
-            self.model, self.optimizer, x, y, skip_nonfinite=self.skip, clip=self.config.clip_grad_norm
-        )
+        outcome = train_step(self.model, self.optimizer, x, y, skip_nonfinite=self.skip,
+                             clip=self.config.clip_grad_norm, group=self.group)  # fmt: skip
         self.step += 1
         if outcome is None:
             sums.skipped += 1
@@ -306,8 +308,7 @@ class Run(RunFiles):
         train_loss = float(self.backend.to_host(sums.loss)) / sums.counted
         self.check_finite(train_loss, sums.first_bad, last)
         train_accuracy = int(self.backend.to_host(sums.correct)) / sums.counted
-        test_loss, test_accuracy, predictions = evaluate(self.model, self.test_images, self.test_labels,
-                                                         self.batch_size)  # fmt: skip
+        test_loss, test_accuracy, predictions = self.evaluate(self.test_images, self.test_labels)
         if len(self.test_labels) and not math.isfinite(test_loss):
             raise DivergenceError(f"the test loss is not finite after epoch {epoch}; {self.last_good()}")
         self.backend.synchronize()
@@ -318,9 +319,7 @@ class Run(RunFiles):
         if last < self.batches:  # max_steps ended the epoch early
             row["batches"] = last
         if self.val_images is not None:
-            val_loss, val_accuracy, _ = evaluate(
-                self.model, self.val_images, self.val_labels, self.batch_size
-            )
+            val_loss, val_accuracy, _ = self.evaluate(self.val_images, self.val_labels)
             row["val_loss"], row["val_accuracy"] = _finite_or_none(val_loss), val_accuracy
         if self.config.eval_every is not None and (
             not self.curves["test"] or self.curves["test"][-1][0] != self.step
@@ -331,9 +330,21 @@ class Run(RunFiles):
     def evaluate_now(self) -> None:
         """A point of the test curve at the current step; the record is rewritten with it, so a run
         that dies keeps its curves up to there."""
-        loss, accuracy, _ = evaluate(self.model, self.test_images, self.test_labels, self.batch_size)
+        loss, accuracy, _ = self.evaluate(self.test_images, self.test_labels)
         self.curves["test"].append([self.step, _finite_or_none(loss), accuracy])
         self.write_record()
+
+    def shard_group(self):
+        """The workers of the epoch's steps and evaluations (see :mod:`cnnx.nn.parallel`)."""
+        config = self.config
+        return data_parallel(self.model, self.optimizer, max_batch=self.batch_size, workers=config.workers,
+                             shard_size=config.shard_size)  # fmt: skip
+
+    def evaluate(self, images, labels):
+        """Loss, accuracy and predictions of the model on host data, on the epoch's workers when they run."""
+        return evaluate(
+            self.model, images, labels, self.batch_size, group=self.group, workers=self.config.workers
+        )
 
     def batch(self, order: np.ndarray, batch: int):
         """The device arrays of the 1-based ``batch`` of an epoch ordered by ``order``."""

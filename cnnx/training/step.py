@@ -9,19 +9,26 @@ import numpy as np  # host: predictions and read-back values are returned on the
 from cnnx.data import model_inputs
 from cnnx.errors import out_of_memory_errors
 from cnnx.nn.losses import correct_count, softmax_cross_entropy
+from cnnx.nn.parallel import data_parallel
 
 from .divergence import step_is_finite
 
 
-def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False, clip: float | None = None):
+def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False, clip: float | None = None,
+               group=None):  # fmt: skip
     """One forward / loss / backward / update on device arrays; returns (loss summed over the batch,
     number correct) as 0-d device arrays, without reading anything back to the host.
+
+    With ``group`` (a :class:`cnnx.nn.parallel.ShardGroup` of this model and optimizer) the step runs
+    shard by shard on the group's workers, with the same options; without it, the batch runs whole.
 
     With ``skip_nonfinite``, the loss and gradients are checked first (one read-back) and a step where
     any is not finite is not applied: the weights and optimizer state stay as they were and None is
     returned. With ``clip``, the gradients are scaled down together when their global norm exceeds it
     (on the device: nothing is read back).
     """
+    if group is not None:
+        return group.train_step(x, labels, clip=clip, skip_nonfinite=skip_nonfinite)
     logits, saved = model.forward(x, train=True)
     loss, dlogits = softmax_cross_entropy(model.xp, logits, labels)
     _, grads = model.backward(saved, dlogits, need_dx=False)  # nobody trains the images: no dx
@@ -34,7 +41,8 @@ def train_step(model, optimizer, x, labels, *, skip_nonfinite: bool = False, cli
     return loss * x.shape[0], correct_count(logits, labels)
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256):
+def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, *, group=None,
+             workers: int | None = None):  # fmt: skip
     """Mean loss, accuracy and predicted classes of ``model`` on host ``images``: uint8 pixels or other
     numbers (see :func:`cnnx.data.model_inputs`), (N, *input_shape) or flat per sample.
 
@@ -42,12 +50,20 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     (:meth:`cnnx.nn.Sequential.inference_batch_size`); running out of memory all the same raises
     ResourceError. Returns ``(loss, accuracy, predictions)`` as host values: a float, a float and an
     int64 vector.
+
+    The batches are cut into shards that ``workers`` share (see :mod:`cnnx.nn.parallel`), or the
+    workers of ``group``, a training run's; the logits are the same however they are cut.
     """
     backend, xp = model.backend, model.xp
     size = model.inference_batch_size(batch_size)
+    if group is not None:
+        size = min(size, group.max_batch)
     try:
-        with backend.parallel_region():  # the pool's threads for the whole pass (see NumpyBackend)
-            loss_sum, predictions = _evaluate(model, images, labels, size)
+        if group is not None:
+            loss_sum, predictions = _evaluate(model, images, labels, size, group)
+        else:
+            with data_parallel(model, max_batch=min(size, max(1, len(images))), workers=workers) as group:
+                loss_sum, predictions = _evaluate(model, images, labels, size, group)
     except out_of_memory_errors() as exc:
         raise model.out_of_memory("evaluating", min(size, len(images)), exc) from None
     if not predictions:
@@ -57,7 +73,7 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     return float(backend.to_host(loss_sum)) / n, float((predicted == labels).mean()), predicted
 
 
-def _evaluate(model, images, labels, batch_size: int):
+def _evaluate(model, images, labels, batch_size: int, group):
     """The summed loss (a 0-d device array) and the batches' predicted classes (device arrays)."""
     backend, xp = model.backend, model.xp
     loss_sum = xp.zeros((), dtype="float64")
@@ -67,7 +83,7 @@ def _evaluate(model, images, labels, batch_size: int):
             model_inputs(images[start : start + batch_size], model.dtype, model.input_shape), model.dtype
         )
         y = backend.to_device(labels[start : start + batch_size], "int64")
-        logits = model(x)  # evaluation
+        logits = model(x) if group is None else group.logits(x)  # evaluation
         loss, _ = softmax_cross_entropy(xp, logits, y)
         loss_sum += loss * x.shape[0]
         predictions.append(logits.argmax(axis=1))

@@ -71,6 +71,22 @@ class Layer:
         input gradient (None without ``need_dx``) and a dict of parameter gradients."""
         raise NotImplementedError
 
+    def forward_shards(self, xs: list, train: bool, shards) -> tuple[list, list]:
+        """``(ys, saved)`` for this worker's shards of one batch: ``xs`` holds one input per shard of
+        ``shards`` (a :class:`cnnx.nn.shards.ShardSet`), ``saved`` what the backward needs (here a list
+        with each shard's; a container's is its own, handed back to its :meth:`backward_shards`).
+        Each shard runs on its own, with its rows of the batch's draws. A layer that needs the whole
+        batch (batch norm) overrides this and its pair, and meets the other workers through
+        ``shards``; a container passes the list down."""
+        out = [self.forward(x, train, draws) for x, draws in zip(xs, shards.shard_draws(), strict=True)]
+        return [y for y, _ in out], [kept for _, kept in out]
+
+    def backward_shards(self, saved: list, dys: list, need_dx: bool, shards) -> tuple[list, list]:
+        """``(dxs, grads)``: :meth:`backward` for each shard of :meth:`forward_shards`; ``grads`` holds
+        one dict per shard (the shards' gradients are added later, in shard order)."""
+        out = [self.backward(kept, dy, need_dx) for kept, dy in zip(saved, dys, strict=True)]
+        return [dx for dx, _ in out], [grads for _, grads in out]
+
     def __call__(self, x):
         """The evaluation output for ``x``."""
         return self.forward(x, train=False)[0]

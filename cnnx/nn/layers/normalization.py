@@ -6,6 +6,7 @@ from cnnx.errors import ConfigError
 
 from .. import functional as F
 from ..registry import Number, Size, register_layer
+from ..shards import ShardSet
 from .base import Layer
 
 FIELDS = {
@@ -65,12 +66,14 @@ class _BatchNorm(Layer):
     def _ungroup(self, groups, shape):
         raise NotImplementedError
 
-    def _channel_sums(self, g, h=None, fused=None):
-        """Per-feature sums of ``g`` (or of ``g * h``) over the batch and every position, cut over the
-        backend's threads by samples. Each sample's sum is taken on its own (a product with a vector of
-        ones, or an einsum), which gives the same numbers however the batch is cut, and the samples'
-        sums are then added in one piece: shorter runs of float32 additions than one sum over every
-        row. ``fused(s)``, when given, runs on each part first (an elementwise pass that writes ``h``)."""
+    def _sample_sums(self, g, h=None, fused=None):
+        """Per-sample, per-feature sums of ``g`` (or of ``g * h``) over every position, (N, features),
+        cut over the backend's threads by samples. Each sample's sum is taken on its own (a product with
+        a vector of ones, or an einsum), which gives the same numbers however the batch is cut, into
+        shards or over threads; the batch's sum then adds the samples' sums in sample order (see
+        :meth:`cnnx.nn.shards.ShardSet.batch_sum`): shorter runs of float32 additions than one sum over
+        every row. ``fused(s)``, when given, runs on each part first (an elementwise pass that writes
+        ``h``)."""
         xp, n = self.xp, g.shape[0]
         sums = xp.empty((n, g.shape[2]), dtype=g.dtype)
         ones = xp.ones((g.shape[1],), dtype=g.dtype)
@@ -81,7 +84,7 @@ class _BatchNorm(Layer):
             sums[s] = xp.matmul(ones, g[s]) if h is None else xp.einsum("npc,npc->nc", g[s], h[s])
 
         self.backend.split_batch(part, n, g.size * (1 if fused is None else 2))
-        return sums.sum(axis=0)
+        return sums
 
     def _tiled(self, v, g):
         """``v`` (one number per feature) repeated for every position of a sample: the elementwise passes
@@ -90,74 +93,124 @@ class _BatchNorm(Layer):
         return self.xp.tile(v, g.shape[1])
 
     def forward(self, x, train=True, draws=None):
-        xp, g = self.xp, self._groups(x)  # (N, positions, features), contiguous
-        if g.shape[2] != self.num_features:
-            raise ValueError(f"{type(self).__name__} expects {self.num_features} features, got {g.shape[2]}")
-        n, work = g.shape[0], g.size
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        flat, y = g.reshape(n, -1), xp.empty((n, g[0].size), dtype=g.dtype)
+        ys, saved = self.forward_shards([x], train, ShardSet.whole(x.shape[0], draws))
+        return ys[0], (saved[0] if train else None)
+
+    def backward(self, saved, dy, need_dx=True):
+        dxs, grads = self.backward_shards([saved], [dy], need_dx, ShardSet.whole(dy.shape[0]))
+        return dxs[0], grads[0]
+
+    def forward_shards(self, xs, train, shards):
+        """The shards of one batch normalised with the whole batch's statistics (synchronised batch
+        norm): each worker's per-sample sums meet the others' in :meth:`ShardSet.batch_sum`, so the mean
+        and variance are those of the whole batch, to the bit, however it is cut."""
+        gs = [self._groups(x) for x in xs]  # (rows, positions, features) each, contiguous
+        for g in gs:
+            if g.shape[2] != self.num_features:
+                raise ValueError(
+                    f"{type(self).__name__} expects {self.num_features} features, got {g.shape[2]}"
+                )
         if not train:
-            scale = gamma / xp.sqrt(self.buffers["running_var"] + self.eps)
-            shift = beta - self.buffers["running_mean"] * scale
-            scale_t, shift_t = self._tiled(scale, g), self._tiled(shift, g)
-
-            def evaluate(s):
-                xp.multiply(flat[s], scale_t, out=y[s])
-                y[s] += shift_t
-
-            self.backend.split_batch(evaluate, n, work)
-            return self._ungroup(y, x.shape), None
-        m = n * g.shape[1]
+            return [self._evaluate(g, x.shape) for g, x in zip(gs, xs, strict=True)], None
+        xp, like = self.xp, self.params["gamma"]
+        if not xs:  # a worker with no shard of this batch still meets the others, twice
+            shards.batch_sum(xp, [], like)
+            shards.batch_sum(xp, [], like)
+            return [], []
+        m = shards.n * gs[0].shape[1]
         if m < 2:
             raise ConfigError(
                 f"{type(self).__name__} cannot normalise a training batch with one value per feature "
-                f"(input {tuple(x.shape)}): use a batch size of 2 or more"
+                f"(input {(shards.n, *xs[0].shape[1:])}): use a batch size of 2 or more"
             )
-        mean = self._channel_sums(g) / m
-        normed, mean_t = xp.empty_like(flat), self._tiled(mean, g)
-        centred = normed.reshape(g.shape)  # normed holds x - mean until the variance is known
+        mean = shards.batch_sum(xp, [self._sample_sums(g) for g in gs], like) / m
+        normed = [xp.empty_like(g) for g in gs]  # x - mean until the variance is known, then normalised
+        mean_t = self._tiled(mean, gs[0])
 
-        def centre(s):
-            xp.subtract(flat[s], mean_t, out=normed[s])
+        def centred(g, out):
+            flat, into = g.reshape(g.shape[0], -1), out.reshape(g.shape[0], -1)
+            return lambda s: xp.subtract(flat[s], mean_t, out=into[s])
 
-        var = self._channel_sums(centred, centred, fused=centre) / m
+        squares = [self._sample_sums(c, c, fused=centred(g, c)) for g, c in zip(gs, normed, strict=True)]
+        var = shards.batch_sum(xp, squares, like) / m
         inv_std = 1 / xp.sqrt(var + self.eps)
-        inv_std_t, gamma_t, beta_t = self._tiled(inv_std, g), self._tiled(gamma, g), self._tiled(beta, g)
+        ys = [self._normalise(c, inv_std, x.shape) for c, x in zip(normed, xs, strict=True)]
+        if shards.leader:  # the running averages are written once, by the worker that owns them
+            keep = 1 - self.momentum
+            self.buffers["running_mean"][...] = keep * self.buffers["running_mean"] + self.momentum * mean
+            unbiased = var * (m / (m - 1))
+            self.buffers["running_var"][...] = keep * self.buffers["running_var"] + self.momentum * unbiased
+        return ys, [(c, inv_std) for c in normed]
+
+    def _evaluate(self, g, shape):
+        xp, n = self.xp, g.shape[0]
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        scale = gamma / xp.sqrt(self.buffers["running_var"] + self.eps)
+        shift = beta - self.buffers["running_mean"] * scale
+        scale_t, shift_t = self._tiled(scale, g), self._tiled(shift, g)
+        flat, y = g.reshape(n, -1), xp.empty((n, g[0].size), dtype=g.dtype)
+
+        def evaluate(s):
+            xp.multiply(flat[s], scale_t, out=y[s])
+            y[s] += shift_t
+
+        self.backend.split_batch(evaluate, n, g.size)
+        return self._ungroup(y, shape)
+
+    def _normalise(self, centred, inv_std, shape):
+        """gamma * centred * inv_std + beta; ``centred`` becomes the normalised values (kept for the
+        backward)."""
+        xp, n = self.xp, centred.shape[0]
+        inv_std_t, gamma_t, beta_t = (self._tiled(v, centred) for v in (inv_std, self.params["gamma"],
+                                                                          self.params["beta"]))  # fmt: skip
+        normed, y = centred.reshape(n, -1), xp.empty((n, centred[0].size), dtype=centred.dtype)
 
         def scale(s):
             normed[s] *= inv_std_t
             xp.multiply(normed[s], gamma_t, out=y[s])
             y[s] += beta_t
 
-        self.backend.split_batch(scale, n, 3 * work)
-        keep = 1 - self.momentum
-        self.buffers["running_mean"][...] = keep * self.buffers["running_mean"] + self.momentum * mean
-        unbiased = var * (m / (m - 1))
-        self.buffers["running_var"][...] = keep * self.buffers["running_var"] + self.momentum * unbiased
-        return self._ungroup(y, x.shape), (normed, inv_std)
+        self.backend.split_batch(scale, n, 3 * centred.size)
+        return self._ungroup(y, shape)
 
-    def backward(self, saved, dy, need_dx=True):
-        xp, (normed, inv_std) = self.xp, saved
-        g = self._groups(dy)
-        n, work, m = g.shape[0], g.size, g.shape[0] * g.shape[1]
-        dbeta = self._channel_sums(g)
-        dgamma = self._channel_sums(g, normed.reshape(g.shape))
-        grads = {"gamma": dgamma, "beta": dbeta}
+    def backward_shards(self, saved, dys, need_dx, shards):
+        """Each shard's gradients of gamma and beta are its own samples' sums; the input gradient needs
+        the whole batch's, which the workers meet for (see :meth:`forward_shards`)."""
+        xp, like = self.xp, self.params["gamma"]
+        gs = [self._groups(dy) for dy in dys]
+        dbetas = [self._sample_sums(g) for g in gs]
+        dgammas = [self._sample_sums(g, normed) for g, (normed, _) in zip(gs, saved, strict=True)]
+        grads = [
+            {"gamma": dg.sum(axis=0), "beta": db.sum(axis=0)} for dg, db in zip(dgammas, dbetas, strict=True)
+        ]
         if not need_dx:
-            return None, grads
+            return [None] * len(dys), grads
+        both = shards.batch_sum(xp, [xp.concatenate([dg, db], axis=1) for dg, db in zip(dgammas, dbetas,
+                                                                                           strict=True)],
+                                xp.concatenate([like, like]))  # fmt: skip
+        dgamma, dbeta = both[: self.num_features], both[self.num_features :]
+        if not dys:
+            return [], grads
+        m = shards.n * gs[0].shape[1]
+        return [self._input_grad(g, normed, inv_std, dgamma, dbeta, m, dy.shape)
+                for g, (normed, inv_std), dy in zip(gs, saved, dys, strict=True)], grads  # fmt: skip
+
+    def _input_grad(self, g, normed, inv_std, dgamma, dbeta, m, shape):
         # d/dx of gamma * (x - mean) * inv_std, with mean and var taken from the batch itself:
         # k * (m * dy - dbeta - normed * dgamma) with k = gamma * inv_std / m.
+        xp, n = self.xp, g.shape[0]
         k = self.params["gamma"] * inv_std / m
         a_t, b_t, c_t = self._tiled(k * m, g), self._tiled(k * dgamma, g), self._tiled(k * dbeta, g)
         flat, dx = g.reshape(n, -1), xp.empty((n, g[0].size), dtype=g.dtype)
+        normed = normed.reshape(n, -1)
 
         def part(s):
             xp.multiply(flat[s], a_t, out=dx[s])
             dx[s] -= c_t
             dx[s] -= normed[s] * b_t
 
-        self.backend.split_batch(part, n, 4 * work)
-        return self._ungroup(dx, dy.shape), grads
+        self.backend.split_batch(part, n, 4 * g.size)
+        return self._ungroup(dx, shape)
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}

@@ -56,6 +56,23 @@ class Residual(Layer):
         grads.update((f"shortcut.{name}", grad) for name, grad in shortcut.items())
         return (dx + ds if need_dx else None), grads
 
+    def forward_shards(self, xs, train, shards):
+        ys, body = self.body.forward_shards(xs, train, shards)
+        if self.shortcut is None:
+            return [y + x for y, x in zip(ys, xs, strict=True)], ((body, None) if train else None)
+        ss, shortcut = self.shortcut.forward_shards(xs, train, shards)
+        return [y + s for y, s in zip(ys, ss, strict=True)], ((body, shortcut) if train else None)
+
+    def backward_shards(self, saved, dys, need_dx, shards):
+        dxs, grads = self.body.backward_shards(saved[0], dys, need_dx, shards)
+        grads = [{f"body.{name}": grad for name, grad in own.items()} for own in grads]
+        if self.shortcut is None:
+            return [(dx + dy if need_dx else None) for dx, dy in zip(dxs, dys, strict=True)], grads
+        dss, shortcut = self.shortcut.backward_shards(saved[1], dys, need_dx, shards)
+        for mine, theirs in zip(grads, shortcut, strict=True):
+            mine.update((f"shortcut.{name}", grad) for name, grad in theirs.items())
+        return [(dx + ds if need_dx else None) for dx, ds in zip(dxs, dss, strict=True)], grads
+
     def output_shape(self, input_shape):
         body = self.body.output_shape(input_shape)
         other = tuple(input_shape) if self.shortcut is None else self.shortcut.output_shape(input_shape)
