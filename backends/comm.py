@@ -224,14 +224,17 @@ class ProcessComm(Communicator):
 
     def launch(self, serve) -> ProcessComm:
         """Fork workers 1..size-1, each running ``serve(comm)`` with its own rank, then ``os._exit``;
-        returns the leader's comm. The children ignore Ctrl-C: the leader decides when to stop."""
+        returns the leader's comm. The children ignore Ctrl-C and SIGTERM: the leader decides when to stop,
+        and a child whose leader is gone ends within :data:`POLL_SECONDS`."""
         for rank in range(1, self.size):
             pid = os.fork()
             if pid == 0:  # the child
                 code = 0
                 try:
+                    # Ctrl-C and SIGTERM reach the whole process group: the leader alone stops the
+                    # run (after the step, with a checkpoint) and then ends the workers.
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
                     self.rank = rank
                     serve(self)
                 except WorkerError:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call for a machine with a CUDA GPU: the GPU parity cases, the float32/float64 parity tables, a
-# benchmark of every preset against PyTorch on the GPU, and one epoch of cnn-bn trained with
-# `cnnx train --device gpu`. Everything it prints also goes to files under OUT_DIR.
+# benchmark of every preset against PyTorch on the GPU, the CPU's data-parallel scaling from 1 to 16
+# workers, and one epoch of cnn-bn trained with `cnnx train --device gpu`. Everything it prints also goes to files under OUT_DIR.
 #
 #   experiments/gpu_check.sh [OUT_DIR] [DATA_DIR]
 #
@@ -30,6 +30,12 @@ step parity-tables "$python" tests/test_parity.py
 for model in seed mlp seed-dropout cnn-bn vgg-bn resnet gru; do
     step "bench-$model" "$python" -m cnnx bench --device gpu --model "$model" --batch-size 128 \
         --compare torch --steps 30 --warmup 5 --repeats 3
+done
+# The CPU's cores, for the data-parallel scaling table (issue 24): cnnx's workers and PyTorch's threads
+# follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS.
+for workers in 1 2 4 8 16; do
+    step "cpu-workers-$workers" env OPENBLAS_NUM_THREADS="$workers" OMP_NUM_THREADS="$workers" \
+        "$python" -m cnnx bench --batch-size 128,512 --compare torch --steps 20 --repeats 3
 done
 train=("$python" -m cnnx train --device gpu --model cnn-bn --epochs 1 --seed 0 --out "$out/cnn-bn-gpu")
 [ -n "$data" ] && train+=(--data-dir "$data")

@@ -184,3 +184,25 @@ def test_a_worker_that_dies_ends_the_step_with_one_line(monkeypatch):
     assert set(_children()) <= before
     # the weights came back from shared memory as they were before the step
     assert all(isinstance(p, np.ndarray) for _, p, _ in model.named_parameters())
+
+
+def test_workers_and_shard_size_are_checked_settings():
+    from cnnx.training.settings import SettingError
+
+    for bad in ({"workers": 0}, {"shard_size": 0}, {"workers": 2.5}):
+        with pytest.raises(SettingError, match=next(iter(bad))):
+            RunConfig(**bad)
+
+
+class WholeSteps(NumpyBackend):
+    """A backend that runs every step whole, as a GPU does."""
+
+    data_parallel = False
+
+
+def test_a_backend_that_runs_steps_whole_gets_no_group():
+    from cnnx.nn.parallel import data_parallel
+
+    model = build_model("seed", backend=WholeSteps(), seed=0)
+    with data_parallel(model, max_batch=128, workers=2) as group:
+        assert group is None

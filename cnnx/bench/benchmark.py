@@ -121,6 +121,7 @@ def run_benchmark(
         "data": f"synthetic: {SYNTHETIC_BATCHES} seeded batches of uniform [0, 1) images, uniform labels",
         "epoch": f"seconds per epoch extrapolated to {plural(EPOCH_IMAGES, 'image')} from the timed steps",
         "machine": machine,
+        "workers": backend.workers(),
         "rss_reset": rss.reset(),
         "results": [],
     }
@@ -191,6 +192,7 @@ def format_report(result: dict) -> str:
         f"machine: {m['cpu']}, {plural(m['cores'], 'core')}; BLAS {blas.get('library')} "
         f"{blas.get('version', '')} ({blas.get('kernel', '?')} kernel, "
         f"{plural(blas.get('threads') or 1, 'thread')}); load {_load(m['load_average'])}",
+        f"cnnx steps on {plural(result.get('workers', 1), 'data-parallel worker')} (cnnx.nn.parallel)",
         f"timing: median of {plural(result['repeats'], 'run')} of {plural(result['steps'], 'step')} after "
         f"{plural(result['warmup'], 'warm-up step')}; {result['data']}",
     ]

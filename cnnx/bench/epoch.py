@@ -25,6 +25,7 @@ import time
 
 import numpy as np  # host: the data set and the timings live on the host
 
+from cnnx.checks import plural
 from cnnx.data import Dataset, model_inputs
 from cnnx.errors import ConfigError
 from cnnx.nn.presets import build_model
@@ -148,6 +149,7 @@ def run_epoch_benchmark(
         "batch_size": config.batch_size,
         "device": device,
         "dtype": dtype,
+        "workers": _backend(config).workers(),  # data-parallel workers of cnnx's steps (cnnx.nn.parallel)
         "repeats": repeats,
         "data": f"{len(dataset.train_images):,} training and {len(dataset.test_images):,} test images from "
         f"{dataset.source}",
@@ -166,7 +168,8 @@ def format_epoch_report(result: dict) -> str:
     """The epoch benchmark as a short text table."""
     lines = [
         f"cnnx bench --epoch: {result['model']} on {result['device']}, {result['dtype']}, batch "
-        f"{result['batch_size']}, median of {result['repeats']} alternated epochs",
+        f"{result['batch_size']}, {plural(result.get('workers', 1), 'worker')}, median of "
+        f"{result['repeats']} alternated epochs",
         f"data: {result['data']}",
         "",
         f"{'framework':<10} {'train s':>8} {'eval s':>7} {'test acc':>9}  every run (train s)",

@@ -7,6 +7,7 @@ clock, ``steps`` steps, another synchronisation, the clock again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -135,14 +136,19 @@ class Runner:
     def synchronize(self) -> None:
         """Wait for the device (a no-op on the CPU) before a clock is read."""
 
+    def session(self, batches):
+        """What the timed steps run inside, set up before the warm-up (nothing here)."""
+        return contextlib.nullcontext()
+
     def time(self, batches, steps: int, warmup: int, train: bool) -> float:
         """Seconds per training (or inference) step over ``steps`` steps after ``warmup`` untimed ones."""
-        self._steps(batches, warmup, train)
-        self.synchronize()
-        start = time.perf_counter()
-        self._steps(batches, steps, train)
-        self.synchronize()
-        return (time.perf_counter() - start) / steps
+        with self.session(batches):
+            self._steps(batches, warmup, train)
+            self.synchronize()
+            start = time.perf_counter()
+            self._steps(batches, steps, train)
+            self.synchronize()
+            return (time.perf_counter() - start) / steps
 
     def memory_pool(self) -> tuple:
         """(reset, read) for the device memory pool's peak in bytes; read gives None on the CPU."""
@@ -160,23 +166,28 @@ class CnnxRunner(Runner):
         self.optimizer = make_optimizer("adam", self.model, lr)
         self.dtype = self.model.dtype
         self.workers = None  # the backend's (see cnnx.nn.parallel); the benchmark may set it
+        self.group = None  # the workers while a session runs
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.backend.to_host(self.model(self.backend.to_device(x, self.dtype)))
 
-    def _steps(self, batches, count: int, train: bool) -> None:
-        backend, model = self.backend, self.model
+    @contextlib.contextmanager
+    def session(self, batches):
+        """The data-parallel workers, as cnnx train's epochs run (started before the warm-up)."""
         most = max(len(x) for x, _ in batches)
-        with data_parallel(
-            model, self.optimizer, max_batch=most, workers=self.workers
-        ) as group:  # as cnnx train
-            for i in range(count):
-                x, labels = batches[i % len(batches)]
-                x = backend.to_device(x, self.dtype)
-                if train:
-                    train_step(model, self.optimizer, x, backend.to_device(labels), group=group)
-                else:
-                    model(x) if group is None else group.logits(x)  # evaluation
+        with data_parallel(self.model, self.optimizer, max_batch=most, workers=self.workers) as self.group:
+            yield
+        self.group = None
+
+    def _steps(self, batches, count: int, train: bool) -> None:
+        backend, model, group = self.backend, self.model, self.group
+        for i in range(count):
+            x, labels = batches[i % len(batches)]
+            x = backend.to_device(x, self.dtype)
+            if train:
+                train_step(model, self.optimizer, x, backend.to_device(labels), group=group)
+            else:
+                model(x) if group is None else group.logits(x)  # evaluation
 
     def synchronize(self) -> None:
         self.backend.synchronize()

@@ -129,11 +129,11 @@ class ShardGroup:
         self.logits_out = comm.shared_array((self.max_batch, classes), dtype)
         self.grad_sum = comm.shared_array((values,), dtype)
         self.outcome = comm.shared_array((3,), np.float64)  # [loss, correct, skipped?] of the last step
-        self.grad_views = {
-            name: self.grad_sum[self.offsets[i] : self.offsets[i + 1]].reshape(self.owners[i][0].params[
-                self.owners[i][1]].shape)
-            for i, name in enumerate(self.names)
-        }  # fmt: skip
+        shapes = [layer.params[key].shape for layer, key in self.owners]
+        self.grad_views = {  # the summed gradients, where the optimizer reads them
+            name: self.grad_sum[self.offsets[i] : self.offsets[i + 1]].reshape(shape)
+            for i, (name, shape) in enumerate(zip(self.names, shapes, strict=True))
+        }
         if comm.size > 1:
             comm.launch(self._serve)
 
