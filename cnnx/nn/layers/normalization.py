@@ -111,7 +111,11 @@ class _BatchNorm(Layer):
                     f"{type(self).__name__} expects {self.num_features} features, got {g.shape[2]}"
                 )
         if not train:
-            return [self._evaluate(g, x.shape) for g, x in zip(gs, xs, strict=True)], None
+            gamma, beta = self.params["gamma"], self.params["beta"]
+            scale = gamma / self.xp.sqrt(self.buffers["running_var"] + self.eps)
+            shift = beta - self.buffers["running_mean"] * scale
+            tiles = [self._tiled(v, gs[0]) for v in (scale, shift)] if gs else None
+            return [self._evaluate(g, x.shape, *tiles) for g, x in zip(gs, xs, strict=True)], None
         xp, like = self.xp, self.params["gamma"]
         if not xs:  # a worker with no shard of this batch still meets the others, twice
             shards.batch_sum(xp, [], like)
@@ -134,7 +138,8 @@ class _BatchNorm(Layer):
         squares = [self._sample_sums(c, c, fused=centred(g, c)) for g, c in zip(gs, normed, strict=True)]
         var = shards.batch_sum(xp, squares, like) / m
         inv_std = 1 / xp.sqrt(var + self.eps)
-        ys = [self._normalise(c, inv_std, x.shape) for c, x in zip(normed, xs, strict=True)]
+        tiles = [self._tiled(v, gs[0]) for v in (inv_std, self.params["gamma"], self.params["beta"])]
+        ys = [self._normalise(c, x.shape, *tiles) for c, x in zip(normed, xs, strict=True)]
         if shards.leader:  # the running averages are written once, by the worker that owns them
             keep = 1 - self.momentum
             self.buffers["running_mean"][...] = keep * self.buffers["running_mean"] + self.momentum * mean
@@ -142,12 +147,9 @@ class _BatchNorm(Layer):
             self.buffers["running_var"][...] = keep * self.buffers["running_var"] + self.momentum * unbiased
         return ys, [(c, inv_std) for c in normed]
 
-    def _evaluate(self, g, shape):
+    def _evaluate(self, g, shape, scale_t, shift_t):
+        """x * scale + shift with the running averages' scale and shift, tiled."""
         xp, n = self.xp, g.shape[0]
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        scale = gamma / xp.sqrt(self.buffers["running_var"] + self.eps)
-        shift = beta - self.buffers["running_mean"] * scale
-        scale_t, shift_t = self._tiled(scale, g), self._tiled(shift, g)
         flat, y = g.reshape(n, -1), xp.empty((n, g[0].size), dtype=g.dtype)
 
         def evaluate(s):
@@ -157,12 +159,10 @@ class _BatchNorm(Layer):
         self.backend.split_batch(evaluate, n, g.size)
         return self._ungroup(y, shape)
 
-    def _normalise(self, centred, inv_std, shape):
-        """gamma * centred * inv_std + beta; ``centred`` becomes the normalised values (kept for the
-        backward)."""
+    def _normalise(self, centred, shape, inv_std_t, gamma_t, beta_t):
+        """gamma * centred * inv_std + beta (tiled); ``centred`` becomes the normalised values (kept for
+        the backward)."""
         xp, n = self.xp, centred.shape[0]
-        inv_std_t, gamma_t, beta_t = (self._tiled(v, centred) for v in (inv_std, self.params["gamma"],
-                                                                          self.params["beta"]))  # fmt: skip
         normed, y = centred.reshape(n, -1), xp.empty((n, centred[0].size), dtype=centred.dtype)
 
         def scale(s):
@@ -191,16 +191,17 @@ class _BatchNorm(Layer):
         dgamma, dbeta = both[: self.num_features], both[self.num_features :]
         if not dys:
             return [], grads
-        m = shards.n * gs[0].shape[1]
-        return [self._input_grad(g, normed, inv_std, dgamma, dbeta, m, dy.shape)
-                for g, (normed, inv_std), dy in zip(gs, saved, dys, strict=True)], grads  # fmt: skip
-
-    def _input_grad(self, g, normed, inv_std, dgamma, dbeta, m, shape):
         # d/dx of gamma * (x - mean) * inv_std, with mean and var taken from the batch itself:
-        # k * (m * dy - dbeta - normed * dgamma) with k = gamma * inv_std / m.
-        xp, n = self.xp, g.shape[0]
+        # k * (m * dy - dbeta - normed * dgamma) with k = gamma * inv_std / m (inv_std: the batch's).
+        m, inv_std = shards.n * gs[0].shape[1], saved[0][1]
         k = self.params["gamma"] * inv_std / m
-        a_t, b_t, c_t = self._tiled(k * m, g), self._tiled(k * dgamma, g), self._tiled(k * dbeta, g)
+        tiles = [self._tiled(v, gs[0]) for v in (k * m, k * dgamma, k * dbeta)]
+        return [self._input_grad(g, normed, dy.shape, *tiles)
+                for g, (normed, _), dy in zip(gs, saved, dys, strict=True)], grads  # fmt: skip
+
+    def _input_grad(self, g, normed, shape, a_t, b_t, c_t):
+        """a * dy - c - normed * b, the tiled factors of the formula above."""
+        xp, n = self.xp, g.shape[0]
         flat, dx = g.reshape(n, -1), xp.empty((n, g[0].size), dtype=g.dtype)
         normed = normed.reshape(n, -1)
 
