@@ -55,13 +55,7 @@ class Communicator:
 
     def allreduce(self, rows, first: int, total: int):
         """The sum of the gathered table's rows, added one after the other in row order: a new array."""
-        table = self.allgather(rows, first, total)
-        if total == 0:
-            return np.zeros(table.shape[1:], table.dtype)
-        total_sum = table[0].copy()
-        for row in table[1:]:
-            total_sum += row
-        return total_sum
+        return ordered_sum(self.allgather(rows, first, total))
 
     def shared_array(self, shape, dtype) -> np.ndarray:
         """A zeroed array every worker sees and writes (made by the leader before the workers start)."""
@@ -317,6 +311,17 @@ class ProcessComm(Communicator):
     def abort(self) -> None:
         """Break the collectives without a message of its own (the leader's own error is the one)."""
         self.fail("the leading process stopped")
+
+
+def ordered_sum(table):
+    """The sum of a table's rows, added one after the other in row order (a new array): the same numbers
+    wherever the rows came from."""
+    if len(table) == 0:
+        return np.zeros(table.shape[1:], table.dtype)
+    total = table[0].copy()
+    for row in table[1:]:
+        total += row
+    return total
 
 
 def _shared_bytes(nbytes: int) -> mmap.mmap:

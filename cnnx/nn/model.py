@@ -15,6 +15,7 @@ from .datainfo import scaled_pixels
 from .functional import softmax
 from .init import make_rng
 from .layers.base import Layer
+from .parallel import data_parallel
 from .registry import (
     MAX_ACTIVATION,
     SubLayers,
@@ -246,9 +247,8 @@ class Sequential(Layer):
         return np.concatenate(out)  # host
 
     def _probabilities(self, x, batch_size: int, workers: int | None = None) -> list[np.ndarray]:  # host
-        from .parallel import data_parallel  # the model's workers, shard by shard (none on a GPU)
-
         out = []
+        # the model's workers, shard by shard (none on a GPU)
         with data_parallel(self, max_batch=min(batch_size, max(1, len(x))), workers=workers) as group:
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]

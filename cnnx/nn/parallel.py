@@ -18,11 +18,13 @@ forked, and for comparison. With one worker nothing starts: the leader runs ever
 
 from __future__ import annotations
 
+import itertools
+import math
 from contextlib import contextmanager
 
 import numpy as np  # host: the shared tables live in host memory (the CPU backend's arrays)
 
-from cnnx.backends.comm import ProcessComm, SoloComm, ThreadComm, WorkerError, can_fork
+from cnnx.backends.comm import ProcessComm, SoloComm, ThreadComm, WorkerError, can_fork, ordered_sum
 from cnnx.errors import ConfigError
 
 from .losses import correct_count, softmax_cross_entropy
@@ -84,7 +86,7 @@ class ShardGroup:
             self.names.append(name)
             self.owners.append((layer, key))
             sizes.append(int(layer.params[key].size))
-        self.offsets = np.cumsum([0, *sizes]).tolist()
+        self.offsets = [0, *itertools.accumulate(sizes)]  # where each parameter's values start
         self.owned = owned_ranges(sizes, self.workers)
         self.comm = None
         self._shared = []  # (table, key, shared array) of the state put in shared memory
@@ -110,7 +112,7 @@ class ShardGroup:
 
     def _start(self) -> None:
         dtype, values = self.model.dtype, self.offsets[-1]
-        classes = int(np.prod(self.model.output_shapes()[-1]))
+        classes = math.prod(self.model.output_shapes()[-1])
         shards = len(partition(self.max_batch, self.shard_size)) - 1
         if self.workers == 1:
             self.comm = SoloComm()
@@ -122,13 +124,14 @@ class ShardGroup:
             self.comm = ProcessComm(self.workers, max(table, len(self.names) * 16, 1 << 16))
             self._share_state()
         comm = self.comm
-        self.control = comm.shared_array((4,), np.int64)  # [command, rows, clip?, skip?]
-        self.numbers = comm.shared_array((2,), np.float64)  # [learning rate, clip norm]
+        # The shared tables are host memory: only the CPU backend shards its steps.
+        self.control = comm.shared_array((4,), np.int64)  # host: [command, rows, clip?, skip?]
+        self.numbers = comm.shared_array((2,), np.float64)  # host: [learning rate, clip norm]
         self.inputs = comm.shared_array((self.max_batch, *self.model.input_shape), dtype)
-        self.labels = comm.shared_array((self.max_batch,), np.int64)
+        self.labels = comm.shared_array((self.max_batch,), np.int64)  # host
         self.logits_out = comm.shared_array((self.max_batch, classes), dtype)
         self.grad_sum = comm.shared_array((values,), dtype)
-        self.outcome = comm.shared_array((3,), np.float64)  # [loss, correct, skipped?] of the last step
+        self.outcome = comm.shared_array((3,), np.float64)  # host: [loss, correct, skipped?] of the last step
         shapes = [layer.params[key].shape for layer, key in self.owners]
         self.grad_views = {  # the summed gradients, where the optimizer reads them
             name: self.grad_sum[self.offsets[i] : self.offsets[i + 1]].reshape(shape)
@@ -178,7 +181,7 @@ class ShardGroup:
         finally:
             for table, key, shared in self._shared:
                 if table.get(key) is shared:
-                    table[key] = np.array(shared)
+                    table[key] = np.array(shared)  # host: a private copy of the CPU's shared array
             self._shared.clear()
 
     # -- the leader's calls ----------------------------------------------------------------------
@@ -260,14 +263,8 @@ class ShardGroup:
         whole = comm.allgather(table, first, len(shards.bounds) - 1)
         owned = self.owned[comm.rank]
         lo, hi = self.offsets[owned.start], self.offsets[owned.stop]
-        if hi > lo:
-            total = whole[0, lo:hi].copy()
-            for row in whole[1:]:
-                total += row[lo:hi]
-            self.grad_sum[lo:hi] = total
-        loss = xp.zeros((), dtype="float64")
-        for row in whole:
-            loss += row[values]
+        self.grad_sum[lo:hi] = ordered_sum(whole[:, lo:hi])
+        loss = ordered_sum(whole[:, values].astype("float64"))
         correct = int(whole[:, values + 1].sum())
         skipped = self._finish(comm, owned, loss)
         if comm.rank == 0:
@@ -280,14 +277,12 @@ class ShardGroup:
         xp, clip, skip = self.xp, bool(self.control[2]), bool(self.control[3])
         self.model.set_grads(self.grad_views)
         if clip or skip:
-            stats = np.zeros((len(owned), 2))
+            stats = np.zeros((len(owned), 2))  # host: each owned gradient's squares and finiteness
             for j, index in enumerate(owned):
                 grad = self.grad_views[self.names[index]]
                 stats[j] = (grad * grad).sum(), xp.isfinite(grad).all()
             table = comm.allgather(stats, owned.start, len(self.names))
-            squares = xp.zeros((), dtype="float64")
-            for row in table:
-                squares += row[0]
+            squares = ordered_sum(table[:, 0])
             if skip and not (table[:, 1].all() and xp.isfinite(loss)):
                 return True
             if clip:

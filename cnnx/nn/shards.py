@@ -65,10 +65,8 @@ class ShardSet:
     def first_row(self) -> int:
         return self.bounds[self.mine.start] if len(self.mine) else self.n
 
-    def shard_draws(self) -> list[BatchDraws | None]:
-        """Each shard's view of the batch's draws (None for the whole batch: the layer draws itself)."""
-        if self.rows == [(0, self.n)]:
-            return [None]
+    def shard_draws(self) -> list[BatchDraws]:
+        """Each shard's view of the batch's draws."""
         return [self.draws.shard(start, stop) for start, stop in self.rows]
 
     def batch_sum(self, xp, per_sample: list, like):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np  # host: predictions and read-back values are returned on the host
@@ -58,12 +59,12 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     size = model.inference_batch_size(batch_size)
     if group is not None:
         size = min(size, group.max_batch)
+        workers_of_the_pass = contextlib.nullcontext(group)
+    else:
+        workers_of_the_pass = data_parallel(model, max_batch=min(size, max(1, len(images))), workers=workers)
     try:
-        if group is not None:
+        with workers_of_the_pass as group:
             loss_sum, predictions = _evaluate(model, images, labels, size, group)
-        else:
-            with data_parallel(model, max_batch=min(size, max(1, len(images))), workers=workers) as group:
-                loss_sum, predictions = _evaluate(model, images, labels, size, group)
     except out_of_memory_errors() as exc:
         raise model.out_of_memory("evaluating", min(size, len(images)), exc) from None
     if not predictions:
