@@ -14,7 +14,7 @@ what the rows are (a batch's samples, the shards of a batch) and never on how ma
 
 Three implementations live here: :class:`SoloComm` (one worker: the collectives are copies),
 :class:`ThreadComm` (threads of one process) and :class:`ProcessComm` (processes forked from the leader,
-meeting in shared memory). MPI is another (the next step of the design); several GPUs would be a fourth.
+meeting in shared memory); :class:`cnnx.backends.mpi.MPIComm` is the fourth, whose ranks share nothing.
 """
 
 from __future__ import annotations
@@ -44,18 +44,21 @@ class Communicator:
     rank = 0
     size = 1
     shares_objects = True  # whether the workers share Python objects (threads) or only shared memory
+    shares_memory = True  # whether they share arrays (False: MPI ranks, each with its own copy of everything)
+    spmd = False  # True: every worker runs the whole program itself (MPI), instead of a leader's commands
 
     def barrier(self) -> None:
         raise NotImplementedError
 
-    def allgather(self, rows, first: int, total: int):
+    def allgather(self, rows, first: int, total: int, what: str = "a gather"):
         """The table of ``total`` rows whose rows ``[first, first + len(rows))`` this worker gives; the
-        result is valid until this worker's next-but-one collective (copy it to keep it longer)."""
+        result is valid until this worker's next-but-one collective (copy it to keep it longer).
+        ``what`` names the collective in the message of a worker that waits in vain."""
         raise NotImplementedError
 
-    def allreduce(self, rows, first: int, total: int):
+    def allreduce(self, rows, first: int, total: int, what: str = "a sum"):
         """The sum of the gathered table's rows, added one after the other in row order: a new array."""
-        return ordered_sum(self.allgather(rows, first, total))
+        return ordered_sum(self.allgather(rows, first, total, what))
 
     def shared_array(self, shape, dtype) -> np.ndarray:
         """A zeroed array every worker sees and writes (made by the leader before the workers start)."""
@@ -71,7 +74,7 @@ class SoloComm(Communicator):
     def barrier(self) -> None:
         pass
 
-    def allgather(self, rows, first: int, total: int):
+    def allgather(self, rows, first: int, total: int, what: str = "a gather"):
         if first != 0 or len(rows) != total:
             raise ValueError(f"a lone worker gives all {total} rows, not [{first}, {first + len(rows)})")
         return rows
@@ -106,7 +109,7 @@ class ThreadComm(Communicator):
         except threading.BrokenBarrierError:
             raise WorkerError(self._shared["failure"].text or "a worker thread stopped") from None
 
-    def allgather(self, rows, first: int, total: int):
+    def allgather(self, rows, first: int, total: int, what: str = "a gather"):
         table = self._shared["tables"][self._calls % 2]
         self._calls += 1
         table[self.rank] = (first, rows)
@@ -196,7 +199,7 @@ class ProcessComm(Communicator):
             self._wait(self._go[self.rank])
         self._check()
 
-    def allgather(self, rows, first: int, total: int):
+    def allgather(self, rows, first: int, total: int, what: str = "a gather"):
         k = self._calls % 2
         self._calls += 1
         row_bytes = rows[0].nbytes if len(rows) else int(np.prod(rows.shape[1:])) * rows.dtype.itemsize

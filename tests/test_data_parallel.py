@@ -68,16 +68,16 @@ def test_every_registered_layer_type_is_checked_sharded():
     assert set(REGISTERED) <= checked | {"Sequential"}
 
 
-def _train(preset, workers, kind="processes", steps=2, n=24, dtype="float32"):
+def _train(preset, workers, kind="processes", steps=2, n=24, dtype="float32", sizes=None):
     model = build_model(preset, seed=0, dtype=dtype)
     optimizer = make_optimizer("adam", model, 1e-3)
     rng = np.random.default_rng(1)
     shape = model.input_shape
     outcomes = []
     with ShardGroup(model, optimizer, max_batch=n, workers=workers, kind=kind, shard_size=8) as group:
-        for _ in range(steps):
-            x = rng.random((n, *shape)).astype(dtype)
-            y = rng.integers(0, 10, n)
+        for rows in sizes or [n] * steps:
+            x = rng.random((rows, *shape)).astype(dtype)
+            y = rng.integers(0, 10, rows)
             loss, correct = group.train_step(x, y, clip=5.0)
             outcomes.append((float(loss), int(correct)))
         logits = group.logits(rng.random((n, *shape)).astype(dtype))
@@ -93,6 +93,19 @@ def test_one_two_and_three_workers_give_identical_weights(preset):
         state, theirs, their_logits = _train(preset, workers, kind)
         assert theirs == outcomes, (workers, kind)
         assert np.array_equal(their_logits, logits), (workers, kind)
+        for key, value in reference.items():
+            assert np.array_equal(state[key], value), (preset, workers, kind, key)
+
+
+@pytest.mark.parametrize("preset", ["seed-dropout", "cnn-bn"])
+def test_a_batch_too_small_for_every_worker_leaves_their_streams_and_averages_in_step(preset):
+    # A batch of 8 is one shard: the other workers run nothing of it, yet must draw as the first did
+    # (dropout) and keep batch norm's running averages, or the next batch would differ.
+    sizes = [24, 8, 24, 16]
+    reference, outcomes, logits = _train(preset, 1, sizes=sizes)
+    for workers, kind in ((3, "processes"), (3, "threads")):
+        state, theirs, their_logits = _train(preset, workers, kind, sizes=sizes)
+        assert theirs == outcomes and np.array_equal(their_logits, logits), (workers, kind)
         for key, value in reference.items():
             assert np.array_equal(state[key], value), (preset, workers, kind, key)
 

@@ -25,6 +25,7 @@ import time
 
 import numpy as np  # host: the data set and the timings live on the host
 
+from cnnx.backends.mpi import world
 from cnnx.checks import plural
 from cnnx.data import Dataset, model_inputs
 from cnnx.errors import ConfigError
@@ -56,17 +57,23 @@ def _pipeline_seconds(dataset: Dataset, model, batch_size: int, seed: int) -> fl
 def _cnnx_epoch(dataset: Dataset, config: RunConfig) -> dict:
     train_only = Dataset(dataset.train_images, dataset.train_labels, dataset.test_images[:0],
                          dataset.test_labels[:0], dataset.source)  # fmt: skip
+    place = world()
+    comm = None if place is None else place.communicator()
+    before = (0.0, 0) if comm is None else (comm.seconds, comm.bytes)
     start = time.perf_counter()
     run = run_training(config, dataset=train_only, progress="none")
     run.model.backend.synchronize()
     train = time.perf_counter() - start
+    collectives = {} if comm is None else {"collective_seconds": comm.seconds - before[0],
+                                           "collective_bytes": comm.bytes - before[1]}  # fmt: skip
     start = time.perf_counter()
     _, accuracy, _ = evaluate(
         run.model, dataset.test_images, np.asarray(dataset.test_labels, np.int64), EVAL_BATCH
     )
     run.model.backend.synchronize()
     return {"train": train, "eval": time.perf_counter() - start, "accuracy": accuracy,
-            "pipeline": _pipeline_seconds(dataset, run.model, config.batch_size, config.seed)}  # fmt: skip
+            "pipeline": _pipeline_seconds(dataset, run.model, config.batch_size, config.seed),
+            **collectives}  # fmt: skip
 
 
 def _torch_epoch(dataset: Dataset, config: RunConfig, threads: int) -> dict:
@@ -149,7 +156,8 @@ def run_epoch_benchmark(
         "batch_size": config.batch_size,
         "device": device,
         "dtype": dtype,
-        "workers": _backend(config).workers(),  # data-parallel workers of cnnx's steps (cnnx.nn.parallel)
+        # The data-parallel workers of cnnx's steps (cnnx.nn.parallel): under mpiexec, the ranks.
+        "workers": _backend(config).workers() if world() is None else world().size,
         "repeats": repeats,
         "data": f"{len(dataset.train_images):,} training and {len(dataset.test_images):,} test images from "
         f"{dataset.source}",
@@ -184,6 +192,10 @@ def format_epoch_report(result: dict) -> str:
     cnnx = result["cnnx"]
     lines.append(f"\ncnnx host pipeline (gather, scale, to_device): {cnnx['pipeline']:.2f} s, "
                  f"{cnnx['pipeline_share']:.1%} of the training epoch")  # fmt: skip
+    if "collective_seconds" in cnnx:
+        share = cnnx["collective_seconds"] / cnnx["train"]
+        lines.append(f"MPI collectives on rank 0 (waiting for the others included): "
+                     f"{cnnx['collective_seconds']:.2f} s, {share:.1%} of the training epoch")  # fmt: skip
     if "ratio" in result:
         lines.append(
             f"cnnx/torch time: train {result['ratio']['train']:.2f}x, eval {result['ratio']['eval']:.2f}x"

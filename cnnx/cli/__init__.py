@@ -12,6 +12,7 @@ printing stops and the work goes on; a command whose work succeeded exits with s
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -27,14 +28,38 @@ from .info import info
 from .predict import predict
 from .train import train
 
+# Under mpiexec, how long a rank but the speaker waits before it says an error of its own: when every
+# rank fails alike (a bad setting), the speaker's abort ends it first, and the user reads one line.
+SPEAKER_FIRST_SECONDS = 1.0
+
 
 class UserError(click.ClickException):
-    """A CnnxError on its way out: one line on stderr, exit status 1."""
+    """A CnnxError on its way out: one line on stderr, exit status 1. Under ``mpiexec`` the rank that
+    speaks for all (rank 0, or the one a :class:`~cnnx.backends.mpi.RankStalled` names) says it and
+    ends every rank; another rank says its own error, after a moment, with its number."""
 
     exit_code = 1
 
+    def __init__(self, message: str, speaker: int = 0):
+        super().__init__(message)
+        self.speaker = speaker
+
     def show(self, file=None) -> None:
-        echo(f"cnnx: error: {self.message}", err=True)
+        from cnnx.backends.mpi import world
+
+        try:
+            place = world()
+        except CnnxError:  # mpiexec started this process, but MPI cannot be used: the error says why
+            place = None
+        if place is None:
+            echo(f"cnnx: error: {self.message}", err=True)
+            return
+        if place.rank == self.speaker:
+            echo(f"cnnx: error: {self.message}", err=True)
+        else:
+            time.sleep(SPEAKER_FIRST_SECONDS)
+            echo(f"cnnx: error: rank {place.rank}: {self.message}", err=True)
+        place.abort(self.exit_code)  # the others may be waiting for this rank: end them all now
 
 
 def _one_line(exc: BaseException) -> str:
@@ -61,7 +86,7 @@ class CnnxGroup(click.Group):
                 silence(stream)
             return None
         except (CnnxError, OSError) as exc:
-            raise UserError(_one_line(exc)) from None
+            raise UserError(_one_line(exc), getattr(exc, "speaker", 0)) from None
 
 
 @click.group(cls=CnnxGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -81,7 +81,10 @@ def bench(
     By default on synthetic data, with seconds per epoch extrapolated to 60,000 images from the timed
     steps; with --epoch, whole epochs on the real data set, as a user runs them.
     """
+    from cnnx.training.ranks import writes
+
     sizes = parse_batch_sizes(batch_sizes)
+    say = click.echo if writes() else _silent  # under mpiexec every rank runs it; rank 0 reports
     if epoch:
         from cnnx.bench.epoch import format_epoch_report, run_epoch_benchmark
         from cnnx.data import load_fashion_mnist
@@ -93,9 +96,9 @@ def bench(
             for size in sizes
         ]  # fmt: skip
         if as_json:
-            click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+            say(json.dumps(results if len(results) > 1 else results[0], indent=2))
         else:
-            click.echo("\n\n".join(format_epoch_report(result) for result in results))
+            say("\n\n".join(format_epoch_report(result) for result in results))
         return
     settings = {"device": device, "dtype": dtype, "steps": steps, "warmup": warmup, "repeats": repeats,
                 "compare": compare}  # fmt: skip
@@ -103,8 +106,12 @@ def bench(
     if profile:
         result["profile"] = [profile_layers(model_name, size, **settings) for size in sizes]
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        say(json.dumps(result, indent=2))
         return
-    click.echo(format_report(result))
+    say(format_report(result))
     for table in result.get("profile", []):
-        click.echo("\n" + format_profile(table))
+        say("\n" + format_profile(table))
+
+
+def _silent(*args, **kwargs) -> None:
+    pass

@@ -45,6 +45,11 @@ def info(data_dir, dataset):
             f"  {name}: "
             + (f"usable, {get_backend(name).describe()}" if problem is None else f"unavailable: {problem}")
         )
+    from cnnx.backends.mpi import describe_mpi, mpi_problem
+
+    problem = mpi_problem()
+    click.echo("mpi (one model on several processes: mpiexec -n N):")
+    click.echo(f"  {'usable, ' + describe_mpi() if problem is None else 'unavailable: ' + problem}")
     click.echo(f"dataset ({dataset}):")
     for line in dataset_lines(dataset, data_dir):
         click.echo(f"  {line}")

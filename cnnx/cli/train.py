@@ -168,7 +168,9 @@ def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) ->
     run, with the same result as if it had never stopped. A second Ctrl-C stops at once.
     """
     from cnnx.training import RunConfig, resume_config
+    from cnnx.training.ranks import writes
 
+    quiet = quiet or not writes()  # under mpiexec, rank 0 speaks for every rank
     given = _given(ctx, options)
     if resume_dir is not None:
         if config_path is not None:
@@ -192,10 +194,13 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
     exits with 130 or 143 after saying how to resume; a second signal exits at once."""
     from cnnx.training import run_training
     from cnnx.training.interrupt import EXIT_STATUS, StopFlag, StopNow, TrainingInterrupted, stop_on_signals
+    from cnnx.training.ranks import launcher, writes
     from cnnx.training.rundir import CHECKPOINT
 
+    say = echo if writes() else _silent  # under mpiexec, rank 0 speaks for every rank
+
     def notify(name: str) -> None:
-        echo(
+        say(
             f"\ncnnx: {name} received: finishing this step and writing a checkpoint "
             "(send it again to stop at once)",
             err=True,
@@ -215,12 +220,12 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
                 on_start=lambda run: started.update(out=run.out),
             )
     except TrainingInterrupted as exc:
-        echo(
+        say(
             f"cnnx: stopped by {exc.reason} at epoch {exc.epoch}, batch {exc.batch}; "
             f"checkpoint written to {exc.checkpoint}",
             err=True,
         )
-        echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+        say(f"resume with: {launcher()}cnnx train --resume {started['out']}", err=True)
         ctx.exit(EXIT_STATUS.get(exc.reason, 130))
     except StopNow as exc:
         last = None if started["out"] is None else started["out"] / CHECKPOINT
@@ -228,7 +233,11 @@ def _run_until_stopped(ctx: click.Context, config, out: Path | None, *, resume: 
             kept = f"the last good checkpoint is {last}"
         else:
             kept = "no checkpoint was written yet"
-        echo(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
+        say(f"\ncnnx: stopped at once by a second {exc.signal_name}; {kept}", err=True)
         if last is not None and last.exists():
-            echo(f"resume with: cnnx train --resume {started['out']}", err=True)
+            say(f"resume with: {launcher()}cnnx train --resume {started['out']}", err=True)
         ctx.exit(EXIT_STATUS.get(exc.signal_name, 130))
+
+
+def _silent(*args, **kwargs) -> None:
+    pass

@@ -14,6 +14,10 @@ So the numbers depend on the partition and never on how many workers there are. 
 processes forked from the leader (rank 0, the process that reads the data and writes the run), which
 share the parameters, buffers and moments in shared memory; threads serve where processes cannot be
 forked, and for comparison. With one worker nothing starts: the leader runs every shard itself.
+
+Under ``mpiexec`` the workers are the MPI ranks (:mod:`cnnx.backends.mpi`). Each runs the whole program
+on its own copy of everything: it reads the batch itself, gets every shard's gradients and applies
+the whole update, so every rank holds the same weights after every step without sending any.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from contextlib import contextmanager
 import numpy as np  # host: the shared tables live in host memory (the CPU backend's arrays)
 
 from cnnx.backends.comm import ProcessComm, SoloComm, ThreadComm, WorkerError, can_fork, ordered_sum
+from cnnx.backends.mpi import world
 from cnnx.errors import ConfigError
 
 from .losses import correct_count, softmax_cross_entropy
-from .random import BatchDraws
+from .random import STATE_SIZE, BatchDraws, generator_from_state, pack_state
 from .shards import SHARD_SIZE, ShardSet, assigned, partition
 
 KINDS = ("processes", "threads")
 TRAIN, LOGITS, STOP = 1, 2, 3
+STOP_REASONS = ("SIGINT", "SIGTERM")  # a stop's reason as a number the ranks exchange (others: "stop")
 
 
 @contextmanager
@@ -40,7 +46,17 @@ def data_parallel(model, optimizer=None, *, max_batch: int, workers: int | None 
                   shard_size: int = SHARD_SIZE, kind: str | None = None):  # fmt: skip
     """A :class:`ShardGroup` for ``model`` where its backend shards steps (the CPU), or None where a step
     runs whole (a GPU, whose kernels are parallel already): ``with data_parallel(model, opt,
-    max_batch=128) as group: ...``. Either way the block runs in the backend's parallel region."""
+    max_batch=128) as group: ...``. Either way the block runs in the backend's parallel region. Under
+    ``mpiexec`` the group's workers are the MPI ranks, and ``workers`` and ``kind`` are not used."""
+    place = world()
+    if place is not None:
+        if not model.backend.data_parallel:
+            raise ConfigError(f"training over MPI runs on the CPU backend, not {model.backend.describe()}: "
+                              "use --device cpu (a GPU trains one model alone)")  # fmt: skip
+        with ShardGroup(model, optimizer, max_batch=max_batch, shard_size=shard_size,
+                        comm=place.communicator()) as group:  # fmt: skip
+            yield group
+        return
     if not model.backend.data_parallel:
         with model.backend.parallel_region():
             yield None
@@ -69,33 +85,42 @@ class ShardGroup:
     max_batch=128) as group: group.train_step(x, y)``.
 
     ``workers`` defaults to the backend's (the CPU's cores; one on a GPU), ``kind`` to processes where
-    they can be forked. ``max_batch`` is the most rows a step or an evaluation gives at once.
+    they can be forked. ``max_batch`` is the most rows a step or an evaluation gives at once. ``comm``,
+    a communicator whose workers run the whole program each (MPI's ranks), replaces ``workers`` and
+    ``kind``: nothing is started then, and every worker must make the same calls.
     """
 
     def __init__(self, model, optimizer=None, *, max_batch: int, workers: int | None = None,
-                 shard_size: int = SHARD_SIZE, kind: str | None = None):  # fmt: skip
+                 shard_size: int = SHARD_SIZE, kind: str | None = None, comm=None):  # fmt: skip
         if kind is not None and kind not in KINDS:
             raise ConfigError(f"workers are processes or threads, not {kind!r}")
         self.model, self.optimizer, self.backend, self.xp = model, optimizer, model.backend, model.xp
         self.max_batch, self.shard_size = int(max_batch), int(shard_size)
         most = len(partition(self.max_batch, self.shard_size)) - 1
-        self.workers = max(1, min(model.backend.workers() if workers is None else int(workers), most))
-        self.kind = kind or ("processes" if can_fork() else "threads")
+        if comm is not None:
+            self.workers, self.kind = comm.size, "mpi"
+        else:
+            self.workers = max(1, min(model.backend.workers() if workers is None else int(workers), most))
+            self.kind = kind or ("processes" if can_fork() else "threads")
         self.names, self.owners, sizes = [], [], []
         for name, layer, key in model._parameter_owners():
             self.names.append(name)
             self.owners.append((layer, key))
             sizes.append(int(layer.params[key].size))
         self.offsets = [0, *itertools.accumulate(sizes)]  # where each parameter's values start
-        self.owned = owned_ranges(sizes, self.workers)
-        self.comm = None
+        if comm is None or comm.shares_memory:
+            self.owned = owned_ranges(sizes, self.workers)
+        else:  # every rank adds every gradient and updates every parameter of its own copy
+            self.owned = [range(len(sizes))] * self.workers
+        self.comm, self._given = None, comm
         self._shared = []  # (table, key, shared array) of the state put in shared memory
         self._draws = None
 
     # -- starting and ending -----------------------------------------------------------------------
 
     def __enter__(self) -> ShardGroup:
-        self._region = self.backend.sharded()
+        # A forked worker or a thread computes on one core; an MPI rank on its share of its host's.
+        self._region = self.backend.parallel_region() if self.kind == "mpi" else self.backend.sharded()
         self._region.__enter__()
         try:
             self._start()
@@ -114,7 +139,9 @@ class ShardGroup:
         dtype, values = self.model.dtype, self.offsets[-1]
         classes = math.prod(self.model.output_shapes()[-1])
         shards = len(partition(self.max_batch, self.shard_size)) - 1
-        if self.workers == 1:
+        if self._given is not None:
+            self.comm = self._given
+        elif self.workers == 1:
             self.comm = SoloComm()
         elif self.kind == "threads":
             self.comm = ThreadComm(self.workers)
@@ -137,7 +164,7 @@ class ShardGroup:
             name: self.grad_sum[self.offsets[i] : self.offsets[i + 1]].reshape(shape)
             for i, (name, shape) in enumerate(zip(self.names, shapes, strict=True))
         }
-        if comm.size > 1:
+        if comm.size > 1 and not comm.spmd:
             comm.launch(self._serve)
 
     def _share_state(self) -> None:
@@ -168,7 +195,7 @@ class ShardGroup:
         if comm is None:
             return
         try:
-            if comm.size > 1:
+            if comm.size > 1 and not comm.spmd:
                 if failed:
                     comm.abort()
                 else:
@@ -218,8 +245,21 @@ class ShardGroup:
     def _command(self, command: int, n: int) -> None:
         self.control[0], self.control[1] = command, n
         self._draws = BatchDraws(n)  # for workers that share objects (threads)
-        self.comm.barrier()  # the workers wait here for each command
+        if not self.comm.spmd:
+            self.comm.barrier()  # the workers wait here for each command
         self._run(self.comm)
+
+    def agreed(self, reason: str | None) -> str | None:
+        """Why the workers stop after this step (None: they go on). MPI ranks each get their own
+        signals, maybe a step apart, so they exchange them: every rank gets the same answer, the first
+        rank's reason first. Elsewhere the leader's ``reason`` is the answer."""
+        comm = self.comm
+        if comm is None or not comm.spmd:
+            return reason
+        code = 0 if not reason else STOP_REASONS.index(reason) + 1 if reason in STOP_REASONS else 3
+        codes = comm.allgather(np.array([code], np.int64), comm.rank, comm.size, "the stop check")  # host
+        first = next((int(c) for c in codes if c), 0)
+        return None if first == 0 else STOP_REASONS[first - 1] if first <= len(STOP_REASONS) else "stop"
 
     # -- every worker's part -----------------------------------------------------------------------
 
@@ -240,9 +280,13 @@ class ShardGroup:
         xs = [self.inputs[a:b] for a, b in shards.rows]
         if self.control[0] == LOGITS:
             ys, _ = self.model.forward_shards(xs, False, shards)
-            for (a, b), y in zip(shards.rows, ys, strict=True):
-                self.logits_out[a:b] = y
-            comm.barrier()
+            if comm.shares_memory:
+                for (a, b), y in zip(shards.rows, ys, strict=True):
+                    self.logits_out[a:b] = y
+                comm.barrier()
+            else:
+                local = np.concatenate(ys) if ys else self.logits_out[:0]  # host: the CPU backend's arrays
+                self.logits_out[:n] = comm.allgather(local, shards.first_row, n, "the evaluation")
         else:
             self._train(comm, shards, xs)
 
@@ -256,20 +300,36 @@ class ShardGroup:
             table[i, values], table[i, values + 1] = loss, correct_count(out, self.labels[a:b])
             dlogits.append(d)
         _, grads = self.model.backward_shards(saved, dlogits, False, shards)
+        if len(shards.bounds) - 1 < comm.size and not comm.shares_objects:
+            self._align_streams(comm, shards)
         for i, own in enumerate(grads):
             for j, name in enumerate(self.names):
                 table[i, self.offsets[j] : self.offsets[j + 1]] = own[name].ravel()
         first = shards.mine.start if len(shards.mine) else len(shards.bounds) - 1
-        whole = comm.allgather(table, first, len(shards.bounds) - 1)
+        whole = comm.allgather(table, first, len(shards.bounds) - 1, "the gradient sum")
         owned = self.owned[comm.rank]
         lo, hi = self.offsets[owned.start], self.offsets[owned.stop]
         self.grad_sum[lo:hi] = ordered_sum(whole[:, lo:hi])
         loss = ordered_sum(whole[:, values].astype("float64"))
         correct = int(whole[:, values + 1].sum())
         skipped = self._finish(comm, owned, loss)
-        if comm.rank == 0:
+        if comm.rank == 0 or comm.spmd:
             self.outcome[:] = (float(loss), correct, skipped)
-        comm.barrier()  # every parameter is updated before anyone reads one
+        if comm.shares_memory:
+            comm.barrier()  # every parameter is updated before anyone reads one
+
+    def _align_streams(self, comm, shards: ShardSet) -> None:
+        """A worker with no shard of the batch drew nothing (only a layer that runs draws): it takes
+        worker 0's random streams, which made the batch's draws as every worker with shards did."""
+        streams = [rng for _, rng in self.model.named_streams()]
+        if not streams:
+            return
+        packed = np.concatenate([pack_state(rng) for rng in streams])[None]  # host: generator states
+        table = comm.allgather(packed, comm.rank, comm.size, "the random streams")
+        if not len(shards.mine):
+            for i, rng in enumerate(streams):
+                state = table[0, i * STATE_SIZE : (i + 1) * STATE_SIZE]
+                rng.bit_generator.state = generator_from_state(state).bit_generator.state
 
     def _finish(self, comm, owned: range, loss) -> bool:
         """Check and clip the summed gradients if asked, then update the owned parameters; whether the
@@ -281,7 +341,8 @@ class ShardGroup:
             for j, index in enumerate(owned):
                 grad = self.grad_views[self.names[index]]
                 stats[j] = (grad * grad).sum(), xp.isfinite(grad).all()
-            table = comm.allgather(stats, owned.start, len(self.names))
+            # Where memory is private, every rank has every gradient: its own sums are the whole table.
+            table = comm.allgather(stats, owned.start, len(self.names)) if comm.shares_memory else stats
             squares = ordered_sum(table[:, 0])
             if skip and not (table[:, 1].all() and xp.isfinite(loss)):
                 return True

@@ -53,8 +53,9 @@ class ShardSet:
 
     @property
     def leader(self) -> bool:
-        """Whether this worker writes what the workers share (batch norm's running averages)."""
-        return self.comm.rank == 0
+        """Whether this worker writes what the workers keep (batch norm's running averages): the first
+        where they share memory, each where every one keeps its own (MPI ranks)."""
+        return self.comm.rank == 0 or not self.comm.shares_memory
 
     @property
     def rows(self) -> list[tuple[int, int]]:

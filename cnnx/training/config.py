@@ -230,7 +230,8 @@ class RunConfig:
     workers: int | None = setting(
         None, Whole(1, 1024),
         "Workers that share every training step and evaluation on the CPU, each running whole shards on "
-        "one core (default: one per core; a GPU runs each step whole). The numbers do not depend on it.",
+        "one core (default: one per core; a GPU runs each step whole; under mpiexec the ranks are the "
+        "workers and this is not used). The numbers do not depend on it.",
         changeable=True, metavar="N",
     )  # fmt: skip
     shard_size: int = setting(

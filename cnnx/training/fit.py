@@ -21,6 +21,7 @@ from .config import DIVERGENCE_MODES, RunConfig
 from .interrupt import TrainingInterrupted
 from .loop import CHECK_EVERY, MAX_SKIPS, Run
 from .progress import PROGRESS_MODES, Reporter
+from .ranks import check_same_everywhere
 from .runfiles import shuffle_rng
 
 __all__ = ["DIVERGENCE_MODES", "MAX_SKIPS", "fit", "shuffle_rng", "train_as_configured", "train_run"]
@@ -131,6 +132,7 @@ def _train_and_record(run: Run, reporter: Reporter, stop) -> None:
     # NumPy's overflow warnings would only repeat, less clearly, what the divergence guard reports.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
+            check_same_everywhere(run)  # under mpiexec: every rank's settings, data and state are rank 0's
             predictions = (
                 run.results_without_training() if run.begun == "finishing" else run.train(reporter, stop)
             )

@@ -250,7 +250,8 @@ class Run(RunFiles):
             last = batch
             self.train_batch(batch, sums, reporter)
             self.look(batch, sums, reporter)
-            self.stopping = self.stop.requested if self.stop is not None else None
+            asked = self.stop.requested if self.stop is not None else None
+            self.stopping = asked if self.group is None else self.group.agreed(asked)  # MPI: every rank's
             periodic = (
                 self.config.checkpoint_every is not None and self.step % self.config.checkpoint_every == 0
             )

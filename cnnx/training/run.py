@@ -18,6 +18,7 @@ from cnnx.optim import OPTIMIZERS, make_optimizer
 from .config import RunConfig, load_run_data
 from .fit import train_as_configured
 from .loop import Run
+from .ranks import describe, writes
 from .rundir import check_run_dir, default_run_dir, estimate_run_bytes, planned_run_bytes
 from .shapes import check_classifier
 
@@ -71,7 +72,7 @@ def run_training(
         model_name = model.name if model is not None else config.model  # a preset's, or "custom"
         optimizer_name = optimizer.name if optimizer is not None else config.optimizer
         out, unique = default_run_dir(model_name, optimizer_name, root=runs_root), True
-    if out is not None and not unique:
+    if out is not None and not unique and writes():  # (an MPI rank but the first writes nothing)
         # Before the minutes of loading and training: writable, enough space, new or resumable.
         check_run_dir(out, need_bytes=_planned_bytes(config, model, optimizer), resume=resume)
     if dataset is None:
@@ -119,6 +120,8 @@ def _announcing(config: RunConfig, dataset, echo, on_start):
             held = "" if run.val_images is None else f" / {len(run.val_images):,} validation"
             echo(f"data: {len(run.images):,} train{held} / {len(run.test_images):,} test images "
                  f"from {dataset.source}; {where}")  # fmt: skip
+            if describe() is not None:
+                echo(f"{describe()}; each runs its shards of every batch")
         if on_start is not None:
             on_start(run)
 

@@ -16,6 +16,7 @@ from cnnx.nn.random import derive_rng
 
 from .divergence import check_weights
 from .names import CHECKPOINT, METRICS
+from .ranks import place_record, writes
 from .records import read_record, run_record, write_json
 from .resume import check_resumable, set_generator_state
 from .rundir import check_run_dir, claim_run_dir, estimate_run_bytes, lock_run_dir, remove_stale_temporaries
@@ -43,12 +44,14 @@ def shuffle_rng(seed: int):
 class RunFiles:
     """The run directory's side of a run: ``out`` (None until :meth:`open`, and without a directory),
     its ``lock``, its ``record`` and how it was taken up (``begun``: "new", "restarted" (a dead claim
-    begun again), "resumed" or "finishing")."""
+    begun again), "resumed" or "finishing"). Under ``mpiexec`` only rank 0 writes (``writes``); the other
+    ranks read the checkpoint they resume from, and their ``out`` stays None."""
 
     def __init__(self, out=None):
         self.wanted = None if out is None else Path(out)
         self.out = self.lock = self.record = None
         self.begun = "new"
+        self.writes = writes()
 
     def open(self, recorded: dict, *, resume: bool = False, unique: bool = False) -> None:
         """Take up the run's directory, and write its first record (the configuration ``run_record``
@@ -65,6 +68,9 @@ class RunFiles:
         need_bytes = estimate_run_bytes(self.model, self.optimizer)
         if resume and self.wanted is None:
             raise ConfigError("resuming needs the run directory (out_dir) that holds the checkpoint")
+        if not self.writes:
+            self._follow(record, resume)
+            return
         if resume and (self.wanted / CHECKPOINT).is_file():
             self.out = check_run_dir(self.wanted, need_bytes=need_bytes, resume=True)
             self.lock = lock_run_dir(self.out)  # before anything in the directory is deleted or written
@@ -84,8 +90,20 @@ class RunFiles:
             self.rng = shuffle_rng(config.seed)
         self._first_record(record, claim)
 
+    def _follow(self, record: dict, resume: bool) -> None:
+        """An MPI rank but the first: restore what rank 0 resumes (the same checkpoint, read while rank 0
+        holds the directory's lock), or start afresh as rank 0 does; write nothing."""
+        self.record = record
+        if resume and (self.wanted / CHECKPOINT).is_file():
+            self._restore_from(self.wanted)
+        else:
+            self.begun = "restarted" if resume else "new"
+            self.rng = shuffle_rng(self.config.seed)
+
     def _first_record(self, record: dict, claim) -> None:
         record["status"] = "running"
+        if place_record() is not None:
+            record["mpi"] = place_record()
         record["curves"] = self.curves  # the run's own lists: every record written carries them as they grow
         self.record = record
         try:
@@ -100,13 +118,7 @@ class RunFiles:
     def _resumed_record(self, record: dict, changeable: tuple) -> dict:
         """Restore the run from its checkpoint; returns its record, updated for this resumption (the
         ``changeable`` settings, besides epochs, learning rate and device, from ``record``)."""
-        previous = read_record(self.out / METRICS)
-        unfinished = previous is None or previous.get("status") != "completed"
-        self.restore(load_checkpoint(self.out / CHECKPOINT), unfinished=unfinished)
-        ended = self.epoch_done >= self.config.epochs or self.steps_done() or self.stopped_early()
-        # Killed after its last checkpoint: evaluation, figures and status are left to do.
-        self.begun = "finishing" if unfinished and self.batch_done == 0 and ended else "resumed"
-        previous = previous or record
+        previous = self._restore_from(self.out) or record
         for key in ("error", "stopped_at"):
             previous.pop(key, None)
         # The recorded settings stay; what may change on resuming (epochs, device, learning rate,
@@ -114,6 +126,17 @@ class RunFiles:
         changeable = ("epochs", "lr", "device", "backend", "device_description", *changeable)
         previous["config"].update({k: record["config"][k] for k in changeable})
         previous["resumes"] = previous.get("resumes", 0) + 1
+        return previous
+
+    def _restore_from(self, directory: Path) -> dict | None:
+        """Restore the run from the checkpoint in ``directory`` and say how it is taken up (``begun``);
+        returns the directory's record (None when it has none)."""
+        previous = read_record(directory / METRICS)
+        unfinished = previous is None or previous.get("status") != "completed"
+        self.restore(load_checkpoint(directory / CHECKPOINT), unfinished=unfinished)
+        ended = self.epoch_done >= self.config.epochs or self.steps_done() or self.stopped_early()
+        # Killed after its last checkpoint: evaluation, figures and status are left to do.
+        self.begun = "finishing" if unfinished and self.batch_done == 0 and ended else "resumed"
         return previous
 
     def restore(self, checkpoint, unfinished: bool = False) -> None:

@@ -66,22 +66,25 @@ class _BatchNorm(Layer):
     def _ungroup(self, groups, shape):
         raise NotImplementedError
 
-    def _sample_sums(self, g, h=None, fused=None):
+    def _sample_sums(self, g, h=None, fused=None, counted=False):
         """Per-sample, per-feature sums of ``g`` (or of ``g * h``) over every position, (N, features),
         cut over the backend's threads by samples. Each sample's sum is taken on its own (a product with
         a vector of ones, or an einsum), which gives the same numbers however the batch is cut, into
         shards or over threads; the batch's sum then adds the samples' sums in sample order (see
         :meth:`cnnx.nn.shards.ShardSet.batch_sum`): shorter runs of float32 additions than one sum over
         every row. ``fused(s)``, when given, runs on each part first (an elementwise pass that writes
-        ``h``)."""
-        xp, n = self.xp, g.shape[0]
-        sums = xp.empty((n, g.shape[2]), dtype=g.dtype)
+        ``h``). ``counted``: each row ends with one more number, the sample's count of positions."""
+        xp, n, features = self.xp, g.shape[0], g.shape[2]
+        sums = xp.empty((n, features + counted), dtype=g.dtype)
+        if counted:
+            sums[:, features] = g.shape[1]
         ones = xp.ones((g.shape[1],), dtype=g.dtype)
 
         def part(s):
             if fused is not None:
                 fused(s)
-            sums[s] = xp.matmul(ones, g[s]) if h is None else xp.einsum("npc,npc->nc", g[s], h[s])
+            into = sums[s, :features] if counted else sums[s]
+            into[...] = xp.matmul(ones, g[s]) if h is None else xp.einsum("npc,npc->nc", g[s], h[s])
 
         self.backend.split_batch(part, n, g.size * (1 if fused is None else 2))
         return sums
@@ -117,19 +120,21 @@ class _BatchNorm(Layer):
             tiles = [self._tiled(v, gs[0]) for v in (scale, shift)] if gs else None
             return [self._evaluate(g, x.shape, *tiles) for g, x in zip(gs, xs, strict=True)], None
         xp, like = self.xp, self.params["gamma"]
-        if not xs:  # a worker with no shard of this batch still meets the others, twice
-            shards.batch_sum(xp, [], like)
-            shards.batch_sum(xp, [], like)
-            return [], []
-        m = shards.n * gs[0].shape[1]
+        # Each sample's row carries its count of positions after its sums, so that a worker with no
+        # shard of this batch (it still meets the others, twice) learns the batch's count too.
+        counted = xp.zeros((self.num_features + 1,), dtype=like.dtype)
+        sums = shards.batch_sum(xp, [self._sample_sums(g, counted=True) for g in gs], counted)
+        # Samples x positions; a worker with no shard reads it from the sums (exact: far below 2 ** 24).
+        m = shards.n * gs[0].shape[1] if gs else int(sums[-1])
         if m < 2:
+            shape = (shards.n, *xs[0].shape[1:]) if xs else (shards.n, "...")
             raise ConfigError(
                 f"{type(self).__name__} cannot normalise a training batch with one value per feature "
-                f"(input {(shards.n, *xs[0].shape[1:])}): use a batch size of 2 or more"
+                f"(input {shape}): use a batch size of 2 or more"
             )
-        mean = shards.batch_sum(xp, [self._sample_sums(g) for g in gs], like) / m
+        mean = sums[:-1] / m
         normed = [xp.empty_like(g) for g in gs]  # x - mean until the variance is known, then normalised
-        mean_t = self._tiled(mean, gs[0])
+        mean_t = self._tiled(mean, gs[0]) if gs else None
 
         def centred(g, out):
             flat, into = g.reshape(g.shape[0], -1), out.reshape(g.shape[0], -1)
@@ -138,9 +143,13 @@ class _BatchNorm(Layer):
         squares = [self._sample_sums(c, c, fused=centred(g, c)) for g, c in zip(gs, normed, strict=True)]
         var = shards.batch_sum(xp, squares, like) / m
         inv_std = 1 / xp.sqrt(var + self.eps)
-        tiles = [self._tiled(v, gs[0]) for v in (inv_std, self.params["gamma"], self.params["beta"])]
+        tiles = (
+            [self._tiled(v, gs[0]) for v in (inv_std, self.params["gamma"], self.params["beta"])]
+            if gs
+            else []
+        )
         ys = [self._normalise(c, x.shape, *tiles) for c, x in zip(normed, xs, strict=True)]
-        if shards.leader:  # the running averages are written once, by the worker that owns them
+        if shards.leader:  # the running averages are written once where the workers share them
             keep = 1 - self.momentum
             self.buffers["running_mean"][...] = keep * self.buffers["running_mean"] + self.momentum * mean
             unbiased = var * (m / (m - 1))
