@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call for a machine with a CUDA GPU: the GPU parity cases, the float32/float64 parity tables, a
 # benchmark of every preset against PyTorch on the GPU, the CPU's data-parallel scaling from 1 to 16
-# workers, and one epoch of cnn-bn trained with `cnnx train --device gpu`. Everything it prints also goes to files under OUT_DIR.
+# workers (and MPI ranks, when mpi4py is installed), and one epoch of cnn-bn trained with `cnnx train --device gpu`. Everything it prints also goes to files under OUT_DIR.
 #
 #   experiments/gpu_check.sh [OUT_DIR] [DATA_DIR]
 #
@@ -37,6 +37,15 @@ for workers in 1 2 4 8 16; do
     step "cpu-workers-$workers" env OPENBLAS_NUM_THREADS="$workers" OMP_NUM_THREADS="$workers" \
         "$python" -m cnnx bench --batch-size 128,512 --compare torch --steps 20 --repeats 3
 done
+# One model on MPI ranks (issue 25), where mpi4py and an mpiexec are installed (the device image has
+# neither: carry their wheels and `pip install --no-index --find-links WHEELS mpi4py mpich`). Each rank
+# takes its share of the cores (16 / ranks BLAS threads); 1 rank is one process with its forked workers.
+if "$python" -c "import mpi4py" 2>/dev/null && command -v mpiexec >/dev/null; then
+    for ranks in 1 2 4 8 16; do
+        step "mpi-ranks-$ranks" mpiexec -n "$ranks" "$python" -m cnnx bench --batch-size 512 --steps 20 \
+            --repeats 3
+    done
+fi
 train=("$python" -m cnnx train --device gpu --model cnn-bn --epochs 1 --seed 0 --out "$out/cnn-bn-gpu")
 [ -n "$data" ] && train+=(--data-dir "$data")
 step train-cnn-bn "${train[@]}"

@@ -3,6 +3,7 @@ ranks' all-gather costs by size, for a model of the communication at sizes this 
 
     python experiments/mpi_scaling.py [--models seed,vgg-bn] [--ranks 2] [--rounds 3] [--limit vgg-bn:10000]
         [--sizes 1e3,1e7] [--out experiments/scaling/mpi.json]
+    python experiments/mpi_scaling.py --model-from experiments/scaling/mpi.json
 
 Each round runs, for every model, ``cnnx bench --epoch --repeats 1 --json`` three ways (the order turns
 from round to round, so a drift in the machine's load falls on all of them):
@@ -15,8 +16,10 @@ from round to round, so a drift in the machine's load falls on all of them):
 
 Then ``mpiexec -n RANKS`` times the all-gather the ranks' steps make (a table of shards x values of
 float32, split evenly over the ranks) for table sizes from 8 bytes to 64 MB: the latency ``alpha`` and
-the seconds per byte ``beta`` of ``t = alpha + beta * bytes`` are fitted by least squares. The figures
-are printed as Markdown tables and written as JSON.
+the seconds per byte ``beta`` of ``t = alpha + beta * bytes`` are fitted (:func:`fit`). The figures
+are printed as Markdown tables and written as JSON. ``--model-from`` prints the cost model of
+:func:`cost_model` from such a record: the speed-up of 2 to 64 ranks on shared memory and on two
+assumed networks.
 """
 
 from __future__ import annotations
@@ -103,11 +106,48 @@ def gather_costs(ranks: int, sizes: list[float]) -> list[dict]:
 
 
 def fit(costs: list[dict]) -> tuple[float, float]:
-    """``alpha`` (s) and ``beta`` (s per byte) of ``t = alpha + beta * bytes``, least squares."""
-    x = np.array([c["bytes"] for c in costs], float)
-    y = np.array([c["seconds"] for c in costs], float)
-    beta, alpha = np.polyfit(x, y, 1, w=1 / y)  # relative errors: the small sizes count too
-    return float(max(alpha, 0.0)), float(beta)
+    """``alpha`` (s) and ``beta`` (s per byte) of ``t = alpha + beta * bytes``: alpha the median time of
+    the tables of at most 10 kB, beta the least-squares slope over those of 100 kB and more (tables
+    larger than the caches dominate it, as gradient tables of megabytes do)."""
+    small = [c["seconds"] for c in costs if c["bytes"] <= 10_000]
+    alpha = float(np.median(small)) if small else 0.0
+    x = np.array([c["bytes"] for c in costs if c["bytes"] >= 100_000], float)
+    y = np.array([c["seconds"] for c in costs if c["bytes"] >= 100_000], float) - alpha
+    beta = float((x * y).sum() / (x * x).sum()) if len(x) else 0.0
+    return alpha, beta
+
+
+# Assumed networks for the model beyond this machine (latency s, seconds per byte): shared memory is
+# fitted here; the others are typical figures, not measurements.
+NETWORKS = {"10 Gb Ethernet": (50e-6, 1 / 1.1e9), "100 Gb InfiniBand": (2e-6, 1 / 11e9)}
+SHARD = 32  # images per shard: cnnx's default --shard-size
+
+
+def cost_model(record: dict, ranks=(2, 4, 8, 16, 32, 64)) -> str:
+    """The modelled speed-up of N ranks, each running one shard of 32 images of a batch of 32 N, from a
+    record this script wrote: per-shard compute from the one-core epochs, the all-gather's cost from
+    the fit (shared memory) or an assumed network. Each rank receives the other ranks' gradient rows,
+    (N - 1) shards x P values x 4 bytes, and applies the whole update itself."""
+    from cnnx.nn.presets import build_model
+
+    networks = {"shared memory (fitted)": fit(record["allgather"]["costs"]), **NETWORKS}
+    heads = " | ".join(f"{n} ranks" for n in ranks)
+    lines = [f"| model | parameters | compute per shard | network | {heads} |",
+             "|---|---:|---:|---|" + "---:|" * len(ranks)]  # fmt: skip
+    for model, summary in record["summary"].items():
+        params = build_model(model).parameter_count()
+        images = int(record["runs"][model]["1 core"][0]["data"].split(" training")[0].replace(",", ""))
+        shard = summary["train_seconds"]["1 core"] / (images / SHARD)  # one core, one shard, update included
+        for name, (alpha, beta) in networks.items():
+            cells = []
+            for n in ranks:
+                moved = (n - 1) * params * 4
+                step = shard + max(1, (n - 1).bit_length()) * alpha + moved * beta
+                cells.append(f"{n * shard / step:.1f}x")
+            lines.append(
+                f"| {model} | {params:,} | {shard * 1e3:.1f} ms | {name} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -124,7 +164,17 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--sizes", default="8,1e3,1e4,1e5,1e6,4e6,1.6e7,6.4e7")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--model-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print only the cost model's table, from a record this script wrote",
+    )
     args = parser.parse_args(argv)
+    if args.model_from is not None:
+        print(cost_model(json.loads(args.model_from.read_text())))
+        return 0
     limits = {m: int(n) for m, n in (item.split(":") for item in args.limit)}
     models = args.models.split(",")
     runs = {model: {way: [] for way in WAYS} for model in models}

@@ -227,6 +227,35 @@ def test_three_ranks_with_two_shards_leave_one_idle_and_agree(tmp_path, data_dir
     assert _history(tmp_path / "ranks") == _history(tmp_path / "alone")
 
 
+API = """
+import json, sys
+from cnnx.training import RunConfig, run_training
+config = RunConfig(model="seed", epochs=1, limit=600, batch_size=64, data_dir=sys.argv[1])
+run = run_training(config, sys.argv[2], progress="lines")
+with open(f"{sys.argv[3]}.{run.writes}", "w") as out:
+    json.dump([{k: v for k, v in row.items() if k != "seconds"} for row in run.history], out)
+"""
+
+
+@needs_mpi
+def test_run_training_under_mpiexec_trains_one_model_on_every_rank(tmp_path, data_dir):
+    from cnnx.training import RunConfig, run_training
+
+    script = tmp_path / "train.py"
+    script.write_text(API)
+    command = [MPIEXEC, "-n", "2", sys.executable, str(script), str(data_dir), str(tmp_path / "run"),
+               str(tmp_path / "history")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=RUN_SECONDS)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("epoch 1/1") == 1, done.stdout  # rank 0 reports for both
+    config = RunConfig(model="seed", epochs=1, limit=600, batch_size=64, data_dir=str(data_dir), workers=1)
+    history = run_training(config, progress="none").history
+    alone = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    for writer in ("True", "False"):
+        assert json.loads((tmp_path / f"history.{writer}").read_text()) == alone
+    assert _history(tmp_path / "run") == alone
+
+
 # -- faults ----------------------------------------------------------------------------------------
 
 

@@ -122,7 +122,8 @@ def train_as_configured(
     run.open(recorded, resume=resume, unique=unique_dir)
     if on_start is not None:
         on_start(run)
-    _train_and_record(run, Reporter(progress, config.epochs, run.batches), stop)
+    # Under mpiexec rank 0 reports for every rank.
+    _train_and_record(run, Reporter(progress if run.writes else "none", config.epochs, run.batches), stop)
     return run
 
 

@@ -85,6 +85,7 @@ def run_training(
         )
     model.data_info = describe_data(config, dataset, model)  # what the files written will say
     recorded = {**config.to_dict(), "lr": optimizer.lr, "backend": model.backend.name}
+    echo = echo if writes() else None  # under mpiexec rank 0 speaks for every rank
     return train_as_configured(model, optimizer, dataset, config, out, recorded=recorded, unique_dir=unique,
                                progress=progress, stop=stop, resume=resume,
                                on_start=_announcing(config, dataset, echo, on_start))  # fmt: skip
