@@ -177,6 +177,11 @@ def _limit_blas(threads: int) -> None:
 _world: World | None = None
 
 
+def started_world() -> World | None:
+    """The ranks, when :func:`world` has joined them already (nothing is started here)."""
+    return _world
+
+
 def world() -> World | None:
     """The ranks this process was launched among, or None when it runs alone (no MPI is touched then)."""
     global _world

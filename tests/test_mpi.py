@@ -229,9 +229,12 @@ def test_three_ranks_with_two_shards_leave_one_idle_and_agree(tmp_path, data_dir
 
 API = """
 import json, sys
+import numpy as np
 from cnnx.training import RunConfig, run_training
 config = RunConfig(model="seed", epochs=1, limit=600, batch_size=64, data_dir=sys.argv[1])
 run = run_training(config, sys.argv[2], progress="lines")
+if run.writes:  # one rank alone: a prediction outside training never waits for the others
+    run.model.predict(np.zeros((5, 1, 28, 28), "float32"))
 with open(f"{sys.argv[3]}.{run.writes}", "w") as out:
     json.dump([{k: v for k, v in row.items() if k != "seconds"} for row in run.history], out)
 """
@@ -335,6 +338,37 @@ def test_a_stopped_rank_is_named_in_one_line_within_the_timeout(tmp_path, data_d
     status = json.loads((run / "metrics.json").read_text())
     assert status["status"] == "failed" and "rank 1" in status["error"]
     assert _arrays(run / "model.npz")  # the last checkpoint is whole
+
+
+BUG = """
+import sys
+import cnnx.cli
+from cnnx.backends.mpi import world
+
+place = world()
+
+
+@cnnx.cli.cli.command("boom")
+def boom():
+    if place.rank == 1:
+        raise RuntimeError("a bug in rank 1")
+    place.communicator().barrier()  # rank 0 waits here for a rank that will never come
+
+
+sys.argv = ["cnnx", "boom"]
+cnnx.cli.main()
+"""
+
+
+@needs_mpi
+def test_a_bug_on_one_rank_shows_its_traceback_and_ends_every_rank(tmp_path):
+    script = tmp_path / "bug.py"
+    script.write_text(BUG)
+    started = time.monotonic()
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                          env=_env(), timeout=RUN_SECONDS)  # fmt: skip
+    assert done.returncode == 1 and time.monotonic() - started < 30, done.stderr
+    assert "RuntimeError: a bug in rank 1" in done.stderr and "Traceback" in done.stderr
 
 
 # -- ranks that differ ------------------------------------------------------------------------------

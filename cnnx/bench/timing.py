@@ -175,7 +175,9 @@ class CnnxRunner(Runner):
     def session(self, batches):
         """The data-parallel workers, as cnnx train's epochs run (started before the warm-up)."""
         most = max(len(x) for x, _ in batches)
-        with data_parallel(self.model, self.optimizer, max_batch=most, workers=self.workers) as self.group:
+        # Under mpiexec the ranks share the steps, as cnnx train's do.
+        with data_parallel(self.model, self.optimizer, max_batch=most, workers=self.workers,
+                           ranks=True) as self.group:  # fmt: skip
             yield
         self.group = None
 

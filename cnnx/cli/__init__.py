@@ -101,4 +101,15 @@ for _command in (train, evaluate, predict, info, bench, experiment, augmentation
 
 def main() -> None:
     """Entry point of the ``cnnx`` console script and ``python -m cnnx``."""
-    cli(prog_name="cnnx")
+    try:
+        cli(prog_name="cnnx")
+    except Exception:  # a bug: its traceback, and under mpiexec no rank left waiting for this one
+        from cnnx.backends.mpi import started_world
+
+        place = started_world()
+        if place is None:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        place.abort(1)

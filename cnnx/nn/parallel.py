@@ -43,12 +43,13 @@ STOP_REASONS = ("SIGINT", "SIGTERM")  # a stop's reason as a number the ranks ex
 
 @contextmanager
 def data_parallel(model, optimizer=None, *, max_batch: int, workers: int | None = None,
-                  shard_size: int = SHARD_SIZE, kind: str | None = None):  # fmt: skip
+                  shard_size: int = SHARD_SIZE, kind: str | None = None, ranks: bool = False):  # fmt: skip
     """A :class:`ShardGroup` for ``model`` where its backend shards steps (the CPU), or None where a step
     runs whole (a GPU, whose kernels are parallel already): ``with data_parallel(model, opt,
-    max_batch=128) as group: ...``. Either way the block runs in the backend's parallel region. Under
-    ``mpiexec`` the group's workers are the MPI ranks, and ``workers`` and ``kind`` are not used."""
-    place = world()
+    max_batch=128) as group: ...``. Either way the block runs in the backend's parallel region. With
+    ``ranks`` under ``mpiexec``, the group's workers are the MPI ranks (every rank must then make the
+    same calls), and ``workers`` and ``kind`` are not used; without it each rank has its own group."""
+    place = world() if ranks else None
     if place is not None:
         if not model.backend.data_parallel:
             raise ConfigError(f"training over MPI runs on the CPU backend, not {model.backend.describe()}: "

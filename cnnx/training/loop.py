@@ -339,7 +339,7 @@ class Run(RunFiles):
         """The workers of the epoch's steps and evaluations (see :mod:`cnnx.nn.parallel`)."""
         config = self.config
         return data_parallel(self.model, self.optimizer, max_batch=self.batch_size, workers=config.workers,
-                             shard_size=config.shard_size)  # fmt: skip
+                             shard_size=config.shard_size, ranks=True)  # fmt: skip
 
     def evaluate(self, images, labels):
         """Loss, accuracy and predictions of the model on host data, on the epoch's workers when they run."""
