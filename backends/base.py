@@ -16,6 +16,9 @@ class Backend:
     # Whether training steps are cut into shards that workers share (cnnx.nn.parallel): on the CPU; a GPU
     # runs each step whole.
     data_parallel: bool = False
+    # Whether the arrays are host memory (NumPy's): communicators then take them as they are, without a
+    # copy through to_host and to_device.
+    host_memory: bool = False
 
     def to_device(self, array, dtype=None):
         """Copy a host (NumPy) array, or anything array-like, to this device, optionally casting it. Always

@@ -53,6 +53,11 @@ class CupyBackend(Backend):
     def __init__(self):
         import cupy
 
+        from .mpi import world
+
+        place = world()
+        if place is not None:  # under mpiexec, each rank takes a device of its host: rank % devices
+            cupy.cuda.Device(place.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
         self.xp = cupy
 
     # Both transfers always copy, as Backend promises: cupy.asarray would hand back a device array that

@@ -51,6 +51,7 @@ class NumpyBackend(Backend):
     name = "cpu"
     xp = np
     data_parallel = True
+    host_memory = True
     threads: int | None = None  # also for subclasses that do not call __init__
 
     def __init__(self, threads: int | None = None):

@@ -45,6 +45,11 @@ if "$python" -c "import mpi4py" 2>/dev/null && command -v mpiexec >/dev/null; th
         step "mpi-ranks-$ranks" mpiexec -n "$ranks" "$python" -m cnnx bench --batch-size 512 --steps 20 \
             --repeats 3
     done
+    # Two ranks on the GPU (both on device 0 when there is one): the device path of the MPI group.
+    mpi_gpu=(mpiexec -n 2 "$python" -m cnnx train --device gpu --model cnn-bn --epochs 1 --limit 6000
+             --out "$out/cnn-bn-mpi-gpu")
+    [ -n "$data" ] && mpi_gpu+=(--data-dir "$data")
+    step train-cnn-bn-mpi-gpu "${mpi_gpu[@]}"
 fi
 train=("$python" -m cnnx train --device gpu --model cnn-bn --epochs 1 --seed 0 --out "$out/cnn-bn-gpu")
 [ -n "$data" ] && train+=(--data-dir "$data")

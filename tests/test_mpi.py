@@ -259,6 +259,67 @@ def test_run_training_under_mpiexec_trains_one_model_on_every_rank(tmp_path, dat
     assert _history(tmp_path / "run") == alone
 
 
+DEVICE = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from strict_backend import StrictBackend
+from cnnx.backends import get_backend
+from cnnx.backends.mpi import world
+from cnnx.nn.parallel import ShardGroup, data_parallel
+from cnnx.nn.presets import build_model
+from cnnx.optim import make_optimizer
+
+def train(backend, ranks):
+    model = build_model("cnn-bn", seed=0, backend=backend)
+    optimizer = make_optimizer("adam", model, 1e-3)
+    rng = np.random.default_rng(1)
+    out = []
+    group = data_parallel(model, optimizer, max_batch=64, ranks=True) if ranks else ShardGroup(
+        model, optimizer, max_batch=64, workers=1)
+    with group as g:
+        for rows in (64, 16, 64):  # 16 rows: one shard, so rank 1 has none of that batch
+            x = backend.to_device(rng.random((rows, 1, 28, 28)).astype("float32"))
+            y = backend.to_device(rng.integers(0, 10, rows))
+            loss, correct = g.train_step(x, y, clip=1.0, skip_nonfinite=True)
+            out.append(float(backend.to_host(loss)))
+        out.append(backend.to_host(g.logits(x)).tolist())
+    state = {k: v.tolist() for k, v in model.state_dict().items()}
+    return out, state
+
+with open(f"{sys.argv[2]}.{world().rank}", "w") as f:
+    json.dump(train(StrictBackend(), ranks=True), f)
+if world().rank == 0:
+    with open(f"{sys.argv[2]}.cpu", "w") as f:  # one process, the same shards, host arrays
+        json.dump(train(get_backend("cpu"), ranks=False), f)
+"""
+
+
+@needs_mpi
+def test_device_arrays_cross_the_host_only_through_the_backend(tmp_path):
+    # The strict backend behaves like a GPU: every hidden device-to-host read is an error. Its ranks
+    # agree to the bit; against the host run of the same shards the bound is float32 rounding
+    # (1e-5 relative): its convolutions take the device's plan, which adds in another order.
+    script = tmp_path / "device.py"
+    script.write_text(DEVICE)
+    command = [MPIEXEC, "-n", "2", sys.executable, str(script), str(Path(__file__).parent),
+               str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=RUN_SECONDS)
+    assert done.returncode == 0, done.stderr
+    rank0, rank1, host = (json.loads((tmp_path / f"out.{end}").read_text()) for end in ("0", "1", "cpu"))
+    assert rank0 == rank1
+    losses, state = rank0
+    assert np.allclose(losses[:3], host[0][:3], rtol=1e-5, atol=0)
+    assert _rel_error(losses[3], host[0][3]) < 1e-5  # the last batch's logits
+    for name, value in state.items():
+        assert _rel_error(value, host[1][name]) < 1e-5, name
+
+
+def _rel_error(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
 # -- faults ----------------------------------------------------------------------------------------
 
 

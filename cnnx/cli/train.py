@@ -166,6 +166,9 @@ def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) ->
     describe (metrics.json results_of names them). Ctrl-C or SIGTERM finishes the current step,
     writes a checkpoint and exits with status 130 or 143; `cnnx train --resume RUN_DIR` continues the
     run, with the same result as if it had never stopped. A second Ctrl-C stops at once.
+
+    Under `mpiexec -n N` (pip install 'cnnx[mpi]') the N ranks train one model together, each running
+    its shards of every batch, with the numbers of one process; rank 0 prints and writes.
     """
     from cnnx.training import RunConfig, resume_config
     from cnnx.training.ranks import writes

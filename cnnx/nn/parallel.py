@@ -50,10 +50,7 @@ def data_parallel(model, optimizer=None, *, max_batch: int, workers: int | None 
     ``ranks`` under ``mpiexec``, the group's workers are the MPI ranks (every rank must then make the
     same calls), and ``workers`` and ``kind`` are not used; without it each rank has its own group."""
     place = world() if ranks else None
-    if place is not None:
-        if not model.backend.data_parallel:
-            raise ConfigError(f"training over MPI runs on the CPU backend, not {model.backend.describe()}: "
-                              "use --device cpu (a GPU trains one model alone)")  # fmt: skip
+    if place is not None:  # on GPUs too: each rank has its own device (see CupyBackend)
         with ShardGroup(model, optimizer, max_batch=max_batch, shard_size=shard_size,
                         comm=place.communicator()) as group:  # fmt: skip
             yield group
@@ -152,13 +149,15 @@ class ShardGroup:
             self.comm = ProcessComm(self.workers, max(table, len(self.names) * 16, 1 << 16))
             self._share_state()
         comm = self.comm
-        # The shared tables are host memory: only the CPU backend shards its steps.
+        # The tables the workers share are host memory; MPI ranks share none, and keep the batch, the
+        # logits and the summed gradients on their own device.
+        array = comm.shared_array if comm.shares_memory else self._device_zeros
         self.control = comm.shared_array((4,), np.int64)  # host: [command, rows, clip?, skip?]
         self.numbers = comm.shared_array((2,), np.float64)  # host: [learning rate, clip norm]
-        self.inputs = comm.shared_array((self.max_batch, *self.model.input_shape), dtype)
-        self.labels = comm.shared_array((self.max_batch,), np.int64)  # host
-        self.logits_out = comm.shared_array((self.max_batch, classes), dtype)
-        self.grad_sum = comm.shared_array((values,), dtype)
+        self.inputs = array((self.max_batch, *self.model.input_shape), dtype)
+        self.labels = array((self.max_batch,), "int64")
+        self.logits_out = array((self.max_batch, classes), dtype)
+        self.grad_sum = array((values,), dtype)
         self.outcome = comm.shared_array((3,), np.float64)  # host: [loss, correct, skipped?] of the last step
         shapes = [layer.params[key].shape for layer, key in self.owners]
         self.grad_views = {  # the summed gradients, where the optimizer reads them
@@ -167,6 +166,16 @@ class ShardGroup:
         }
         if comm.size > 1 and not comm.spmd:
             comm.launch(self._serve)
+
+    def _device_zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def _to_host(self, array):
+        """``array`` where the communicator takes it: as it is in host memory, else copied there."""
+        return array if self.backend.host_memory else self.backend.to_host(array)
+
+    def _to_device(self, array, dtype):
+        return array if self.backend.host_memory else self.backend.to_device(array, dtype)
 
     def _share_state(self) -> None:
         """Move the parameters, buffers and optimizer moments into shared memory (processes only)."""
@@ -225,8 +234,10 @@ class ShardGroup:
         self._command(TRAIN, n)
         if self.outcome[2]:
             return None
-        xp = self.xp
-        return xp.asarray(self.outcome[0] * n, dtype=self.model.dtype), xp.asarray(int(self.outcome[1]))
+        to_device = self.backend.to_device
+        return to_device(np.asarray(self.outcome[0] * n), self.model.dtype), to_device(
+            np.asarray(int(self.outcome[1])), "int64"
+        )
 
     def logits(self, x):
         """The evaluation logits of the batch ``x``, each worker computing its shards'."""
@@ -277,7 +288,7 @@ class ShardGroup:
         bounds = partition(n, self.shard_size)
         mine = assigned(len(bounds) - 1, comm.size, comm.rank)
         draws = self._draws if comm.shares_objects else BatchDraws(n)
-        shards = ShardSet(bounds, mine, comm, draws)
+        shards = ShardSet(bounds, mine, comm, draws, self.backend)
         xs = [self.inputs[a:b] for a, b in shards.rows]
         if self.control[0] == LOGITS:
             ys, _ = self.model.forward_shards(xs, False, shards)
@@ -286,8 +297,9 @@ class ShardGroup:
                     self.logits_out[a:b] = y
                 comm.barrier()
             else:
-                local = np.concatenate(ys) if ys else self.logits_out[:0]  # host: the CPU backend's arrays
-                self.logits_out[:n] = comm.allgather(local, shards.first_row, n, "the evaluation")
+                local = self.xp.concatenate(ys) if ys else self.logits_out[:0]
+                table = comm.allgather(self._to_host(local), shards.first_row, n, "the evaluation")
+                self.logits_out[:n] = self._to_device(table, self.model.dtype)
         else:
             self._train(comm, shards, xs)
 
@@ -307,10 +319,10 @@ class ShardGroup:
             for j, name in enumerate(self.names):
                 table[i, self.offsets[j] : self.offsets[j + 1]] = own[name].ravel()
         first = shards.mine.start if len(shards.mine) else len(shards.bounds) - 1
-        whole = comm.allgather(table, first, len(shards.bounds) - 1, "the gradient sum")
+        whole = comm.allgather(self._to_host(table), first, len(shards.bounds) - 1, "the gradient sum")
         owned = self.owned[comm.rank]
         lo, hi = self.offsets[owned.start], self.offsets[owned.stop]
-        self.grad_sum[lo:hi] = ordered_sum(whole[:, lo:hi])
+        self.grad_sum[lo:hi] = self._to_device(ordered_sum(whole[:, lo:hi]), self.model.dtype)
         loss = ordered_sum(whole[:, values].astype("float64"))
         correct = int(whole[:, values + 1].sum())
         skipped = self._finish(comm, owned, loss)
@@ -338,20 +350,23 @@ class ShardGroup:
         xp, clip, skip = self.xp, bool(self.control[2]), bool(self.control[3])
         self.model.set_grads(self.grad_views)
         if clip or skip:
-            stats = np.zeros((len(owned), 2))  # host: each owned gradient's squares and finiteness
-            for j, index in enumerate(owned):
+            rows = []  # each owned gradient's squares and finiteness, read back at once
+            for index in owned:
                 grad = self.grad_views[self.names[index]]
-                stats[j] = (grad * grad).sum(), xp.isfinite(grad).all()
+                rows.append(xp.stack([(grad * grad).sum(), xp.isfinite(grad).all().astype(grad.dtype)]))
+            stats = (
+                self.backend.to_host(xp.stack(rows)).astype(np.float64) if rows else np.zeros((0, 2))
+            )  # host
             # Where memory is private, every rank has every gradient: its own sums are the whole table.
             table = comm.allgather(stats, owned.start, len(self.names)) if comm.shares_memory else stats
             squares = ordered_sum(table[:, 0])
-            if skip and not (table[:, 1].all() and xp.isfinite(loss)):
+            if skip and not (table[:, 1].all() and np.isfinite(loss)):
                 return True
             if clip:
-                scale = xp.minimum(1.0, self.numbers[1] / (xp.sqrt(squares) + 1e-6))
+                scale = min(1.0, float(self.numbers[1]) / (math.sqrt(float(squares)) + 1e-6))
                 for index in owned:
                     grad = self.grad_views[self.names[index]]
-                    grad *= scale.astype(grad.dtype)
+                    grad *= grad.dtype.type(scale)
         optimizer = self.optimizer
         optimizer.lr = float(self.numbers[0])
         if comm.shares_objects:  # threads share one optimizer: the leader applies the whole update

@@ -38,10 +38,12 @@ class ShardSet:
     """The shards of one batch of ``n`` rows that one worker runs: ``bounds`` is the batch's whole
     partition, ``mine`` the indices of this worker's shards, ``comm`` how the workers meet and ``draws``
     the batch's random draws (a :class:`~cnnx.nn.random.BatchDraws`, shared by the workers that share
-    objects)."""
+    objects). ``backend`` moves device arrays to the host and back where the communicator takes host
+    memory and the arrays are not (a GPU's, under MPI)."""
 
-    def __init__(self, bounds: list[int], mine: range, comm=None, draws: BatchDraws | None = None):
-        self.bounds, self.mine = list(bounds), mine
+    def __init__(self, bounds: list[int], mine: range, comm=None, draws: BatchDraws | None = None,
+                 backend=None):  # fmt: skip
+        self.bounds, self.mine, self.backend = list(bounds), mine, backend
         self.comm = _SOLO if comm is None else comm
         self.n = self.bounds[-1]
         self.draws = BatchDraws(self.n) if draws is None else draws
@@ -78,4 +80,7 @@ class ShardSet:
         local = xp.concatenate(per_sample) if per_sample else xp.zeros((0, *like.shape), like.dtype)
         if self.comm.size == 1:
             return local.sum(axis=0)
-        return self.comm.allgather(local, self.first_row, self.n).sum(axis=0)
+        if self.backend is None or self.backend.host_memory:
+            return self.comm.allgather(local, self.first_row, self.n).sum(axis=0)
+        table = self.comm.allgather(self.backend.to_host(local), self.first_row, self.n)
+        return self.backend.to_device(table).sum(axis=0)  # the same reduction as one device's

@@ -125,7 +125,7 @@ class _BatchNorm(Layer):
         counted = xp.zeros((self.num_features + 1,), dtype=like.dtype)
         sums = shards.batch_sum(xp, [self._sample_sums(g, counted=True) for g in gs], counted)
         # Samples x positions; a worker with no shard reads it from the sums (exact: far below 2 ** 24).
-        m = shards.n * gs[0].shape[1] if gs else int(sums[-1])
+        m = shards.n * gs[0].shape[1] if gs else int(self.backend.to_host(sums[-1:])[0])
         if m < 2:
             shape = (shards.n, *xs[0].shape[1:]) if xs else (shards.n, "...")
             raise ConfigError(
