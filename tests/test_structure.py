@@ -18,6 +18,7 @@ RANKS = {
     "optim": 2,
     "data": 2,
     "io": 2,
+    "plugins": 2,  # importing the user's layer modules: needs only cnnx.errors
     "training": 3,
     "bench": 4,
     "sklearn": 4,

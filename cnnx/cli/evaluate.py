@@ -11,7 +11,14 @@ import click
 from cnnx.checks import plural
 from cnnx.errors import ConfigError
 
-from .options import data_dir_option, dataset_option, device_option, load_classifier, model_file
+from .options import (
+    data_dir_option,
+    dataset_option,
+    device_option,
+    import_option,
+    load_classifier,
+    model_file,
+)
 
 
 @click.command(short_help="Evaluate a saved model on the test set.")
@@ -33,6 +40,7 @@ from .options import data_dir_option, dataset_option, device_option, load_classi
     help="Evaluate N test images: a fixed, class-balanced subset of the test set (all of it by default). "
     "Unlike train --limit, N counts test images.",
 )
+@import_option()
 def evaluate(model_path, dataset, data_dir, device, limit):
     """Test-set loss, accuracy, confusion matrix and per-class report of a saved model: MODEL is a model file,
     or a run directory (its best.npz when it kept one, else its model.npz). The classes are named as the

@@ -116,3 +116,27 @@ def picture_size(model, model_path: Path) -> int:
             "(model.predict_proba)"
         )
     return info.image_shape[1]
+
+
+def import_option():
+    """``--import FILE_OR_MODULE`` (repeatable): the user's modules that register layers, imported before
+    anything else is read, after the ``cnnx.layers`` entry points and ``$CNNX_IMPORT`` (see
+    :mod:`cnnx.plugins`)."""
+
+    def load(ctx, param, values):
+        from cnnx.plugins import load_user_layers
+
+        load_user_layers(values)  # a failure is a ConfigError: one line, as every user error
+        return values
+
+    return click.option(
+        "--import",
+        "imports",
+        multiple=True,
+        metavar="FILE_OR_MODULE",
+        is_eager=True,
+        expose_value=False,
+        callback=load,
+        help="Import a .py file or module that registers layers of your own (repeatable; also "
+        "$CNNX_IMPORT and the cnnx.layers entry points). It runs that code.",
+    )

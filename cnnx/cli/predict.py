@@ -18,7 +18,14 @@ import click
 from cnnx.errors import CnnxError
 from cnnx.training.plots import PREVIEW_ROWS
 
-from .options import check_output_file, device_option, load_classifier, model_file, picture_size
+from .options import (
+    check_output_file,
+    device_option,
+    import_option,
+    load_classifier,
+    model_file,
+    picture_size,
+)
 
 FORMATS = ("human", "json", "csv")
 PROGRESS_FROM = 10  # files: from this many on, a progress bar on stderr (where it is a terminal)
@@ -59,6 +66,7 @@ THUMBNAIL_SIDE = 256  # pixels: what the preview keeps of each original (it draw
     help="Also draw each input beside what the model saw, with the predicted class.",
 )
 @device_option()
+@import_option()
 def predict(model_path, files, top, output_format, invert, preview, device):
     """Classify images: pictures (PNG, JPEG, WebP, BMP, GIF; any size), directories of them, IDX image
     files (.gz or raw) and Kaggle-style CSVs.

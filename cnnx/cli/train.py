@@ -23,6 +23,8 @@ from cnnx.training.settings import (
     option_name,
 )
 
+from .options import import_option
+
 # The run settings that are options (RunConfig's fields, declared with option=True), by click name.
 FIELDS = tuple(field.name for field in RunConfig.declared() if field.metadata["option"])
 
@@ -153,6 +155,7 @@ def _in_the_users_words(command):
     help=RESUME_HELP,
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@import_option()
 @click.pass_context
 @_in_the_users_words
 def train(ctx: click.Context, config_path, out, resume_dir, quiet, **options) -> None:
