@@ -23,6 +23,7 @@ RANKS = {
     "bench": 4,
     "sklearn": 4,
     "experiments": 4,
+    "explain": 4,
     "cli": 5,
 }
 LEAVES = {"cnnx.errors", "cnnx.checks", "cnnx.fileio", "cnnx.version"}

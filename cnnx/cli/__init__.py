@@ -24,6 +24,7 @@ from .augmentations import augmentations
 from .bench import bench
 from .evaluate import evaluate
 from .experiment import experiment
+from .explain import explain
 from .info import info
 from .predict import predict
 from .train import train
@@ -95,7 +96,7 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-for _command in (train, evaluate, predict, info, bench, experiment, augmentations):
+for _command in (train, evaluate, predict, explain, info, bench, experiment, augmentations):
     cli.add_command(_command)
 
 
