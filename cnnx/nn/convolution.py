@@ -15,6 +15,8 @@
 :func:`forward` returns the output and what :func:`backward` needs (the plan rides along), so a
 layer keeps nothing about a batch. Every part of every kernel gives the same numbers however a
 backend cuts the batch over its threads.
+
+Mathematics: docs/math.md#conv2d
 """
 
 from __future__ import annotations

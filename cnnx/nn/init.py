@@ -27,19 +27,28 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def xavier_normal(shape, rng) -> np.ndarray:  # host
-    """Glorot/Xavier normal as the original report states it: N(0, 1) * sqrt(2 / (fan_in + fan_out))."""
+    """Glorot/Xavier normal as the original report states it: N(0, 1) * sqrt(2 / (fan_in + fan_out)).
+
+    Mathematics: docs/math.md#xavier-glorot-normal
+    """
     fan_in, fan_out = fans(shape)
     return make_rng(rng).standard_normal(shape) * math.sqrt(2.0 / (fan_in + fan_out))
 
 
 def he_normal(shape, rng) -> np.ndarray:  # host
-    """He/Kaiming normal for ReLU networks: N(0, 1) * sqrt(2 / fan_in)."""
+    """He/Kaiming normal for ReLU networks: N(0, 1) * sqrt(2 / fan_in).
+
+    Mathematics: docs/math.md#he-normal
+    """
     fan_in, _ = fans(shape)
     return make_rng(rng).standard_normal(shape) * math.sqrt(2.0 / fan_in)
 
 
 def initial_weight(scheme: str, shape, rng) -> np.ndarray:  # host
-    """Draw a weight with the named scheme ("xavier" or "he") in float64 on the host."""
+    """Draw a weight with the named scheme ("xavier" or "he") in float64 on the host.
+
+    Mathematics: docs/math.md#initialisation
+    """
     if scheme == "xavier":
         return xavier_normal(shape, rng)
     if scheme == "he":

@@ -15,6 +15,8 @@ def softmax_cross_entropy(xp, logits, labels, count: int | None = None):
 
     ``count`` divides instead of N: for a shard of a batch of ``count`` rows, the loss is the shard's
     part of the batch's mean and ``dlogits`` its rows of the batch's gradient, the same numbers.
+
+    Mathematics: docs/math.md#softmax-cross-entropy
     """
     n = logits.shape[0] if count is None else count
     rows = xp.arange(logits.shape[0])

@@ -50,6 +50,8 @@ class Sequential(Layer):
     Given explicitly, the layers are checked to fit together now, with a clear message; a Sequential
     used inside another layer leaves it out and is checked by the model that holds it. Children are
     named by their index, so parameter names read ``"3.W"`` and, nested, ``"4.body.0.W"``.
+
+    Mathematics: docs/math.md#sequential
     """
 
     def __init__(

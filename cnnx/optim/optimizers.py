@@ -14,7 +14,10 @@ from cnnx.errors import ConfigError
 
 
 class Optimizer:
-    """Base class: holds the target, the learning rate and per-parameter state keyed by parameter name."""
+    """Base class: holds the target, the learning rate and per-parameter state keyed by parameter name.
+
+    Mathematics: docs/math.md#optimizers
+    """
 
     name = "optimizer"
     slots: tuple[str, ...] = ()  # the per-parameter state this optimizer keeps ("m", "v", ...)
@@ -99,7 +102,10 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain gradient descent: p <- p - lr * g, with g + weight_decay * p under L2 weight decay."""
+    """Plain gradient descent: p <- p - lr * g, with g + weight_decay * p under L2 weight decay.
+
+    Mathematics: docs/math.md#sgd
+    """
 
     name = "sgd"
 
@@ -121,6 +127,8 @@ class Momentum(Optimizer):
     The classical (heavy-ball) form v_t = beta * v_{t-1} + g_t, p <- p - lr * v_t gives the same path
     with its learning rate multiplied by (1 - beta): m_t = (1 - beta) * v_t. So lr 0.1 here matches
     classical momentum 0.9 with lr 0.01. Weight decay is L2: g + weight_decay * p enters the average.
+
+    Mathematics: docs/math.md#momentum
     """
 
     name = "momentum"
@@ -155,6 +163,8 @@ class Adam(Optimizer):
 
     With ``weight_decay`` the decay is decoupled (AdamW, Loshchilov & Hutter, 2019): after the step,
     p <- p - lr * weight_decay * p, outside the moments, so it does not pass through the adaptive scaling.
+
+    Mathematics: docs/math.md#adam, docs/math.md#adamw
     """
 
     name = "adam"

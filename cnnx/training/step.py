@@ -93,7 +93,10 @@ def _evaluate(model, images, labels, batch_size: int, group):
 
 def clip_gradients(model, max_norm: float):
     """Scale every gradient of ``model`` by min(1, max_norm / (norm + 1e-6)), where norm is the global L2
-    norm of all of them together; returns that norm, a 0-d device array."""
+    norm of all of them together; returns that norm, a 0-d device array.
+
+    Mathematics: docs/math.md#gradient-clipping
+    """
     xp = model.xp
     grads = [grad for _, _, grad in model.named_parameters() if grad is not None]
     squares = xp.zeros((), dtype="float64")

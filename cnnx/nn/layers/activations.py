@@ -11,7 +11,10 @@ from .base import Layer
 
 @register_layer()
 class ReLU(Layer):
-    """max(x, 0); the derivative is 1 where x > 0 and 0 elsewhere (0 at x == 0, as in the original report)."""
+    """max(x, 0); the derivative is 1 where x > 0 and 0 elsewhere (0 at x == 0, as in the original report).
+
+    Mathematics: docs/math.md#relu
+    """
 
     commutes_with_max_pooling = True  # see running_order: it keeps the order of values
 
@@ -45,7 +48,10 @@ class ReLU(Layer):
 
 @register_layer(output_shape=lambda config, input_shape: (math.prod(input_shape),))
 class Flatten(Layer):
-    """Collapse every axis but the batch axis: (N, C, H, W) -> (N, C*H*W)."""
+    """Collapse every axis but the batch axis: (N, C, H, W) -> (N, C*H*W).
+
+    Mathematics: docs/math.md#flatten
+    """
 
     def forward(self, x, train=True, draws=None):
         return x.reshape(x.shape[0], -1), (x.shape if train else None)

@@ -63,6 +63,8 @@ class Conv2D(Layer):
     (N, F, OH, OW) with OH = (H + 2*padding - kh) // stride + 1, and likewise OW. ``padding="same"``
     (stride 1, odd kernel sizes) pads (kh - 1) / 2 rows and (kw - 1) / 2 columns on each side, so the
     output keeps the input's height and width.
+
+    Mathematics: docs/math.md#conv2d
     """
 
     def __init__(

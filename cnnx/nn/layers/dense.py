@@ -30,7 +30,10 @@ def _output_shape(config, input_shape) -> tuple[int, ...]:
 )
 class Dense(Layer):
     """y = x @ W + b for inputs (N, in_features); W is (in_features, out_features), b (out_features,)
-    (no b with ``bias=False``: before a batch norm, which would cancel it)."""
+    (no b with ``bias=False``: before a batch norm, which would cancel it).
+
+    Mathematics: docs/math.md#dense
+    """
 
     def __init__(
         self,

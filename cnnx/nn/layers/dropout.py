@@ -18,6 +18,8 @@ class Dropout(Layer):
     layer's name), so every backend drops the same values, and a resumed run draws what it would have
     drawn. A shard of a batch (``draws``) takes its rows of the whole batch's mask. Image batches are
     drawn in NHWC order, the layers' memory order, and the result keeps it.
+
+    Mathematics: docs/math.md#dropout
     """
 
     def __init__(self, p: float = 0.5, *, backend=None, dtype="float32"):

@@ -47,6 +47,8 @@ class _BatchNorm(Layer):
     batch``, with the unbiased variance, as PyTorch does. Evaluation normalises with the running
     averages. Both buffers are saved with the model and restored on resuming. Training needs more than
     one value per feature: a batch of one (of 1x1 images for BatchNorm2D) is a ConfigError.
+
+    Mathematics: docs/math.md#batch-normalisation, docs/math.md#batch-norm-backward
     """
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, *, backend=None,
@@ -228,7 +230,10 @@ class _BatchNorm(Layer):
 
 @register_layer(fields=FIELDS, param_shapes=_param_shapes, output_shape=_features_shape)
 class BatchNorm1D(_BatchNorm):
-    """Batch normalisation of (N, features) inputs, per feature (after a Dense layer)."""
+    """Batch normalisation of (N, features) inputs, per feature (after a Dense layer).
+
+    Mathematics: docs/math.md#batchnorm1d
+    """
 
     def _groups(self, x):
         if x.ndim != 2:
@@ -242,7 +247,10 @@ class BatchNorm1D(_BatchNorm):
 @register_layer(fields=FIELDS, param_shapes=_param_shapes, output_shape=_channels_shape)
 class BatchNorm2D(_BatchNorm):
     """Batch normalisation of (N, C, H, W) inputs, per channel, over the batch and every pixel. Computed
-    on channels-last rows: the result keeps the layers' NHWC memory."""
+    on channels-last rows: the result keeps the layers' NHWC memory.
+
+    Mathematics: docs/math.md#batchnorm2d
+    """
 
     def _groups(self, x):
         if x.ndim != 4:

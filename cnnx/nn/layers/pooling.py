@@ -61,6 +61,8 @@ class MaxPool2D(_WindowPool):
     The gradient flows to each window's maximum; on ties, to the first maximum in row-major window
     order, the rule the common frameworks use, so CPU and GPU agree on flat regions. The report's 2x2
     windows of stride 2 take a path of their own (see :meth:`_forward_2x2`), chosen from the config.
+
+    Mathematics: docs/math.md#maxpool2d
     """
 
     max_pooling = True  # see running_order
@@ -113,7 +115,10 @@ class MaxPool2D(_WindowPool):
 )
 class AvgPool2D(_WindowPool):
     """Mean over k x k windows moved by ``stride`` (floor mode); each input gets dy / (k*k) from every
-    window it lies in."""
+    window it lies in.
+
+    Mathematics: docs/math.md#avgpool2d
+    """
 
     def forward(self, x, train=True, draws=None):
         return F.pool_windows(self.xp, x, self.k, self.stride).mean(axis=0), (x.shape if train else None)
@@ -134,7 +139,10 @@ class AvgPool2D(_WindowPool):
 
 @register_layer(output_shape=_global_shape)
 class GlobalAvgPool2D(Layer):
-    """The mean of each channel over the whole image: (N, C, H, W) -> (N, C)."""
+    """The mean of each channel over the whole image: (N, C, H, W) -> (N, C).
+
+    Mathematics: docs/math.md#globalavgpool2d
+    """
 
     def forward(self, x, train=True, draws=None):
         return F.to_nhwc(x).mean(axis=(1, 2)), (x.shape if train else None)

@@ -56,6 +56,8 @@ class GRU(Layer):
     Parameters: ``W_i`` (D, 3H) and ``W_h`` (H, 3H), their columns in gate order [r, z, n], and the
     biases ``b_i``, ``b_h`` (3H,). The input products of every step are one matrix product before the
     loop; backpropagation through time runs the steps backwards.
+
+    Mathematics: docs/math.md#gru, docs/math.md#gru-backpropagation-through-time
     """
 
     def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier", rng=None, backend=None,

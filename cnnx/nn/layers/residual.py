@@ -24,6 +24,8 @@ class Residual(Layer):
     ``body`` and ``shortcut`` are layers (a Sequential for several); both see the same input and must
     give outputs of one shape. The gradient of the sum flows unchanged into both branches, and the
     input gradient is the sum of theirs.
+
+    Mathematics: docs/math.md#residual
     """
 
     def __init__(self, body: Layer, shortcut: Layer | None = None, *, backend=None, dtype=None):
