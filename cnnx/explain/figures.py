@@ -20,11 +20,10 @@ def _grey(axis, image, title: str | None = None) -> None:
 
 
 def _upsampled(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A coarse map stretched to ``size`` by repeating each cell (then trimmed or padded at the edges)."""
-    h, w = cam.shape
-    fy, fx = -(-size[0] // h), -(-size[1] // w)
-    big = np.kron(cam, np.ones((fy, fx)))
-    return big[: size[0], : size[1]]
+    """A coarse map stretched to ``size``: each pixel takes the cell it falls in."""
+    rows = np.arange(size[0]) * cam.shape[0] // size[0]
+    cols = np.arange(size[1]) * cam.shape[1] // size[1]
+    return cam[rows][:, cols]
 
 
 def plot_filters(weights: np.ndarray, path, title: str) -> Path:
@@ -65,7 +64,7 @@ def plot_activations(images: np.ndarray, maps: np.ndarray, path, title: str, cha
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(f"channel {c}", fontsize=7)
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(f"{title} (each map on its own scale)", fontsize=10)
     return _save(figure, path)
 
 
