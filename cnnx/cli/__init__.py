@@ -22,6 +22,7 @@ from cnnx.version import __version__
 
 from .augmentations import augmentations
 from .bench import bench
+from .check_layer import check_layer
 from .evaluate import evaluate
 from .experiment import experiment
 from .info import info
@@ -95,7 +96,7 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-for _command in (train, evaluate, predict, info, bench, experiment, augmentations):
+for _command in (train, evaluate, predict, info, bench, experiment, augmentations, check_layer):
     cli.add_command(_command)
 
 
