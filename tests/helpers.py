@@ -1,4 +1,4 @@
-"""Test helpers: finite differences and relative-error reports."""
+"""Test helpers: data, stops, and the finite differences and relative errors of cnnx.layercheck."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnx.backends import BackendUnavailable, get_backend
+from cnnx.layercheck.gradients import numerical_gradient, rel_error  # noqa: F401  (re-exported)
 
 
 def backend_or_skip(name):
@@ -16,36 +17,9 @@ def backend_or_skip(name):
         pytest.skip(str(exc))
 
 
-def rel_error(a, b) -> float:
-    """max |a - b| / max(|a|, |b|, tiny): one number that says how far two arrays are apart."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), 1e-300)
-    return float(np.abs(a - b).max(initial=0.0) / scale)
-
-
 def assert_close(actual, expected, rtol, what="arrays"):
     err = rel_error(actual, expected)
     assert err < rtol, f"{what} differ: relative error {err:.3e} >= {rtol:.0e}"
-
-
-def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6, indices=None) -> np.ndarray:
-    """Central differences of the scalar function f at x (float64, host), one coordinate at a time.
-
-    With ``indices`` (flat positions into x) only those coordinates are differenced and the result is
-    the vector of their partial derivatives; without, the whole gradient in x's shape.
-    """
-    flat = x.reshape(-1)
-    picks = range(flat.size) if indices is None else indices
-    partials = np.zeros(len(picks), dtype=np.float64)
-    for n, i in enumerate(picks):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        partials[n] = (up - down) / (2 * eps)
-    return partials.reshape(x.shape) if indices is None else partials
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import pytest
 from cnnx.data import Dataset, scale_pixels
 from cnnx.errors import CheckpointError
 from cnnx.io import load_model
+from cnnx.layercheck.gradients import check_gradients
 from cnnx.layers import Dense, Flatten, Layer, ReLU, Residual
 from cnnx.nn import Sequential, build_model, layer
 from cnnx.nn.registry import Number, Size, register_layer, unregister_layer
@@ -23,7 +24,6 @@ from cnnx.nn.saving import HEADER_KEY
 from cnnx.optim import make_optimizer
 from cnnx.training import RunConfig, TrainingInterrupted, fit, run_training
 
-from gradcheck import check_gradients
 from helpers import StopAtStep, backend_or_skip, blobs, rel_error
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -3,7 +3,7 @@
 (a) Every ``xp.<name>`` and ``xp.<module>.<name>`` in the device code exists in the real CuPy API (CuPy
     imports without a GPU; only allocating fails). The names are read from the source with ``ast``.
 (b) One full training step of every layer type, each optimizer, ``cnnx.train.train_step`` and a whole
-    ``fit`` run under the strict backend (tests/strict_backend.py), whose arrays refuse every read-back
+    ``fit`` run under the strict backend (cnnx.layercheck.strict), whose arrays refuse every read-back
     to the host except ``Backend.to_host``: no hidden GPU synchronisation in the hot path.
 (c) The device code does not touch NumPy, except on lines marked ``# host``.
 """

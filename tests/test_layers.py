@@ -7,10 +7,10 @@ import pytest
 
 from cnnx.backends import NumpyBackend
 from cnnx.errors import ConfigError
+from cnnx.layercheck.gradients import check_gradients
 from cnnx.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
 import reference as ref
-from gradcheck import check_gradients
 from helpers import assert_close
 
 TOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-10}

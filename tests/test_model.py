@@ -9,12 +9,11 @@ import pytest
 
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.io import load_model, read_archive
+from cnnx.layercheck.gradients import check_gradients
 from cnnx.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Residual
 from cnnx.nn import PRESETS, Sequential, build_model
 from cnnx.nn.registry import MAX_PARAMETERS, REGISTRY, check_architecture
 from cnnx.nn.saving import HEADER_KEY
-
-from gradcheck import check_gradients
 
 
 def test_seed_preset_is_the_reports_cnn():

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from cnnx.cli import cli
 from cnnx.errors import ConfigError
+from cnnx.nn.registry import unregister_layer
 from cnnx.plugins import import_module_or_file, load_target, load_user_layers
 
 from helpers import write_blob_idx
@@ -152,6 +153,13 @@ def test_a_model_file_never_imports(trained):
 
 def test_load_target_finds_a_class_in_a_file(tmp_path):
     (tmp_path / "mine.py").write_text(LEAKY.replace("LeakyReLU", "LeakyReLU2"))
+    try:
+        _load_and_check(tmp_path)
+    finally:  # the type this test registered does not outlive it
+        unregister_layer("LeakyReLU2")
+
+
+def _load_and_check(tmp_path) -> None:
     cls = load_target(f"{tmp_path / 'mine.py'}:LeakyReLU2")
     layer = cls(0.2, dtype="float64")
     y, _ = layer.forward(np.array([[-1.0, 2.0]]))

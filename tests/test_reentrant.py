@@ -8,23 +8,21 @@ import numpy as np
 import pytest
 
 from cnnx.backends import NumpyBackend
+from cnnx.layercheck import EXAMPLES as CHECKED_EXAMPLES
 from cnnx.layers import (
-    GRU,
-    AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
-    GlobalAvgPool2D,
     MaxPool2D,
     ReLU,
     Residual,
 )
 from cnnx.nn import Sequential
 from cnnx.nn.random import BatchDraws
-from cnnx.nn.registry import REGISTRY
+from cnnx.nn.registry import REGISTRY, build_layer
 
 from helpers import rel_error
 
@@ -42,37 +40,21 @@ class SmallBlocks(NumpyBackend):
         return min(n, 2)
 
 
-def conv_chain(backend, kw):
-    return Sequential([Conv2D(2, 3, 3, padding="same", rng=0, **kw), ReLU(**kw), MaxPool2D(2, **kw),
-                       Dropout(0.3, **kw), Flatten(**kw), Dense(3 * 3 * 3, 4, rng=1, **kw)])  # fmt: skip
-
-
-def residual_block(backend, kw):
-    body = Sequential([Conv2D(2, 2, 3, padding="same", rng=0, **kw), ReLU(**kw)])
-    return Residual(body, Conv2D(2, 2, 1, rng=1, **kw))
-
-
 def normalised_chain(backend, kw):
     return Sequential([Conv2D(2, 3, 3, rng=0, bias=False, **kw), BatchNorm2D(3, **kw), ReLU(**kw),
                        Flatten(**kw), Dense(3 * 4 * 4, 5, rng=1, **kw), BatchNorm1D(5, **kw)])  # fmt: skip
 
 
-# (build(backend, kw), the per-sample input shape); kw holds the backend and float64.
-EXAMPLES = {
-    "Conv2D": (lambda b, kw: Conv2D(2, 3, 3, stride=2, padding=1, rng=0, **kw), (2, 7, 6)),
-    "Dense": (lambda b, kw: Dense(5, 4, rng=0, **kw), (5,)),
-    "ReLU": (lambda b, kw: ReLU(**kw), (3, 4, 5)),
-    "Flatten": (lambda b, kw: Flatten(**kw), (3, 4, 5)),
-    "Dropout": (lambda b, kw: Dropout(0.4, **kw), (3, 4, 5)),
-    "MaxPool2D": (lambda b, kw: MaxPool2D(2, **kw), (3, 7, 6)),
-    "AvgPool2D": (lambda b, kw: AvgPool2D(3, 2, **kw), (3, 7, 6)),
-    "GlobalAvgPool2D": (lambda b, kw: GlobalAvgPool2D(**kw), (3, 4, 5)),
-    "GRU": (lambda b, kw: GRU(6, 4, rng=0, **kw), (2, 5, 3)),
-    "BatchNorm1D": (lambda b, kw: BatchNorm1D(5, **kw), (5,)),
-    "BatchNorm2D": (lambda b, kw: BatchNorm2D(3, **kw), (3, 4, 5)),
-    "Residual": (residual_block, (2, 5, 5)),
-    "Sequential": (conv_chain, (2, 6, 6)),
-}
+def example(name):
+    """The package's example of the layer type ``name`` (cnnx.layercheck.EXAMPLES), built as a test builds."""
+    config, shape = CHECKED_EXAMPLES[name]
+    make = lambda b, kw: build_layer({"type": name, "config": config}, rng=0, **kw)  # noqa: E731
+    return make, shape
+
+
+# (build(backend, kw), the per-sample input shape); kw holds the backend and float64. Every registered
+# type's example is the one cnnx check-layer checks.
+EXAMPLES = {name: example(name) for name in CHECKED_EXAMPLES}
 # The other paths a layer may take, each with a backend of its own (None: the test's).
 VARIANTS = {
     "Conv2D by tap": (lambda b, kw: Conv2D(1, 3, 3, padding=1, rng=0, **kw), (1, 6, 5), None),

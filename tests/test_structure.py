@@ -1,6 +1,7 @@
 """The house's architecture, checked from the source: imports point one way (cli over bench and sklearn
-over training over io, data and optim, over nn, over backends), no module imports itself back through
-others, and no module grows past ~400 lines. Imports inside functions count as much as those at the top."""
+over training and layercheck over io, data and optim, over nn, over backends), no module imports itself
+back through others, and no module grows past ~400 lines. Imports inside functions count as much as those
+at the top."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ RANKS = {
     "io": 2,
     "plugins": 2,  # importing the user's layer modules: needs only cnnx.errors
     "training": 3,
+    "layercheck": 3,  # cnnx check-layer: builds layers (nn), writes and reads model files (io)
     "bench": 4,
     "sklearn": 4,
     "experiments": 4,

@@ -22,6 +22,7 @@ from cnnx.version import __version__
 
 from .augmentations import augmentations
 from .bench import bench
+from .check_layer import check_layer
 from .evaluate import evaluate
 from .experiment import experiment
 from .explain import explain
@@ -96,7 +97,7 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-for _command in (train, evaluate, predict, explain, info, bench, experiment, augmentations):
+for _command in (train, evaluate, predict, explain, check_layer, info, bench, experiment, augmentations):
     cli.add_command(_command)
 
 
