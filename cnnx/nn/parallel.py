@@ -234,10 +234,9 @@ class ShardGroup:
         self._command(TRAIN, n)
         if self.outcome[2]:
             return None
-        to_device = self.backend.to_device
-        return to_device(np.asarray(self.outcome[0] * n), self.model.dtype), to_device(
-            np.asarray(int(self.outcome[1])), "int64"
-        )
+        loss = np.asarray(self.outcome[0] * n)  # host: the outcome table's numbers
+        correct = np.asarray(int(self.outcome[1]))  # host
+        return self.backend.to_device(loss, self.model.dtype), self.backend.to_device(correct, "int64")
 
     def logits(self, x):
         """The evaluation logits of the batch ``x``, each worker computing its shards'."""
@@ -354,13 +353,12 @@ class ShardGroup:
             for index in owned:
                 grad = self.grad_views[self.names[index]]
                 rows.append(xp.stack([(grad * grad).sum(), xp.isfinite(grad).all().astype(grad.dtype)]))
-            stats = (
-                self.backend.to_host(xp.stack(rows)).astype(np.float64) if rows else np.zeros((0, 2))
-            )  # host
+            read = self.backend.to_host(xp.stack(rows)) if rows else np.zeros((0, 2))  # host
+            stats = read.astype(np.float64)  # host
             # Where memory is private, every rank has every gradient: its own sums are the whole table.
             table = comm.allgather(stats, owned.start, len(self.names)) if comm.shares_memory else stats
             squares = ordered_sum(table[:, 0])
-            if skip and not (table[:, 1].all() and np.isfinite(loss)):
+            if skip and not (table[:, 1].all() and np.isfinite(loss)):  # host: read-back values
                 return True
             if clip:
                 scale = min(1.0, float(self.numbers[1]) / (math.sqrt(float(squares)) + 1e-6))
