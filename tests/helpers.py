@@ -74,3 +74,35 @@ max_steps = 12
 [[runs.modern]]
 epochs = 2
 """
+
+
+# A user's leaky ReLU as the source of their own file (tests/test_plugins.py, tests/test_check_layer.py):
+# ``negative`` is its backward on the negative side (``self.slope * dy`` is right; a test plants a bug
+# there), ``example`` optional class-body text.
+_LEAKY_RELU = '''
+from cnnx.nn.layers.base import Layer
+from cnnx.nn.registry import Number, register_layer
+
+
+@register_layer(fields={{"slope": Number(0, 1)}})
+class {name}(Layer):
+    """max(x, slope x)."""
+
+    def __init__(self, slope=0.1, *, backend=None, dtype="float32"):
+        super().__init__(backend=backend, dtype=dtype)
+        self.slope = float(slope)
+
+    def forward(self, x, train=True, draws=None):
+        positive = x > 0
+        return self.xp.where(positive, x, self.slope * x), (positive if train else None)
+
+    def backward(self, positive, dy, need_dx=True):
+        return self.xp.where(positive, dy, {negative}), {{}}
+
+    def config(self):
+        return {{"slope": self.slope}}
+{example}'''
+
+
+def leaky_relu_source(name: str = "LeakyReLU", negative: str = "self.slope * dy", example: str = "") -> str:
+    return _LEAKY_RELU.format(name=name, negative=negative, example=example)

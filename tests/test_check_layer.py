@@ -12,33 +12,13 @@ from cnnx.errors import ConfigError
 from cnnx.layercheck import EXAMPLES, check_layer
 from cnnx.nn.registry import REGISTRY, unregister_layer
 
+from helpers import leaky_relu_source
+
 BUILT_IN = sorted(name for name, spec in REGISTRY.items() if spec.cls.__module__.startswith("cnnx."))
 
-# A user's leaky ReLU, registered in their own file. With BUG it forgets the slope on the negative side
-# of its backward (dy there should be slope * dy): the forward is right, the gradient is not.
-LEAKY = '''
-from cnnx.nn.layers.base import Layer
-from cnnx.nn.registry import Number, register_layer
-
-
-@register_layer(fields={{"slope": Number(0, 1)}})
-class {name}(Layer):
-    """max(x, slope x)."""
-
-    def __init__(self, slope=0.1, *, backend=None, dtype="float32"):
-        super().__init__(backend=backend, dtype=dtype)
-        self.slope = float(slope)
-
-    def forward(self, x, train=True, draws=None):
-        positive = x > 0
-        return self.xp.where(positive, x, self.slope * x), (positive if train else None)
-
-    def backward(self, positive, dy, need_dx=True):
-        return self.xp.where(positive, dy, {negative}), {{}}
-
-    def config(self):
-        return {{"slope": self.slope}}
-{example}'''
+# A user's leaky ReLU (helpers.leaky_relu_source), in their own file. With the bug it forgets the slope
+# on the negative side of its backward (dy there should be slope * dy): the forward is right, the
+# gradient is not.
 EXAMPLE = """
     @classmethod
     def example(cls):
@@ -55,7 +35,7 @@ def user_layer(tmp_path):
     def write(name, bug=False, example=True):
         path = tmp_path / f"{name.lower()}.py"
         negative = "0 * dy" if bug else "self.slope * dy"
-        path.write_text(LEAKY.format(name=name, negative=negative, example=EXAMPLE if example else ""))
+        path.write_text(leaky_relu_source(name, negative, EXAMPLE if example else ""))
         names.append(name)
         return path
 

@@ -18,31 +18,9 @@ from cnnx.errors import ConfigError
 from cnnx.nn.registry import unregister_layer
 from cnnx.plugins import import_module_or_file, load_target, load_user_layers
 
-from helpers import write_blob_idx
+from helpers import leaky_relu_source, write_blob_idx
 
-LEAKY = '''
-from cnnx.nn.layers.base import Layer
-from cnnx.nn.registry import Number, register_layer
-
-
-@register_layer(fields={"slope": Number(0, 1)})
-class LeakyReLU(Layer):
-    """max(x, slope x)."""
-
-    def __init__(self, slope=0.1, *, backend=None, dtype="float32"):
-        super().__init__(backend=backend, dtype=dtype)
-        self.slope = float(slope)
-
-    def forward(self, x, train=True, draws=None):
-        positive = x > 0
-        return self.xp.where(positive, x, self.slope * x), (positive if train else None)
-
-    def backward(self, positive, dy, need_dx=True):
-        return (self.xp.where(positive, dy, self.slope * dy) if need_dx else None), {}
-
-    def config(self):
-        return {"slope": self.slope}
-'''
+LEAKY = leaky_relu_source()
 
 ARCHITECTURE = [  # the layers of the model, as a run file spells them: {type, config}
     ("Conv2D", {"in_channels": 1, "out_channels": 4, "kernel_size": 3}),
@@ -152,7 +130,7 @@ def test_a_model_file_never_imports(trained):
 
 
 def test_load_target_finds_a_class_in_a_file(tmp_path):
-    (tmp_path / "mine.py").write_text(LEAKY.replace("LeakyReLU", "LeakyReLU2"))
+    (tmp_path / "mine.py").write_text(leaky_relu_source("LeakyReLU2"))
     try:
         _load_and_check(tmp_path)
     finally:  # the type this test registered does not outlive it
