@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from cnnx.cli import cli
 from cnnx.errors import ConfigError
-from cnnx.explain import blocks, cam_layer, frozen, grad_cam, saliency, top_losses
+from cnnx.explain import _cam_parts, blocks, cam_layer, frozen, grad_cam, hires_cam, saliency, top_losses
 from cnnx.explain.report import explain_run
-from cnnx.nn.layers import Conv2D, Dense, GlobalAvgPool2D, ReLU
+from cnnx.nn.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
 from cnnx.nn.model import Sequential
 from cnnx.nn.presets import PRESETS, build_model
 
@@ -76,6 +76,29 @@ def test_grad_cam_equals_a_hand_computation():
     expected = np.maximum(np.einsum("nk,nkhw->nhw", alpha, maps), 0)
     assert np.allclose(cams, expected, rtol=1e-12, atol=1e-15)
     assert np.array_equal(chosen, model(x).argmax(axis=1))
+
+
+def test_hires_cam_equals_a_hand_computation():
+    model = _small_cam_model()
+    x = np.random.default_rng(2).random((3, 1, 8, 8))
+    cams, chosen = hires_cam(model, x)
+    maps = model.layers[1](model.layers[0](x))
+    weights = model.layers[3].params["W"]
+    grads = weights[:, chosen].T[:, :, None, None] / (maps.shape[2] * maps.shape[3])  # d score / d A
+    assert np.allclose(cams, np.maximum((grads * maps).sum(axis=1), 0), rtol=1e-12, atol=1e-15)
+
+
+def test_the_element_wise_map_sums_to_the_score_where_the_rest_is_linear():
+    """Pooled maps, flattened, one dense layer: the score is linear in A, so sum(dscore/dA * A) is the
+    score less the class's bias; the averaged Grad-CAM weights have no such identity."""
+    f64 = {"dtype": "float64"}
+    layers = [Conv2D(1, 4, 3, **f64), ReLU(**f64), MaxPool2D(2, **f64), Flatten(**f64), Dense(36, 5, **f64)]
+    model = Sequential(layers, input_shape=(1, 8, 8))
+    x = np.random.default_rng(5).random((4, 1, 8, 8))
+    assert cam_layer(model) == 2
+    maps, grads, chosen = _cam_parts(model, x, None)
+    scores = model(x)[np.arange(4), chosen] - model.layers[4].params["b"][chosen]
+    assert np.allclose((grads * maps).sum(axis=(1, 2, 3)), scores, rtol=1e-12)
 
 
 def test_grad_cam_without_a_convolution_is_one_line():

@@ -150,7 +150,30 @@ def grad_cam(model, images, classes=None) -> tuple[np.ndarray, np.ndarray]:
     """``(maps, classes)``: Grad-CAM on the last convolutional block (:func:`cam_layer`),
     ``ReLU(sum_k alpha_k A_k)`` with ``alpha_k`` the mean over positions of ``d score / d A_k``,
     (N, h, w) on the host at that layer's resolution. ConfigError (one line) for a model without a
-    convolutional block."""
+    convolutional block.
+
+    Averaging the gradient over the positions first can cancel it: a channel whose gradient is positive
+    where it is active and negative elsewhere gets a negative weight, and the whole map can come out
+    zero although the block holds the class's evidence (batch-normalised models show it often). See
+    :func:`hires_cam`, which does not average."""
+    maps, grads, chosen = _cam_parts(model, images, classes)
+    alpha = grads.mean(axis=(2, 3))
+    return np.maximum(np.einsum("nk,nkhw->nhw", alpha, maps), 0), chosen
+
+
+def hires_cam(model, images, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(maps, classes)``: the element-wise variant of Grad-CAM (HiResCAM, Draelos and Carin, 2020),
+    ``ReLU(sum_k dscore/dA_k * A_k)`` at the same layer, (N, h, w) on the host. Before the ReLU its sum
+    over the positions is the first-order share of the score the block carries: where the rest of the
+    network is linear in the block's maps (pooling, flattening, dense), exactly the score less the
+    last bias."""
+    maps, grads, chosen = _cam_parts(model, images, classes)
+    return np.maximum((grads * maps).sum(axis=1), 0), chosen
+
+
+def _cam_parts(model, images, classes):
+    """The maps ``A`` of :func:`cam_layer` and ``d score / d A`` (both (N, K, h, w) on the host), and
+    the classes scored (the predicted ones unless ``classes`` is given); in evaluation mode."""
     found = blocks(model)
     if not found:
         raise ConfigError(f"Grad-CAM needs a convolutional block, and {model.name} has none")
@@ -166,10 +189,7 @@ def grad_cam(model, images, classes=None) -> tuple[np.ndarray, np.ndarray]:
     grad = model.backend.to_device(seed, model.dtype)
     for i in range(len(twin.layers) - 1, last, -1):
         grad, _ = twin.layers[i].backward(kept[i][1], grad)
-    maps, grads = model.backend.to_host(kept[last][0]), model.backend.to_host(grad)
-    alpha = grads.mean(axis=(2, 3))
-    cam = np.maximum(np.einsum("nk,nkhw->nhw", alpha, maps), 0)
-    return cam, chosen
+    return model.backend.to_host(kept[last][0]), model.backend.to_host(grad), chosen
 
 
 def cam_layer(model, found=None) -> int:

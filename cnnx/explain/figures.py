@@ -79,7 +79,7 @@ def plot_heat(images: np.ndarray, heat: np.ndarray, labels: list[str], path, tit
         shown = axes[row, 1].imshow(h, cmap="inferno", vmin=0, vmax=top)
         axes[row, 1].set_xticks([])
         axes[row, 1].set_yticks([])
-        axes[row, 1].set_title(what, fontsize=8)
+        axes[row, 1].set_title(what if float(h.max()) > 0 else f"{what}: zero everywhere", fontsize=8)
         figure.colorbar(shown, ax=axes[row, 1], shrink=0.8)
         _grey(axes[row, 2], image, "over the image")
         axes[row, 2].imshow(h, cmap="inferno", alpha=0.55, vmin=0, vmax=top)

@@ -13,7 +13,16 @@ import numpy as np
 from cnnx.errors import ConfigError
 from cnnx.fileio import atomic_write
 
-from . import activation_maps, cam_layer, feature_map, first_filters, grad_cam, penultimate_features, saliency
+from . import (
+    activation_maps,
+    cam_layer,
+    feature_map,
+    first_filters,
+    grad_cam,
+    hires_cam,
+    penultimate_features,
+    saliency,
+)
 from . import top_losses as find_top_losses
 from .figures import plot_activations, plot_feature_map, plot_filters, plot_gallery, plot_heat
 
@@ -102,16 +111,32 @@ def _saliency(model, images, names, out: Path):
 
 
 def _grad_cam(model, images, names, out: Path):
-    cams, chosen = grad_cam(model, _as_inputs(model, images))
-    p = model.predict_proba(_as_inputs(model, images))
+    x = _as_inputs(model, images)
+    cams, chosen = grad_cam(model, x)
+    fine, _ = hires_cam(model, x, chosen)
+    p = model.predict_proba(x)
     labels = [_labelled(p[i], c, names) for i, c in enumerate(chosen)]
     last = cam_layer(model)
     title = f"{model.name}: Grad-CAM on the last convolutional block (layer {last})"
     plot_heat(images, cams, labels, out / "gradcam.png", title, "Grad-CAM")
+    title = f"{model.name}: HiResCAM, the element-wise Grad-CAM, on layer {last}"
+    plot_heat(images, fine, labels, out / "hirescam.png", title, "HiResCAM")
+    zero = int((cams.reshape(len(cams), -1).max(axis=1) <= 0).sum())
     caption = (
-        "Where the last convolutional block's maps, weighted by their gradients, support the prediction."
+        "Where the last convolutional block's maps, weighted by their gradients averaged over the "
+        "positions, support the prediction."
     )
-    return [("Grad-CAM", "gradcam.png", caption)]
+    if zero:
+        caption += (
+            f" For {zero} of the {len(cams)} images the weighted sum is negative everywhere, so the map is "
+            "zero: the averaged gradients cancel (HiResCAM below does not average)."
+        )
+    fine_caption = (
+        "Each position's maps times their own gradients, summed over the channels: the block's "
+        "first-order share of the score, position by position."
+    )
+    return [("Grad-CAM", "gradcam.png", caption), ("Grad-CAM, element-wise (HiResCAM)", "hirescam.png",
+            fine_caption)]  # fmt: skip
 
 
 def _gallery(probabilities, test_images, test_labels, names, out: Path):
@@ -125,7 +150,7 @@ def _gallery(probabilities, test_images, test_labels, names, out: Path):
     captions = [f"#{i}: true {names[labels[i]]}\npredicted {names[probabilities[i].argmax()]} "
                 f"({probabilities[i].max():.2f})" for i in picked]  # fmt: skip
     plot_gallery(
-        images, captions, out / "top-losses.png", "The test items the model got most confidently wrong"
+        images, captions, out / "top-losses.png", "The misclassified test items with the largest loss (the least probability on the true class)"
     )
     caption = "The misclassified test items with the largest loss, with the true and predicted classes."
     return [("Top losses", "top-losses.png", caption)]
