@@ -9,6 +9,8 @@ the backward differentiates that. The model itself is never changed.
 
 The figures are drawn by :mod:`cnnx.explain.figures`; ``cnnx explain RUN`` writes them all with an
 ``index.html``.
+
+Mathematics: docs/math.md#explanations
 """
 
 from __future__ import annotations
