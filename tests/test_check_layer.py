@@ -101,10 +101,12 @@ def test_a_type_name_and_a_module_target_check_a_built_in_layer_with_options():
 
 def test_a_user_layer_without_an_example_needs_the_options(user_layer):
     path = user_layer("PlainLeaky", example=False)
-    with pytest.raises(ConfigError, match="has no example"):
-        check_layer(f"{path}:PlainLeaky")
+    with pytest.raises(ConfigError, match=r"has no example\(\): give --input-shape SHAPE$"):
+        check_layer(f"{path}:PlainLeaky")  # every argument has a default: only the shape is missing
     report = check_layer(f"{path}:PlainLeaky", config={"slope": 0.3}, input_shape="2,3")
     assert report.ok and report.subject.input_shape == (2, 3)
+    defaults = check_layer(f"{path}:PlainLeaky", input_shape="4")
+    assert defaults.ok and defaults.subject.config == {}
 
 
 @pytest.mark.parametrize(

@@ -115,10 +115,13 @@ def subject(target, config=None, input_shape=None) -> Subject:
     ``input_shape`` (a tuple, or ``"3,8,8"``) where given, else the layer's example; the layer is
     checked to build and to take that input. ConfigError in one line for what does not fit."""
     spec = layer_type(target)
+    if config is None and not spec.required and _example(spec) is None:
+        config = {}  # nothing to choose: every argument has its default
     if config is None or input_shape is None:
         example = _example(spec)
         if example is None:
-            raise ConfigError(f"{spec.name} has no example(): give --config JSON and --input-shape SHAPE")
+            wanted = "--input-shape SHAPE" if config is not None else "--config JSON and --input-shape SHAPE"
+            raise ConfigError(f"{spec.name} has no example(): give {wanted}")
         config = example[0] if config is None else config
         input_shape = example[1] if input_shape is None else input_shape
     config, input_shape = _config(config, spec.name), _shape(input_shape)
