@@ -149,9 +149,8 @@ def _gallery(probabilities, test_images, test_labels, names, out: Path):
     images = images.reshape(len(picked), *images.shape[-2:])
     captions = [f"#{i}: true {names[labels[i]]}\npredicted {names[probabilities[i].argmax()]} "
                 f"({probabilities[i].max():.2f})" for i in picked]  # fmt: skip
-    plot_gallery(
-        images, captions, out / "top-losses.png", "The misclassified test items with the largest loss (the least probability on the true class)"
-    )
+    title = "The misclassified test items with the largest loss (the least probability on the true class)"
+    plot_gallery(images, captions, out / "top-losses.png", title)
     caption = "The misclassified test items with the largest loss, with the true and predicted classes."
     return [("Top losses", "top-losses.png", caption)]
 
