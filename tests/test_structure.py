@@ -22,6 +22,7 @@ RANKS = {
     "plugins": 2,  # importing the user's layer modules: needs only cnnx.errors
     "training": 3,
     "layercheck": 3,  # cnnx check-layer: builds layers (nn), writes and reads model files (io)
+    "interop": 3,  # ONNX and PyTorch: builds models (nn), reads model files (io); bench uses its mirror
     "bench": 4,
     "sklearn": 4,
     "experiments": 4,
