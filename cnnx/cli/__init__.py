@@ -27,6 +27,7 @@ from .evaluate import evaluate
 from .experiment import experiment
 from .explain import explain
 from .info import info
+from .interop import export, import_model
 from .predict import predict
 from .train import train
 
@@ -97,7 +98,9 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-for _command in (train, evaluate, predict, explain, check_layer, info, bench, experiment, augmentations):
+_COMMANDS = (train, evaluate, predict, explain, check_layer, export, import_model, info, bench, experiment,
+             augmentations)  # fmt: skip
+for _command in _COMMANDS:
     cli.add_command(_command)
 
 

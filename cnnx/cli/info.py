@@ -50,9 +50,21 @@ def info(data_dir, dataset):
     problem = mpi_problem()
     click.echo("mpi (one model on several processes: mpiexec -n N):")
     click.echo(f"  {'usable, ' + describe_mpi() if problem is None else 'unavailable: ' + problem}")
+    click.echo("onnx (cnnx export, cnnx import):")
+    click.echo(f"  {_onnx_line()}")
     click.echo(f"dataset ({dataset}):")
     for line in dataset_lines(dataset, data_dir):
         click.echo(f"  {line}")
+
+
+def _onnx_line() -> str:
+    """The onnx package's version, read from its metadata (importing it takes a second), or how to get it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"usable, onnx {version('onnx')}"
+    except PackageNotFoundError:
+        return "unavailable: the onnx package is not installed (pip install 'cnnx[onnx]')"
 
 
 def dataset_lines(name: str, data_dir) -> list[str]:
