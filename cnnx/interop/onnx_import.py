@@ -82,7 +82,10 @@ def read_graph(proto, where: str, folder: Path) -> tuple[list, tuple, Reader]:
     if len(graph.output) != 1:
         raise CheckpointError(f"{where}: the graph has {len(graph.output)} outputs; cnnx models give one")
     for node in ordered_nodes(graph, where):
-        _read_node(reader, node)
+        try:
+            _read_node(reader, node)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # what no check foresaw
+            reader.fail(node, f"malformed ({type(exc).__name__}: {exc})")
     out = graph.output[0].name
     value = reader.values.get(out)
     if value is None or value.kind not in ("data", "matmul") or len(value.shape) != 1 or not value.chain:
@@ -168,7 +171,8 @@ def from_onnx(path, *, dtype: str = "float32", backend=None):
     architecture, shape, reader = read_graph(proto, str(path), path.resolve().parent)
     props = {entry.key: entry.value for entry in proto.metadata_props}
     name = props.get("cnnx.model") or "onnx"
-    name = name if len(name) <= 64 and name.replace("-", "").replace("_", "").isalnum() else "onnx"
+    plain = isinstance(name, str) and len(name) <= 64 and name.replace("-", "").replace("_", "").isalnum()
+    name = name if plain else "onnx"
     try:
         model = build_from_architecture(
             architecture, backend=backend, dtype=dtype, input_shape=shape, name=name

@@ -111,7 +111,10 @@ def _conv(reader, node, a):
     if auto in ("SAME_UPPER", "SAME_LOWER") and stride == 1 and kh % 2 and kw % 2:
         top, left, bottom, right = (kh - 1) // 2, (kw - 1) // 2, (kh - 1) // 2, (kw - 1) // 2
     elif auto in ("NOTSET", "VALID"):
-        top, left, bottom, right = _ints(a.get("pads", [0, 0, 0, 0]), node, reader, "pads")
+        pads = _ints(a.get("pads", [0, 0, 0, 0]), node, reader, "pads")
+        if len(pads) != 4:
+            reader.fail(node, f"pads {pads}: a 2-D convolution takes four")
+        top, left, bottom, right = pads
     else:
         reader.fail(node, f"auto_pad {auto} at stride {stride} has no cnnx counterpart")
     if (top, left) != (bottom, right):
@@ -349,7 +352,7 @@ def _gru(reader, node, a):
                     "cnnx counterpart: cnnx's GRU, as PyTorch's, needs linear_before_reset=1")  # fmt: skip
     if any(name for name in node.input[4:]):
         reader.fail(node, "sequence lengths and an initial state have no cnnx counterpart")
-    hidden, size = int(a.get("hidden_size", 0)), x.shape[1]
+    hidden, size = _ints([a.get("hidden_size", 0)], node, reader, "hidden_size")[0], x.shape[1]
     w = reader.const(node, node.input[1], "W")
     r = reader.const(node, node.input[2], "R")
     b = (
