@@ -11,8 +11,10 @@ An ONNX file is untrusted input, read with the discipline of cnnx's own model fi
 - the graph must be acyclic, have one data input and one output, and use only the operations below;
   anything else is one line naming the node and what it does.
 
-The graph is read into layer descriptions (the same a model file holds) and built through the
-registry, which checks them as it checks a model file's; the weights are then loaded by name.
+The file is read and its tensors checked by :mod:`cnnx.interop.onnx_file`; each node is read into
+layer descriptions (the same a model file holds) by :mod:`cnnx.interop.onnx_layers`; the model is
+built here through the registry, which checks the descriptions as it checks a model file's, and the
+weights are loaded by name.
 Operations, with their attributes as cnnx can honour them: ``Conv``, ``MaxPool``, ``AveragePool``,
 ``GlobalAveragePool``, ``Gemm``, ``MatMul`` (with an ``Add`` of its bias), ``Flatten``, ``Reshape``
 (to a flat batch), ``Relu``, ``Dropout``, ``BatchNormalization``, ``Add`` of two branches of one value
@@ -39,8 +41,6 @@ from .onnx_file import (
     tensor_array,
 )
 from .onnx_layers import READERS, Reader, Value
-
-# ---------------------------------------------------------------- the whole file
 
 
 def _input(graph, reader: Reader) -> tuple[str, tuple]:
