@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cnnx
 from cnnx.backends import BackendUnavailable, get_backend
 from cnnx.layercheck.gradients import numerical_gradient, rel_error  # noqa: F401  (re-exported)
+from cnnx.nn.presets import PRESETS
 
 
 def backend_or_skip(name):
@@ -106,3 +108,48 @@ class {name}(Layer):
 
 def leaky_relu_source(name: str = "LeakyReLU", negative: str = "self.slope * dy", example: str = "") -> str:
     return _LEAKY_RELU.format(name=name, negative=negative, example=example)
+
+
+# The models the ONNX and PyTorch interop tests carry across: every preset and a nested residual model.
+INTEROP_CASES = [*sorted(PRESETS), "nested-residual"]
+
+
+def nested_residual(dtype: str = "float32"):
+    """A Residual whose body holds another Residual, with a projection shortcut, on images."""
+    from cnnx import layer
+
+    inner = layer(
+        "Residual",
+        body=layer(
+            "Sequential",
+            layers=[
+                layer("Conv2D", in_channels=8, out_channels=8, kernel_size=3, padding="same"),
+                layer("ReLU"),
+            ],
+        ),
+        shortcut=None,
+    )
+    outer = layer("Residual", body=layer("Sequential", layers=[
+        layer("Conv2D", in_channels=4, out_channels=8, kernel_size=3, stride=2, padding=1),
+        layer("BatchNorm2D", num_features=8), inner]),
+        shortcut=layer("Conv2D", in_channels=4, out_channels=8, kernel_size=1, stride=2))  # fmt: skip
+    stem = layer("Conv2D", in_channels=1, out_channels=4, kernel_size=3, padding="same")
+    head = [
+        layer("AvgPool2D", kernel_size=2),
+        layer("Flatten"),
+        layer("Dense", in_features=392, out_features=10),
+    ]
+    return cnnx.build_model([stem, layer("ReLU"), outer, *head], seed=1, name="nested", dtype=dtype)
+
+
+def interop_model(case: str, dtype: str = "float32"):
+    """A preset (seed 0) or the nested residual model, with running statistics away from 0 and 1."""
+    model = (
+        nested_residual(dtype) if case == "nested-residual" else cnnx.build_model(case, seed=0, dtype=dtype)
+    )
+    rng = np.random.default_rng(3)  # running statistics away from 0 and 1: evaluation is not the identity
+    for _, layer in model.named_layers():
+        if "running_var" in layer.buffers:
+            layer.buffers["running_mean"][...] = rng.normal(0, 0.3, layer.buffers["running_mean"].shape)
+            layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, layer.buffers["running_var"].shape)
+    return model

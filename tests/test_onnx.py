@@ -20,52 +20,14 @@ from cnnx.data import SYSTEM_DIR, find_dataset, load_fashion_mnist
 from cnnx.errors import CheckpointError, ConfigError
 from cnnx.interop import from_onnx, to_onnx
 from cnnx.interop.onnx_export import EXPORTERS, register_onnx
-from cnnx.nn.presets import PRESETS
 
-from helpers import leaky_relu_source, write_blob_idx
+from helpers import INTEROP_CASES, leaky_relu_source, write_blob_idx
+from helpers import interop_model as _model
 
 # onnxruntime adds in its own order (its convolutions and GEMMs block differently from OpenBLAS's), so
 # float32 logits differ in the last bits: measured up to 1.1e-6 of the largest logit.
 RELATIVE = 1e-5
-CASES = [*sorted(PRESETS), "nested-residual"]
-
-
-def _nested_residual():
-    """A Residual whose body holds another Residual, with a projection shortcut, on images."""
-    from cnnx import layer
-
-    inner = layer(
-        "Residual",
-        body=layer(
-            "Sequential",
-            layers=[
-                layer("Conv2D", in_channels=8, out_channels=8, kernel_size=3, padding="same"),
-                layer("ReLU"),
-            ],
-        ),
-        shortcut=None,
-    )
-    outer = layer("Residual", body=layer("Sequential", layers=[
-        layer("Conv2D", in_channels=4, out_channels=8, kernel_size=3, stride=2, padding=1),
-        layer("BatchNorm2D", num_features=8), inner]),
-        shortcut=layer("Conv2D", in_channels=4, out_channels=8, kernel_size=1, stride=2))  # fmt: skip
-    stem = layer("Conv2D", in_channels=1, out_channels=4, kernel_size=3, padding="same")
-    head = [
-        layer("AvgPool2D", kernel_size=2),
-        layer("Flatten"),
-        layer("Dense", in_features=392, out_features=10),
-    ]
-    return cnnx.build_model([stem, layer("ReLU"), outer, *head], seed=1, name="nested")
-
-
-def _model(case: str, dtype: str = "float32"):
-    model = _nested_residual() if case == "nested-residual" else cnnx.build_model(case, seed=0, dtype=dtype)
-    rng = np.random.default_rng(3)  # running statistics away from 0 and 1: evaluation is not the identity
-    for _, layer in model.named_layers():
-        if "running_var" in layer.buffers:
-            layer.buffers["running_mean"][...] = rng.normal(0, 0.3, layer.buffers["running_mean"].shape)
-            layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, layer.buffers["running_var"].shape)
-    return model
+CASES = INTEROP_CASES
 
 
 def _session(data: bytes):

@@ -239,15 +239,14 @@ class TorchRunner(Runner):
         )
 
     def mirror(self, layer, to_host):
-        """The PyTorch module that computes what ``layer`` computes, with its weights (keyed by layer type:
-        see :data:`TORCH_MIRRORS`)."""
-        make = TORCH_MIRRORS.get(layer.layer_type)
-        if make is None:
-            raise ConfigError(
-                f"--compare torch has no PyTorch counterpart for a {layer.layer_type} layer "
-                f"(it mirrors {', '.join(TORCH_MIRRORS)})"
-            )
-        return make(self, layer, to_host)
+        """The PyTorch module that computes what ``layer`` computes, with its weights: the one mapping,
+        :func:`cnnx.interop.pytorch.mirror`."""
+        from cnnx.interop.pytorch import mirror
+
+        try:
+            return mirror(layer, to_host, self.torch)
+        except ConfigError as exc:
+            raise ConfigError(f"--compare torch: {exc}") from None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Evaluation-mode logits (dropout off, batch norm on its running averages), as cnnx's."""
@@ -292,109 +291,3 @@ class TorchRunner(Runner):
             return super().memory_pool()
         cuda = self.torch.cuda
         return cuda.reset_peak_memory_stats, cuda.max_memory_allocated
-
-
-# -- the PyTorch counterpart of each cnnx layer type ------------------------------------------------
-
-
-def _parameter(runner: TorchRunner, array, to_host, transpose: bool = False):
-    host = to_host(array)
-    return runner.torch.nn.Parameter(runner.torch.from_numpy((host.T if transpose else host).copy()))
-
-
-def _conv2d(runner: TorchRunner, layer, to_host):
-    module = runner.torch.nn.Conv2d(
-        layer.in_channels,
-        layer.out_channels,
-        (layer.kh, layer.kw),
-        stride=layer.stride,
-        padding=layer.padding,
-        bias=layer.bias,
-    )
-    module.weight = _parameter(runner, layer.params["W"], to_host)
-    if layer.bias:
-        module.bias = _parameter(runner, layer.params["b"], to_host)
-    return module
-
-
-def _dense(runner: TorchRunner, layer, to_host):
-    module = runner.torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
-    # cnnx keeps W as (in, out) for x @ W; PyTorch's Linear keeps (out, in).
-    module.weight = _parameter(runner, layer.params["W"], to_host, transpose=True)
-    if layer.bias:
-        module.bias = _parameter(runner, layer.params["b"], to_host)
-    return module
-
-
-def _batch_norm(runner: TorchRunner, layer, to_host):
-    kind = runner.torch.nn.BatchNorm2d if layer.layer_type == "BatchNorm2D" else runner.torch.nn.BatchNorm1d
-    module = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-    module.weight = _parameter(runner, layer.params["gamma"], to_host)
-    module.bias = _parameter(runner, layer.params["beta"], to_host)
-    module.running_mean.copy_(runner.torch.from_numpy(to_host(layer.buffers["running_mean"])))
-    module.running_var.copy_(runner.torch.from_numpy(to_host(layer.buffers["running_var"])))
-    return module
-
-
-def _global_avg_pool(runner: TorchRunner, layer, to_host):
-    nn = runner.torch.nn
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-
-def _residual(runner: TorchRunner, layer, to_host):
-    torch = runner.torch
-    body = runner.mirror(layer.body, to_host)
-    shortcut = None if layer.shortcut is None else runner.mirror(layer.shortcut, to_host)
-
-    class ResidualMirror(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body, self.shortcut = body, shortcut
-
-        def forward(self, x):
-            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-
-    return ResidualMirror()
-
-
-def _gru(runner: TorchRunner, layer, to_host):
-    torch = runner.torch
-    gru = torch.nn.GRU(layer.input_size, layer.hidden_size, batch_first=True)
-    # The same gate order [r, z, n] and reset-gate placement; PyTorch keeps (3H, D), cnnx (D, 3H).
-    gru.weight_ih_l0 = _parameter(runner, layer.params["W_i"], to_host, transpose=True)
-    gru.weight_hh_l0 = _parameter(runner, layer.params["W_h"], to_host, transpose=True)
-    gru.bias_ih_l0 = _parameter(runner, layer.params["b_i"], to_host)
-    gru.bias_hh_l0 = _parameter(runner, layer.params["b_h"], to_host)
-
-    class GRUMirror(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gru = gru
-
-        def forward(self, x):
-            if x.dim() == 4:  # images, row by row
-                x = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
-            return self.gru(x)[1][-1]
-
-    return GRUMirror()
-
-
-def _sequential(runner: TorchRunner, layer, to_host):
-    return runner.torch.nn.Sequential(*(runner.mirror(child, to_host) for child in layer.layers))
-
-
-TORCH_MIRRORS = {
-    "Conv2D": _conv2d,
-    "Dense": _dense,
-    "MaxPool2D": lambda runner, layer, to_host: runner.torch.nn.MaxPool2d(layer.k, layer.stride),
-    "ReLU": lambda runner, layer, to_host: runner.torch.nn.ReLU(),
-    "Flatten": lambda runner, layer, to_host: runner.torch.nn.Flatten(),
-    "Sequential": _sequential,
-    "Dropout": lambda runner, layer, to_host: runner.torch.nn.Dropout(layer.p),
-    "BatchNorm1D": _batch_norm,
-    "BatchNorm2D": _batch_norm,
-    "AvgPool2D": lambda runner, layer, to_host: runner.torch.nn.AvgPool2d(layer.k, layer.stride),
-    "GlobalAvgPool2D": _global_avg_pool,
-    "Residual": _residual,
-    "GRU": _gru,
-}
