@@ -5,8 +5,6 @@ one line naming what is wrong; `cnnx train --data-dir FOLDER` trains on it and r
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +14,8 @@ from PIL import Image
 from cnnx.cli import cli
 from cnnx.data import digest, folders, load_dataset, load_image_folder, prepare_image, write_idx
 from cnnx.errors import ConfigError, DataError
+
+from helpers import png_claiming
 
 CLASSES = ("boot", "hat", "scarf")  # sorted, so label 0 is "boot"
 
@@ -73,17 +73,6 @@ def test_a_limit_keeps_a_balanced_subset_and_a_sixth_as_many_test_pictures(tmp_p
     assert len(dataset.test_labels) == 2
 
 
-def _png_claiming(width, height) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels, with almost no data behind it."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _broken(kind):
     def apply(root):
         if kind == "different classes":
@@ -104,7 +93,7 @@ def _broken(kind):
         elif kind == "tiff named png":
             _picture(0, 0).save(root / "test" / "boot" / "000.png", format="TIFF")
         elif kind == "decompression bomb":
-            (root / "train" / "hat" / "000.png").write_bytes(_png_claiming(10_000, 10_000))
+            (root / "train" / "hat" / "000.png").write_bytes(png_claiming(10_000, 10_000))
         elif kind == "no test folder":
             (root / "test").rename(root / "validation")
         elif kind == "a FIFO":

@@ -29,6 +29,7 @@ from .explain import explain
 from .info import info
 from .interop import export, import_model
 from .predict import predict
+from .serve import serve
 from .train import train
 
 # Under mpiexec, how long a rank but the speaker waits before it says an error of its own: when every
@@ -98,8 +99,8 @@ def cli() -> None:
     """cnnx: a from-scratch CNN for Fashion-MNIST on the CPU (NumPy) or a CUDA GPU (CuPy)."""
 
 
-_COMMANDS = (train, evaluate, predict, explain, check_layer, export, import_model, info, bench, experiment,
-             augmentations)  # fmt: skip
+_COMMANDS = (train, evaluate, predict, serve, explain, check_layer, export, import_model, info, bench,
+             experiment, augmentations)  # fmt: skip
 for _command in _COMMANDS:
     cli.add_command(_command)
 
