@@ -57,3 +57,25 @@ def strict_backend():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def user_layer_module(tmp_path):
+    """``make(name)``: a user's leaky ReLU registered as ``name`` from a file of its own, imported as
+    ``--import`` imports it; the types it registers are forgotten after the test."""
+    from cnnx.nn.registry import unregister_layer
+    from cnnx.plugins import import_module_or_file
+
+    names = []
+
+    def make(name: str):
+        path = tmp_path / f"{name.lower()}_layer.py"
+        from helpers import leaky_relu_source
+
+        path.write_text(leaky_relu_source(name))
+        names.append(name)
+        return import_module_or_file(str(path))
+
+    yield make
+    for name in names:
+        unregister_layer(name)

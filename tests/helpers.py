@@ -167,3 +167,19 @@ def png_claiming(width, height) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def train_blob_run(root, model: str = "seed", epochs: int = 1, train: int = 160, test: int = 40):
+    """A run of ``model`` trained by ``cnnx train`` on blob IDX files written under ``root``/data (batch
+    32); returns (the run directory, the data folder)."""
+    from click.testing import CliRunner
+
+    from cnnx.cli import cli
+
+    (root / "data").mkdir()
+    data = write_blob_idx(root / "data", train=train, test=test)
+    run = root / "run"
+    done = CliRunner().invoke(cli, ["train", "--model", model, "--epochs", str(epochs), "--batch-size", "32",
+                                    "--data-dir", str(data), "--out", str(run), "--quiet"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    return run, data

@@ -16,7 +16,7 @@ from cnnx.nn.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, R
 from cnnx.nn.model import Sequential
 from cnnx.nn.presets import PRESETS, build_model
 
-from helpers import blobs, write_blob_idx
+from helpers import blobs, train_blob_run
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -158,12 +158,7 @@ def test_explaining_twice_draws_the_same_numbers():
 def test_cnnx_explain_on_a_run_writes_the_figures_and_an_index(tmp_path):
     from PIL import Image
 
-    (tmp_path / "data").mkdir()
-    data = write_blob_idx(tmp_path / "data", train=160, test=40)
-    run = tmp_path / "run"
-    trained = CliRunner().invoke(cli, ["train", "--model", "seed", "--epochs", "1", "--batch-size", "32",
-                                       "--data-dir", str(data), "--out", str(run), "--quiet"])  # fmt: skip
-    assert trained.exit_code == 0, trained.output
+    run, _ = train_blob_run(tmp_path)
     picture = tmp_path / "shirt.png"
     Image.fromarray((blobs(1, seed=9)[0][0]).astype(np.uint8)).save(picture)
     done = CliRunner().invoke(cli, ["explain", str(run), str(picture), "--map-items", "40"])

@@ -14,7 +14,6 @@ from cnnx.nn.presets import PRESETS
 
 from helpers import INTEROP_CASES as CASES
 from helpers import interop_model as _model
-from helpers import leaky_relu_source
 
 torch = pytest.importorskip("torch")
 
@@ -94,12 +93,8 @@ def test_a_module_without_a_counterpart_is_one_line():
         from_torch(grouped, input_shape=(2, 8, 8))
 
 
-def test_a_user_layer_without_a_counterpart_is_one_line(tmp_path):
-    from cnnx.plugins import import_module_or_file
-
-    path = tmp_path / "leaky_torch.py"
-    path.write_text(leaky_relu_source("LeakyTorch"))
-    import_module_or_file(str(path))
+def test_a_user_layer_without_a_counterpart_is_one_line(user_layer_module):
+    user_layer_module("LeakyTorch")
     model = cnnx.build_model([cnnx.layer("Flatten"), cnnx.layer("LeakyTorch")])
     with pytest.raises(ConfigError, match=r"^no PyTorch counterpart for a LeakyTorch layer \(there are for"):
         to_torch(model)

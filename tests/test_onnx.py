@@ -21,7 +21,7 @@ from cnnx.errors import CheckpointError, ConfigError
 from cnnx.interop import from_onnx, to_onnx
 from cnnx.interop.onnx_export import EXPORTERS, register_onnx
 
-from helpers import INTEROP_CASES, leaky_relu_source, write_blob_idx
+from helpers import INTEROP_CASES, train_blob_run
 from helpers import interop_model as _model
 
 # onnxruntime adds in its own order (its convolutions and GEMMs block differently from OpenBLAS's), so
@@ -105,24 +105,16 @@ def test_float64_models_export_as_float32():
     assert _relative(theirs, model(x)) < RELATIVE  # float32 weights and pixels against float64
 
 
-def _user_layer(tmp_path, name="LeakyReLU"):
-    from cnnx.plugins import import_module_or_file
-
-    path = tmp_path / f"{name.lower()}_layer.py"
-    path.write_text(leaky_relu_source(name))
-    return import_module_or_file(str(path))
-
-
-def test_a_layer_without_a_mapping_is_one_line(tmp_path):
-    module = _user_layer(tmp_path, "LeakyNoOnnx")
+def test_a_layer_without_a_mapping_is_one_line(user_layer_module):
+    module = user_layer_module("LeakyNoOnnx")
     model = cnnx.build_model([cnnx.layer("Flatten"), cnnx.layer("Dense", in_features=784, out_features=10),
                               cnnx.layer(module.LeakyNoOnnx.layer_type)])  # fmt: skip
     with pytest.raises(ConfigError, match=r"^no ONNX mapping for a LeakyNoOnnx layer: register one with"):
         to_onnx(model)
 
 
-def test_a_user_registers_a_mapping_beside_the_layer(tmp_path):
-    module = _user_layer(tmp_path, "LeakyOnnx")
+def test_a_user_registers_a_mapping_beside_the_layer(user_layer_module, tmp_path):
+    module = user_layer_module("LeakyOnnx")
 
     @register_onnx("LeakyOnnx")
     def _leaky(graph, layer, x, shape):
@@ -284,13 +276,8 @@ def test_external_data_inside_its_folder_is_read(tmp_path):
 
 
 def test_cnnx_export_and_import_on_a_trained_run(tmp_path):
-    (tmp_path / "data").mkdir()
-    data = write_blob_idx(tmp_path / "data", train=200, test=50)
-    run = tmp_path / "run"
+    run, data = train_blob_run(tmp_path, model="cnn-bn", train=200, test=50)
     runner = CliRunner()
-    done = runner.invoke(cli, ["train", "--model", "cnn-bn", "--epochs", "1", "--batch-size", "32",
-                               "--data-dir", str(data), "--out", str(run), "--quiet"])  # fmt: skip
-    assert done.exit_code == 0, done.output
     done = runner.invoke(cli, ["export", str(run)])
     assert done.exit_code == 0 and "as ONNX: " in done.output, done.output
     back = tmp_path / "back.npz"

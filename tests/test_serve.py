@@ -24,7 +24,7 @@ from cnnx.cli import cli
 from cnnx.data import CLASS_NAMES
 from cnnx.errors import DataError
 
-from helpers import blobs, png_claiming, write_blob_idx
+from helpers import blobs, png_claiming, train_blob_run
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
 pytestmark = pytest.mark.skipif(
@@ -50,12 +50,7 @@ def _state(folder: Path) -> dict:
 def served(tmp_path_factory):
     """A cnn-bn run trained on blobs, three pictures of it and a bad file, and `cnnx serve` on it."""
     root = tmp_path_factory.mktemp("serve")
-    (root / "data").mkdir()
-    data = write_blob_idx(root / "data", train=300, test=60)
-    run = root / "run"
-    done = CliRunner().invoke(cli, ["train", "--model", "seed", "--epochs", "2", "--batch-size", "32",
-                                    "--data-dir", str(data), "--out", str(run), "--quiet"])  # fmt: skip
-    assert done.exit_code == 0, done.output
+    run, _ = train_blob_run(root, epochs=2, train=300, test=60)
     images, _ = blobs(3, seed=9)
     pictures = []
     for i, image in enumerate(images):

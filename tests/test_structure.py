@@ -27,7 +27,7 @@ RANKS = {
     "sklearn": 4,
     "experiments": 4,
     "explain": 4,
-    "demo": 4.5,  # above explain, below cli: cnnx serve's page: classifies and explains (nn, data, explain); the CLI loads its model
+    "demo": 4.5,  # cnnx serve's page: above explain (it explains), below cli (which loads its model)
     "cli": 5,
 }
 LEAVES = {"cnnx.errors", "cnnx.checks", "cnnx.fileio", "cnnx.version"}

@@ -35,7 +35,10 @@ def serve(run, host, port, device):
     classifier = load_classifier_for(run, device)
     page = build_app(classifier).queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM both stop it. SIGINT's handler is set here rather than left to Python's: a
+    # process started in the background inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (the browser tests met that under a backgrounded pytest).
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     with bomb_warnings_as_errors():  # for every thread that decodes an upload, set once here
         try:
             _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
@@ -52,7 +55,8 @@ def serve(run, host, port, device):
             pass
         finally:
             page.close()
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     echo("stopped")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cnnx.errors import CheckpointError, CnnxError
 
+from .naming import state_by_name
 from .onnx_file import (
     MAX_NODES,
     MAX_TENSORS,
@@ -122,28 +123,6 @@ def _read_node(reader: Reader, node) -> None:
             reader.values[name] = value
 
 
-def _state(architecture: list, reader: Reader) -> dict:
-    """Each description's weights under the state-dict names the built model gives them."""
-    state = {}
-
-    def walk(description, prefix):
-        kind, config = description["type"], description["config"]
-        if kind == "Sequential":
-            for i, child in enumerate(config["layers"]):
-                walk(child, f"{prefix}{i}.")
-        elif kind == "Residual":
-            walk(config["body"], prefix + "body.")
-            if config["shortcut"] is not None:
-                walk(config["shortcut"], prefix + "shortcut.")
-        else:
-            for name, array in reader.weights[id(description)][1].items():
-                state[prefix + name] = array
-
-    for i, description in enumerate(architecture):
-        walk(description, f"{i}.")
-    return state
-
-
 def _data_info(proto, classes: int, shape: tuple):
     from cnnx.nn.datainfo import DataInfo, check_data_info
 
@@ -180,7 +159,7 @@ def from_onnx(path, *, dtype: str = "float32", backend=None):
     except CnnxError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     state = model.state_dict()
-    state.update(_state(architecture, reader))
+    state.update(state_by_name(architecture, lambda d: reader.weights[id(d)][1]))
     model.load_state_dict(state)
     model.data_info = _data_info(proto, model.output_shapes()[-1][0], shape)
     return model

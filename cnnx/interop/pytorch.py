@@ -19,6 +19,8 @@ import numpy as np  # host: weights cross between the libraries on the host
 
 from cnnx.errors import ConfigError
 
+from .naming import state_by_name
+
 _CLASSES: dict = {}
 
 
@@ -305,26 +307,6 @@ _READERS = {
 }
 
 
-def _state(architecture: list, weights: dict) -> dict:
-    state = {}
-
-    def walk(description, prefix):
-        kind, config = description["type"], description["config"]
-        if kind == "Sequential":
-            for i, child in enumerate(config["layers"]):
-                walk(child, f"{prefix}{i}.")
-        elif kind == "Residual":
-            walk(config["body"], prefix + "body.")
-            if config["shortcut"] is not None:
-                walk(config["shortcut"], prefix + "shortcut.")
-        else:
-            state.update((prefix + name, array) for name, array in weights[id(description)].items())
-
-    for i, description in enumerate(architecture):
-        walk(description, f"{i}.")
-    return state
-
-
 def from_torch(module, *, input_shape=None, dtype: str = "float32", backend=None, name: str = "torch"):
     """A cnnx Sequential computing what ``module`` computes in evaluation, with copies of its weights and
     running statistics. ``module``: a ``torch.nn.Sequential`` (or one module) of Conv2d, MaxPool2d,
@@ -350,6 +332,6 @@ def from_torch(module, *, input_shape=None, dtype: str = "float32", backend=None
     except CnnxError as exc:
         raise ConfigError(f"from_torch: {exc}") from None
     state = model.state_dict()
-    state.update(_state(architecture, reading.weights))
+    state.update(state_by_name(architecture, lambda d: reading.weights[id(d)]))
     model.load_state_dict(state)
     return model
