@@ -29,17 +29,11 @@ def _gradio():
 
 
 def _sketch(value):
-    """The drawn picture of a Sketchpad value: its composite layer (RGBA uint8), or None when empty."""
+    """The drawn picture of a Sketchpad value: its composite layer (RGBA, whose transparent canvas
+    ``to_grey`` lays over white, as a photo's background), or None when there is none."""
     if not isinstance(value, dict):
         return value
-    picture = value.get("composite")
-    if picture is None:
-        return None
-    picture = np.asarray(picture)
-    if picture.ndim == 3 and picture.shape[2] == 4:  # strokes over a transparent canvas: lay it on white
-        alpha = picture[..., 3:4].astype(np.float64) / 255
-        picture = (picture[..., :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
-    return picture
+    return value.get("composite")
 
 
 def answer_outputs(classifier: Classifier, answer):
@@ -91,7 +85,7 @@ def build_app(classifier: Classifier):
             return _failed("the sketch pad is empty")
         try:
             return answer_outputs(classifier, classifier.classify_array(picture))
-        except (CnnxError, ValueError) as exc:
+        except CnnxError as exc:
             return _failed(str(exc))
 
     summary = run_summary(classifier)
